@@ -1,0 +1,119 @@
+"""Model files: safetensors weights with the configuration in the file's metadata.
+
+A model file is one ``.safetensors`` file whose metadata holds ``"cyclecorr"`` = a JSON object with
+at least ``"net"`` (the :class:`~cyclecorr.model.NetConfig` fields) and, for trained models,
+``"step"``, ``"stage"``, ``"train_config"``, ``"data_manifest_sha256"`` and ``"code_version"``.
+Loading never executes code (safetensors holds tensors and strings only). Writes are atomic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cyclecorr.model import CorrespondenceNet, NetConfig
+
+__all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "atomic_write_bytes",
+           "shipped_model_path"]
+
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DistributedDataParallel / torch.compile wrappers must not leak into key names
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | None = None) -> None:
+    """Save ``model``'s weights and configuration (plus ``meta``) to ``path`` atomically."""
+    net = _unwrap(model)
+    info = {"net": net.config.to_dict(), **(meta or {})}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"cyclecorr": json.dumps(info, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``cyclecorr`` metadata JSON of a model file, as a dict."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors model file ({e})") from e
+    if "cyclecorr" not in meta:
+        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr model)")
+    return json.loads(meta["cyclecorr"])
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
+               ) -> tuple[CorrespondenceNet, dict]:
+    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode, metadata)``."""
+    meta = read_metadata(path)
+    net = CorrespondenceNet(NetConfig(**meta["net"]))
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: cannot read weights ({e})") from e
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the network: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    meta["sha256"] = file_sha256(path)
+    return net.to(device).eval(), meta
+
+
+def shipped_model_path(category: str = "car") -> Path:
+    """Path of the model shipped inside the package for ``category``."""
+    p = _WEIGHTS_DIR / f"{category}.safetensors"
+    if not p.is_file():
+        avail = sorted(x.stem for x in _WEIGHTS_DIR.glob("*.safetensors")) if _WEIGHTS_DIR.is_dir() else []
+        raise FileNotFoundError(f"no shipped model for category {category!r} (available: {avail})")
+    return p

@@ -1,0 +1,59 @@
+"""The ``cyclecorr`` command: thin argument parsing; each sub-command lives in
+``cyclecorr/commands/<name>_cmd.py`` with ``add_arguments(parser)`` and ``run(args) -> int``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "demo": ("cyclecorr.commands.demo_cmd", "end-to-end demo on embedded data: render, quartets, train, match, pictures"),
+    "render": ("cyclecorr.commands.render_cmd", "render CAD models / synthetic ground-truth pairs to PNG"),
+    "prepare": ("cyclecorr.commands.prepare_cmd", "build training quartets from real photos and CAD models"),
+    "siftflow": ("cyclecorr.commands.siftflow_cmd", "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
+    "train": ("cyclecorr.commands.train_cmd", "train a model (stage 1: SIFT-flow imitation, stage 2: cycle consistency)"),
+    "evaluate": ("cyclecorr.commands.evaluate_cmd", "evaluate models and baselines (PCK, matchability, segmentation, flow)"),
+    "match": ("cyclecorr.commands.match_cmd", "match two images (or a folder of pairs) and write pictures + HTML"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cyclecorr import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cyclecorr",
+        description="Dense correspondence across object instances by 3D-guided cycle consistency.")
+    parser.add_argument("--version", action="version", version=f"cyclecorr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue  # command not installed in this build
+            raise
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as e:
+        print(f"cyclecorr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

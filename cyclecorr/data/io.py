@@ -1,0 +1,164 @@
+"""Low-level readers with clear errors: images, MATLAB ``.mat`` files, Middlebury ``.flo`` flows.
+
+Every reader raises :class:`DataError` (a ``ValueError``) or ``FileNotFoundError`` whose message
+names the offending file and the problem, so that a corrupt item in a folder of thousands is easy
+to find.
+
+Conventions: numpy images are ``H×W×3`` uint8 RGB; flows returned here are ``(2, H, W)`` float32
+(channel 0 = x, channel 1 = y, pixels) with invalid entries set to NaN.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DataError", "read_image", "read_mask", "load_mat", "read_flo", "write_flo",
+           "atomic_write_bytes", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+# Middlebury .flo: magic float 202021.25, then int32 width, int32 height, then H*W*2 float32.
+_FLO_MAGIC = 202021.25
+_FLO_UNKNOWN = 1e9  # values above this (the format uses 1e10) mean "unknown flow"
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed or inconsistent; the message names the file."""
+
+
+def _require_file(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    return path
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as ``H×W×3`` uint8 RGB (grey and RGBA are converted).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: the file is not a decodable image (message names the file).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = _require_file(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{path}: empty image (shape {arr.shape})")
+    return arr
+
+
+def read_mask(path) -> np.ndarray:
+    """Read a mask image (any mode) as an ``H×W`` bool array: True where the value is > 127
+    (grey images; for colour images any channel > 127)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = _require_file(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode mask image ({e})") from e
+    if arr.dtype == bool:
+        return arr if arr.ndim == 2 else arr.any(axis=-1)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: mask must be a 2-D image, got shape {arr.shape}")
+    return arr > 127
+
+
+def load_mat(path, required: tuple[str, ...] = ()) -> dict:
+    """Load a MATLAB ``.mat`` file (v5; v7.3/HDF5 via h5py when installed) and check that the
+    ``required`` variables are present.
+
+    Raises:
+        FileNotFoundError: missing file.
+        DataError: unreadable/truncated file, or a required variable is missing.
+    """
+    import scipy.io
+
+    path = _require_file(path)
+    try:
+        data = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
+    except NotImplementedError:  # v7.3 (HDF5)
+        data = _load_mat_h5(path)
+    except Exception as e:  # scipy raises many types (ValueError, TypeError, MatReadError, …)
+        raise DataError(f"{path}: malformed .mat file ({type(e).__name__}: {e})") from e
+    missing = [k for k in required if k not in data]
+    if missing:
+        have = sorted(k for k in data if not k.startswith("__"))
+        raise DataError(f"{path}: .mat file lacks variable(s) {missing} (has {have})")
+    return data
+
+
+def _load_mat_h5(path: Path) -> dict:
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - optional
+        raise DataError(f"{path}: MATLAB v7.3 file needs h5py to be read") from e
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: np.asarray(f[k]).T for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+    except OSError as e:
+        raise DataError(f"{path}: malformed .mat (HDF5) file ({e})") from e
+
+
+def read_flo(path) -> np.ndarray:
+    """Read a Middlebury ``.flo`` file → ``(2, H, W)`` float32, channel 0 = x, 1 = y, pixels.
+
+    Unknown flow (stored as 1e10 or any magnitude above 1e9) becomes NaN in both channels.
+    """
+    path = _require_file(path)
+    raw = path.read_bytes()
+    if len(raw) < 12:
+        raise DataError(f"{path}: truncated .flo file ({len(raw)} bytes)")
+    magic = np.frombuffer(raw[:4], dtype="<f4")[0]
+    if magic != np.float32(_FLO_MAGIC):
+        raise DataError(f"{path}: not a Middlebury .flo file (magic {magic!r}, expected 202021.25)")
+    w, h = (int(v) for v in np.frombuffer(raw[4:12], dtype="<i4"))
+    if w <= 0 or h <= 0 or w > 100000 or h > 100000:
+        raise DataError(f"{path}: invalid .flo size {w}×{h}")
+    n = w * h * 2
+    if len(raw) < 12 + 4 * n:
+        raise DataError(f"{path}: truncated .flo file (expected {12 + 4 * n} bytes, got {len(raw)})")
+    flow = np.frombuffer(raw[12:12 + 4 * n], dtype="<f4").reshape(h, w, 2).astype(np.float32)
+    bad = (np.abs(flow) > _FLO_UNKNOWN).any(axis=-1) | ~np.isfinite(flow).all(axis=-1)
+    flow[bad] = np.nan
+    return np.ascontiguousarray(flow.transpose(2, 0, 1))
+
+
+def write_flo(path, flow: np.ndarray) -> None:
+    """Write a ``(2, H, W)`` flow as Middlebury ``.flo`` (NaN written as 1e10), atomically."""
+    flow = np.asarray(flow, dtype=np.float32)
+    if flow.ndim != 3 or flow.shape[0] != 2:
+        raise ValueError(f"write_flo expects a (2, H, W) flow, got shape {flow.shape}")
+    hw2 = flow.transpose(1, 2, 0).copy()
+    hw2[~np.isfinite(hw2)] = 1e10
+    h, w = hw2.shape[:2]
+    payload = (np.array([_FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
+               + hw2.astype("<f4").tobytes())
+    atomic_write_bytes(path, payload)
+
+
+def atomic_write_bytes(path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,225 @@
+"""Dense-correspondence geometry: pixel grids, bilinear sampling, warping, flow composition.
+
+Conventions (shared by the whole package):
+
+- a flow ``flow_ab`` has shape ``(B, 2, H_a, W_a)``; channel 0 is x, channel 1 is y, in pixels;
+- pixel centres sit at integer coordinates ``0 … W−1`` (x) and ``0 … H−1`` (y);
+- ``flow_ab(p) = q − p`` where ``q`` (in b's pixels) is the match of the a-pixel ``p``;
+- matchability ``match_ab`` has shape ``(B, 1, H_a, W_a)`` with values in [0, 1];
+- keypoints are ``(N, 2)`` or ``(B, N, 2)`` as (x, y), 0-based.
+
+Sampling at a non-integer point is bilinear. What happens outside the image is explicit:
+``padding="zeros"`` reads 0 there (and fades to 0 within one pixel of the border), ``"border"``
+repeats the edge. Every function is differentiable with respect to the sampled field *and* the
+sampling position; batch, dtype and device follow the inputs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "pixel_grid",
+    "sample",
+    "inside_mask",
+    "warp",
+    "compose_flow",
+    "compose_matchability",
+    "transfer_keypoints",
+    "resample_flow",
+    "affine_flow",
+]
+
+_PADDINGS = ("zeros", "border")
+
+
+def _check_field(name: str, t: torch.Tensor, channels: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4 or (channels is not None and t.shape[1] != channels):
+        want = f"(B, {channels}, H, W)" if channels is not None else "(B, C, H, W)"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+
+
+def _check_padding(padding: str) -> None:
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+
+
+def pixel_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Pixel-centre coordinates of an ``height × width`` image, shape ``(1, 2, H, W)``.
+
+    ``grid[0, 0, y, x] = x`` and ``grid[0, 1, y, x] = y``.
+    """
+    ys = torch.arange(height, dtype=dtype, device=device)
+    xs = torch.arange(width, dtype=dtype, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=0).unsqueeze(0)
+
+
+def sample(field: torch.Tensor, points: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Bilinearly sample ``field`` at absolute pixel positions.
+
+    Args:
+        field: ``(B, C, H, W)`` values to read.
+        points: ``(B, 2, H', W')`` positions (x, y) in ``field``'s pixel coordinates.
+        padding: ``"zeros"`` or ``"border"`` (value used outside ``[0, W−1] × [0, H−1]``).
+
+    Returns:
+        ``(B, C, H', W')`` with ``out[b, :, i, j] = field[b, :, y, x]`` at
+        ``(x, y) = points[b, :, i, j]``, bilinear.
+    """
+    _check_field("field", field)
+    _check_field("points", points, 2)
+    _check_padding(padding)
+    if points.shape[0] != field.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: field {tuple(field.shape)} vs points {tuple(points.shape)}")
+    h, w = field.shape[-2:]
+    # align_corners=True maps -1/+1 to the centres of the first/last pixel: x_norm = 2x/(W-1) - 1.
+    sx = 2.0 / max(w - 1, 1)
+    sy = 2.0 / max(h - 1, 1)
+    gx = points[:, 0] * sx - 1.0
+    gy = points[:, 1] * sy - 1.0
+    grid = torch.stack((gx, gy), dim=-1)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+
+
+def inside_mask(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(B, 1, H', W')`` float mask: 1 where ``points`` lie inside ``[0, W−1] × [0, H−1]``."""
+    _check_field("points", points, 2)
+    x, y = points[:, 0:1], points[:, 1:2]
+    ok = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    return ok.to(points.dtype)
+
+
+def warp(image_b: torch.Tensor, flow_ab: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Warp ``image_b`` into a's frame: ``out(p) = image_b(p + flow_ab(p))``.
+
+    Args:
+        image_b: ``(B, C, H_b, W_b)``.
+        flow_ab: ``(B, 2, H_a, W_a)`` in pixels.
+        padding: out-of-image policy, ``"zeros"`` or ``"border"``.
+
+    Returns:
+        ``(B, C, H_a, W_a)``, an image aligned with a.
+    """
+    _check_field("flow_ab", flow_ab, 2)
+    grid = pixel_grid(*flow_ab.shape[-2:], dtype=flow_ab.dtype, device=flow_ab.device)
+    return sample(image_b, grid + flow_ab, padding)
+
+
+def compose_flow(flow_ab: torch.Tensor, flow_bc: torch.Tensor,
+                 padding: str = "border") -> torch.Tensor:
+    """Compose two flows: ``flow_ac(p) = flow_ab(p) + flow_bc(p + flow_ab(p))``.
+
+    ``flow_bc`` is read bilinearly at the non-integer point ``p + flow_ab(p)``; the result is
+    differentiable in both fields and in the position. Points that leave b read ``flow_bc``
+    by ``padding`` (default ``"border"``: the nearest edge value; ``compose_matchability`` marks
+    such points unmatchable).
+
+    Args:
+        flow_ab: ``(B, 2, H_a, W_a)``.
+        flow_bc: ``(B, 2, H_b, W_b)``.
+
+    Returns:
+        flow_ac: ``(B, 2, H_a, W_a)``.
+    """
+    _check_field("flow_ab", flow_ab, 2)
+    _check_field("flow_bc", flow_bc, 2)
+    return flow_ab + warp(flow_bc, flow_ab, padding)
+
+
+def compose_matchability(match_ab: torch.Tensor | None, match_bc: torch.Tensor,
+                         flow_ab: torch.Tensor) -> torch.Tensor:
+    """Compose matchability: ``match_ac(p) = match_ab(p) · match_bc(p + flow_ab(p))``.
+
+    A point whose flow leaves b (outside ``[0, W_b−1] × [0, H_b−1]``) gets 0. ``match_ab=None``
+    means "all ones" (the paper fixes ``M_s1r1 = 1``).
+
+    Args:
+        match_ab: ``(B, 1, H_a, W_a)`` or ``None``.
+        match_bc: ``(B, 1, H_b, W_b)``.
+        flow_ab: ``(B, 2, H_a, W_a)``.
+
+    Returns:
+        match_ac: ``(B, 1, H_a, W_a)`` in [0, 1].
+    """
+    _check_field("match_bc", match_bc, 1)
+    _check_field("flow_ab", flow_ab, 2)
+    grid = pixel_grid(*flow_ab.shape[-2:], dtype=flow_ab.dtype, device=flow_ab.device)
+    q = grid + flow_ab
+    out = sample(match_bc, q, "zeros") * inside_mask(q, *match_bc.shape[-2:])
+    if match_ab is not None:
+        _check_field("match_ab", match_ab, 1)
+        out = match_ab * out
+    return out
+
+
+def transfer_keypoints(kps_a: torch.Tensor, flow_ab: torch.Tensor) -> torch.Tensor:
+    """Carry keypoints of a into b: ``kps_b = kps_a + flow_ab(kps_a)`` (bilinear read, border).
+
+    Args:
+        kps_a: ``(N, 2)`` with ``flow_ab`` ``(2, H, W)`` or ``(1, 2, H, W)``; or ``(B, N, 2)`` with
+            ``flow_ab`` ``(B, 2, H, W)``. (x, y), 0-based, may be non-integer. NaN keypoints stay NaN.
+
+    Returns:
+        kps_b with the shape of ``kps_a``.
+    """
+    if flow_ab.dim() == 3:
+        flow_ab = flow_ab.unsqueeze(0)
+    _check_field("flow_ab", flow_ab, 2)
+    single = kps_a.dim() == 2
+    if single:
+        kps_a = kps_a.unsqueeze(0)
+    if kps_a.dim() != 3 or kps_a.shape[-1] != 2:
+        raise ValueError(f"kps_a must have shape (N, 2) or (B, N, 2), got {tuple(kps_a.shape)}")
+    if kps_a.shape[0] != flow_ab.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: kps_a {tuple(kps_a.shape)} vs flow_ab {tuple(flow_ab.shape)}")
+    kps_a = kps_a.to(flow_ab.dtype)
+    pts = kps_a.permute(0, 2, 1).unsqueeze(-1)  # (B, 2, N, 1)
+    f = sample(flow_ab, torch.nan_to_num(pts), "border")
+    kps_b = kps_a + f.squeeze(-1).permute(0, 2, 1)
+    return kps_b[0] if single else kps_b
+
+
+def resample_flow(flow_ab: torch.Tensor, src_size: tuple[int, int],
+                  tgt_size: tuple[int, int], padding: str = "border") -> torch.Tensor:
+    """Re-express a flow computed between resized images in the original images' pixels.
+
+    ``flow_ab`` maps a resized source (its own ``(h, w)``) into a resized target of the same
+    ``(h, w)``; images are resized with the pixel-area convention (``x' = (x + 0.5)·w/W − 0.5``). The
+    result maps every pixel of the original source (``src_size = (H_a, W_a)``) into the original
+    target's pixels (``tgt_size = (H_b, W_b)``): shape ``(B, 2, H_a, W_a)``.
+    """
+    _check_field("flow_ab", flow_ab, 2)
+    h, w = flow_ab.shape[-2:]
+    (ha, wa), (hb, wb) = src_size, tgt_size
+    dt, dev = flow_ab.dtype, flow_ab.device
+    grid_a = pixel_grid(ha, wa, dtype=dt, device=dev).expand(flow_ab.shape[0], -1, -1, -1)
+    scale_a = torch.tensor([w / wa, h / ha], dtype=dt, device=dev).view(1, 2, 1, 1)
+    scale_b = torch.tensor([wb / w, hb / h], dtype=dt, device=dev).view(1, 2, 1, 1)
+    p_small = (grid_a + 0.5) * scale_a - 0.5
+    q_small = p_small + sample(flow_ab, p_small, padding)
+    q = (q_small + 0.5) * scale_b - 0.5
+    return q - grid_a
+
+
+def affine_flow(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The flow of an affine map ``q = A p + t``: ``flow(p) = A p + t − p``.
+
+    Args:
+        matrix: ``(2, 3)`` or ``(B, 2, 3)`` affine matrices ``[A | t]`` in pixel coordinates.
+
+    Returns:
+        ``(B, 2, H, W)`` flow.
+    """
+    if matrix.dim() == 2:
+        matrix = matrix.unsqueeze(0)
+    if matrix.shape[-2:] != (2, 3):
+        raise ValueError(f"matrix must have shape (2, 3) or (B, 2, 3), got {tuple(matrix.shape)}")
+    grid = pixel_grid(height, width, dtype=matrix.dtype, device=matrix.device)
+    pts = grid.flatten(2)  # (1, 2, HW)
+    q = matrix[:, :, :2] @ pts + matrix[:, :, 2:]
+    return (q - pts).view(matrix.shape[0], 2, height, width)

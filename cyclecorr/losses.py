@@ -1,0 +1,179 @@
+"""Losses of the 3D-guided cycle (paper Section 3), as pure functions returning ``(loss, metrics)``.
+
+On a quartet ``<s1, s2, r1, r2>`` the network predicts ``F_s1r1``, ``F_r1r2``, ``F_r2s2`` and
+``M_r1r2``; the renderer gives ``~F_s1s2`` and ``~M_s1s2``. With
+``F_cyc = F_s1r1 ∘ F_r1r2 ∘ F_r2s2`` (see :func:`cyclecorr.geometry.compose_flow`):
+
+- flow loss (truncated Euclidean): ``L_flow = Σ_p ~M(p) · min(‖~F(p) − F_cyc(p)‖², T²)``;
+- matchability loss: ``M_cyc(p) = M_r1r2(p + F_s1r1(p))`` (``M_s1r1 = M_r2s2 = 1``, fixed) and
+  ``L_mat = Σ_p BCE(M_cyc(p), ~M(p))``;
+- ``L = L_flow + λ · L_mat``.
+
+Reductions (left open by the paper): ``"sum"`` sums over the pixels of each quartet and averages
+over the batch (the paper's Σ); ``"mean"`` averages over the pixels that count. Whether the
+matchability loss moves the flow (through the sampling position ``p + F_s1r1(p)``) is the option
+``match_grad_to_flow`` (default False: the position is detached, so ``L_mat`` trains the
+matchability decoder and the encoder only).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cyclecorr.geometry import compose_flow, compose_matchability
+
+__all__ = [
+    "CycleLossConfig",
+    "truncated_flow_loss",
+    "matchability_loss",
+    "cycle_loss",
+    "compose_cycle",
+]
+
+_EPS = 1e-6
+
+
+@dataclass
+class CycleLossConfig:
+    """Options of the cycle objective (paper defaults where it gives one).
+
+    Attributes:
+        truncation: T in pixels at 128×128 (paper: 15). Scale it with the image size.
+        match_weight: λ, weight of the matchability loss relative to the flow loss.
+        reduction: ``"sum"`` (paper) or ``"mean"``.
+        match_grad_to_flow: let the matchability loss back-propagate into ``F_s1r1``.
+        padding: out-of-image policy when reading a flow during composition.
+    """
+
+    truncation: float = 15.0
+    match_weight: float = 1.0
+    reduction: str = "sum"
+    match_grad_to_flow: bool = False
+    padding: str = "border"
+
+    def __post_init__(self):
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
+        if self.truncation <= 0:
+            raise ValueError(f"truncation must be positive, got {self.truncation}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_same(name_a, a, name_b, b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must match")
+
+
+def truncated_flow_loss(flow_pred: torch.Tensor, flow_gt: torch.Tensor,
+                        mask: torch.Tensor | None = None, truncation: float = 15.0,
+                        reduction: str = "sum") -> tuple[torch.Tensor, dict]:
+    """``Σ_p mask(p) · min(‖flow_gt(p) − flow_pred(p)‖², T²)``.
+
+    Args:
+        flow_pred, flow_gt: ``(B, 2, H, W)`` in pixels.
+        mask: ``(B, 1, H, W)`` weights (the ground-truth matchability), or ``None`` for all pixels.
+        truncation: T in pixels.
+        reduction: ``"sum"``: per-sample sum over pixels, averaged over the batch; ``"mean"``:
+            average over the masked pixels (0 when the mask is empty).
+
+    Returns:
+        ``(loss, metrics)`` with metrics ``epe`` (mean end-point error on the mask), ``px1``/``px5``
+        (fraction of masked pixels within 1 / 5 px) and ``truncated`` (fraction at the cap), floats.
+    """
+    _check_same("flow_pred", flow_pred, "flow_gt", flow_gt)
+    if flow_pred.dim() != 4 or flow_pred.shape[1] != 2:
+        raise ValueError(f"flows must have shape (B, 2, H, W), got {tuple(flow_pred.shape)}")
+    if mask is None:
+        mask = torch.ones_like(flow_pred[:, :1])
+    if mask.shape != flow_pred[:, :1].shape:
+        raise ValueError(f"mask must have shape {tuple(flow_pred[:, :1].shape)}, got {tuple(mask.shape)}")
+    sq = (flow_pred - flow_gt).pow(2).sum(dim=1, keepdim=True)
+    capped = torch.clamp(sq, max=truncation ** 2)
+    weighted = capped * mask
+    n = mask.sum()
+    if reduction == "sum":
+        loss = weighted.flatten(1).sum(1).mean()
+    elif reduction == "mean":
+        loss = weighted.sum() / n.clamp_min(_EPS)
+    else:
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    with torch.no_grad():
+        epe = sq.sqrt()
+        denom = n.clamp_min(_EPS)
+        metrics = {
+            "epe": float((epe * mask).sum() / denom),
+            "px1": float(((epe < 1).to(mask.dtype) * mask).sum() / denom),
+            "px5": float(((epe < 5).to(mask.dtype) * mask).sum() / denom),
+            "truncated": float(((sq >= truncation ** 2).to(mask.dtype) * mask).sum() / denom),
+        }
+    return loss, metrics
+
+
+def matchability_loss(match_pred: torch.Tensor, match_gt: torch.Tensor,
+                      reduction: str = "sum") -> tuple[torch.Tensor, dict]:
+    """Per-pixel binary cross-entropy ``−[m log p + (1 − m) log(1 − p)]`` (p clamped to [1e-6, 1−1e-6]).
+
+    Args:
+        match_pred: ``(B, 1, H, W)`` probabilities.
+        match_gt: ``(B, 1, H, W)`` targets in {0, 1} (or soft).
+        reduction: ``"sum"`` (per-sample sum, batch mean) or ``"mean"`` (over all pixels).
+
+    Returns:
+        ``(loss, metrics)`` with ``match_acc`` (accuracy at 0.5) and ``match_pos`` (mean target).
+    """
+    _check_same("match_pred", match_pred, "match_gt", match_gt)
+    p = match_pred.clamp(_EPS, 1 - _EPS)
+    bce = -(match_gt * torch.log(p) + (1 - match_gt) * torch.log1p(-p))
+    if reduction == "sum":
+        loss = bce.flatten(1).sum(1).mean()
+    elif reduction == "mean":
+        loss = bce.mean()
+    else:
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    with torch.no_grad():
+        acc = ((match_pred > 0.5) == (match_gt > 0.5)).float().mean()
+    return loss, {"match_acc": float(acc), "match_pos": float(match_gt.float().mean())}
+
+
+def compose_cycle(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: torch.Tensor,
+                  match_r1r2: torch.Tensor, padding: str = "border",
+                  match_grad_to_flow: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The composed cycle ``F_s1r1 ∘ F_r1r2 ∘ F_r2s2`` and ``M_r1r2(p + F_s1r1(p))``.
+
+    All tensors ``(B, C, H, W)`` at one resolution. Returns ``(flow_s1s2, match_s1s2)``.
+    """
+    flow = compose_flow(compose_flow(flow_s1r1, flow_r1r2, padding), flow_r2s2, padding)
+    pos = flow_s1r1 if match_grad_to_flow else flow_s1r1.detach()
+    match = compose_matchability(None, match_r1r2, pos)
+    return flow, match
+
+
+def cycle_loss(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: torch.Tensor,
+               match_r1r2: torch.Tensor, flow_s1s2_gt: torch.Tensor, match_s1s2_gt: torch.Tensor,
+               config: CycleLossConfig | None = None) -> tuple[torch.Tensor, dict]:
+    """The cycle objective on a batch of quartets: ``L_flow + λ · L_mat`` (see module doc).
+
+    Args:
+        flow_s1r1, flow_r1r2, flow_r2s2: ``(B, 2, H, W)`` predicted flows.
+        match_r1r2: ``(B, 1, H, W)`` predicted matchability r1→r2 (probabilities).
+        flow_s1s2_gt: ``(B, 2, H, W)`` renderer flow; match_s1s2_gt: ``(B, 1, H, W)`` in {0, 1}.
+
+    Returns:
+        ``(loss, metrics)``: metrics ``loss``, ``loss_flow``, ``loss_match`` and those of the two
+        component losses.
+    """
+    cfg = config or CycleLossConfig()
+    flow_cyc, match_cyc = compose_cycle(flow_s1r1, flow_r1r2, flow_r2s2, match_r1r2,
+                                        cfg.padding, cfg.match_grad_to_flow)
+    l_flow, m_flow = truncated_flow_loss(flow_cyc, flow_s1s2_gt, match_s1s2_gt,
+                                         cfg.truncation, cfg.reduction)
+    l_match, m_match = matchability_loss(match_cyc, match_s1s2_gt, cfg.reduction)
+    loss = l_flow + cfg.match_weight * l_match
+    metrics = {"loss": float(loss.detach()), "loss_flow": float(l_flow.detach()),
+               "loss_match": float(l_match.detach()),
+               **m_flow, **m_match}
+    return loss, metrics

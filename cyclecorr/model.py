@@ -1,0 +1,237 @@
+"""The network of Zhou et al. (CVPR 2016), Figure 2: a shared encoder, concatenation fusion, and two
+decoders (flow in pixels, matchability probability).
+
+Default layer list (``width=1``, input 128×128; every convolution 3×3, stride 2 where the resolution
+changes, no pooling, ReLU after every layer except the last of each decoder)::
+
+    encoder (shared):   16@128  32@64  32@64  64@32  64@32  128@16  128@16  256@8
+    fusion:             concat(code_a, code_b) -> 512@8
+    flow decoder:       512@8  256@16  256@16  128@32  128@32  64@64  64@64  32@128  2@128
+    match decoder:      256@8  128@16  128@16  64@32   64@32   32@64  32@64  16@128  1@128 + sigmoid
+
+Choices the paper leaves open (all options of :class:`NetConfig`, defaults marked):
+
+- padding: zero padding of 1 on every 3×3 convolution (keeps "same" resolution);
+- up-sampling: ``"deconv"`` (default; 3×3 transposed convolution, stride 2, padding 1,
+  output padding 1, exactly doubling) or ``"bilinear"`` (bilinear ×2 then a 3×3 convolution);
+  resolution-preserving decoder layers are 3×3 convolutions (a stride-1 transposed convolution is
+  the same operator);
+- normalisation layers: none (the paper mentions none); ``norm="batch"`` is available;
+- input normalisation: images in [0, 1] are standardised by the ImageNet mean/std inside the
+  network, so callers always pass [0, 1] RGB;
+- initialisation: Kaiming-normal (fan-out, ReLU) for hidden layers, biases 0; the last flow layer
+  and the last matchability layer start at zero weight, so an untrained network predicts the zero
+  flow and matchability 0.5 (a neutral start for both losses);
+- ``flow_scale`` (default 1): the flow head's output is multiplied by it (pixels); larger values
+  make the last layer's effective learning rate larger for the large displacements of real pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS"]
+
+# (out_channels, stride or up-sampling) for width=1; "up" doubles the resolution.
+_ENCODER = [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2)]
+_FLOW_DECODER = [(512, 1), (256, "up"), (256, 1), (128, "up"), (128, 1), (64, "up"), (64, 1),
+                 (32, "up"), (2, 1)]
+_MATCH_DECODER = [(256, 1), (128, "up"), (128, 1), (64, "up"), (64, 1), (32, "up"), (32, 1),
+                  (16, "up"), (1, 1)]
+
+#: The paper's table as ``{part: [(channels, resolution), …]}`` at 128×128 input.
+PAPER_LAYERS = {
+    "encoder": [(16, 128), (32, 64), (32, 64), (64, 32), (64, 32), (128, 16), (128, 16), (256, 8)],
+    "fusion": [(512, 8)],
+    "flow_decoder": [(512, 8), (256, 16), (256, 16), (128, 32), (128, 32), (64, 64), (64, 64),
+                     (32, 128), (2, 128)],
+    "match_decoder": [(256, 8), (128, 16), (128, 16), (64, 32), (64, 32), (32, 64), (32, 64),
+                      (16, 128), (1, 128)],
+}
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class NetConfig:
+    """Options of :class:`CorrespondenceNet` (defaults: the paper's network).
+
+    Attributes:
+        width: channel multiplier (hidden layers; the 2- and 1-channel outputs stay).
+        image_size: input side in pixels (a multiple of 16; 128 in the paper).
+        upsample: ``"deconv"`` or ``"bilinear"``.
+        norm: ``"none"`` or ``"batch"``.
+        flow_scale: multiplier on the flow head's output.
+    """
+
+    width: float = 1.0
+    image_size: int = 128
+    upsample: str = "deconv"
+    norm: str = "none"
+    flow_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.image_size % 16 or self.image_size <= 0:
+            raise ValueError(f"image_size must be a positive multiple of 16, got {self.image_size}")
+        if self.upsample not in ("deconv", "bilinear"):
+            raise ValueError(f"upsample must be 'deconv' or 'bilinear', got {self.upsample!r}")
+        if self.norm not in ("none", "batch"):
+            raise ValueError(f"norm must be 'none' or 'batch', got {self.norm!r}")
+        if self.width <= 0:
+            raise ValueError(f"width must be positive, got {self.width}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ch(c: int, width: float, keep: bool) -> int:
+    return c if keep else max(1, int(round(c * width)))
+
+
+class _Bilinear2x(nn.Module):
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def _make_stack(spec, in_ch: int, cfg: NetConfig, last_linear: bool) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    n = len(spec)
+    for i, (out, stride) in enumerate(spec):
+        last = last_linear and i == n - 1
+        out_ch = _ch(out, cfg.width, keep=last)
+        if stride == "up":
+            if cfg.upsample == "deconv":
+                conv = nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1)
+                layers.append(conv)
+            else:
+                layers += [_Bilinear2x(), nn.Conv2d(in_ch, out_ch, 3, padding=1)]
+        else:
+            layers.append(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1))
+        if not last:
+            if cfg.norm == "batch":
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.ReLU(inplace=True))
+        in_ch = out_ch
+    return nn.Sequential(*layers), in_ch
+
+
+class CorrespondenceNet(nn.Module):
+    """Dense flow + matchability between a source and a target image.
+
+    ``forward(src, tgt)`` takes two ``(B, 3, S, S)`` float tensors in [0, 1] (``S = image_size``) and
+    returns a dict:
+
+    - ``"flow"``: ``(B, 2, S, S)``, flow_src→tgt in pixels (channel 0 = x, 1 = y);
+    - ``"matchability"``: ``(B, 1, S, S)`` in [0, 1] (sigmoid);
+    - ``"matchability_logits"``: ``(B, 1, S, S)``, the pre-sigmoid values.
+
+    ``encode(images) -> (B, 256·width, S/16, S/16)`` and ``decode(code_src, code_tgt)`` expose the
+    two halves so that a training step can encode each image of a quartet once.
+    """
+
+    def __init__(self, config: NetConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or NetConfig()
+        if overrides:
+            cfg = NetConfig(**{**cfg.to_dict(), **overrides})
+        self.config = cfg
+        self.encoder, enc_ch = _make_stack(_ENCODER, 3, cfg, last_linear=False)
+        self.flow_decoder, _ = _make_stack(_FLOW_DECODER, 2 * enc_ch, cfg, last_linear=True)
+        self.match_decoder, _ = _make_stack(_MATCH_DECODER, 2 * enc_ch, cfg, last_linear=True)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for head in (self.flow_decoder, self.match_decoder):
+            last = [m for m in head if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def _check(self, name: str, x: torch.Tensor) -> None:
+        s = self.config.image_size
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(f"{name} must have shape (B, 3, {s}, {s}), got {tuple(x.shape)}")
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, 3, S, S)`` images in [0, 1] to ``(B, 256·width, S/16, S/16)`` codes."""
+        self._check("images", images)
+        return self.encoder((images - self.mean) / self.std)
+
+    def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fuse two codes by concatenation and decode flow and matchability (see class doc)."""
+        fused = torch.cat((code_src, code_tgt), dim=1)
+        flow = self.flow_decoder(fused)
+        if self.config.flow_scale != 1.0:
+            flow = flow * self.config.flow_scale
+        logits = self.match_decoder(fused)
+        return {"flow": flow, "matchability": torch.sigmoid(logits),
+                "matchability_logits": logits}
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._check("src", src)
+        self._check("tgt", tgt)
+        if src.shape[0] != tgt.shape[0]:
+            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
+        codes = self.encode(torch.cat((src, tgt), dim=0))
+        code_src, code_tgt = codes.chunk(2, dim=0)
+        return self.decode(code_src, code_tgt)
+
+    def layer_table(self) -> dict[str, list[tuple[int, int]]]:
+        """``{part: [(out_channels, output_resolution), …]}`` measured by a forward pass."""
+        s = self.config.image_size
+        table: dict[str, list[tuple[int, int]]] = {}
+        x = torch.zeros(1, 3, s, s, device=self.mean.device)
+
+        def run(seq, inp, key):
+            rows = []
+            for m in seq:
+                inp = m(inp)
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                    rows.append((inp.shape[1], inp.shape[-1]))
+            table[key] = rows
+            return inp
+
+        with torch.no_grad():
+            code = run(self.encoder, x, "encoder")
+            fused = torch.cat((code, code), dim=1)
+            table["fusion"] = [(fused.shape[1], fused.shape[-1])]
+            run(self.flow_decoder, fused, "flow_decoder")
+            run(self.match_decoder, fused, "match_decoder")
+        return table
+
+    def flops_per_pair(self) -> int:
+        """Multiply-accumulate count ×2 of one forward pass on one (src, tgt) pair."""
+        s = self.config.image_size
+        total = 0
+        hooks = []
+
+        def hook(m, inp, out):
+            nonlocal total
+            k = m.kernel_size[0] * m.kernel_size[1]
+            cin = m.in_channels // m.groups
+            if isinstance(m, nn.ConvTranspose2d):
+                # each input pixel scatters k·cout values
+                total += 2 * inp[0].shape[-1] * inp[0].shape[-2] * k * cin * m.out_channels
+            else:
+                total += 2 * out.shape[-1] * out.shape[-2] * k * cin * m.out_channels
+
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                hooks.append(m.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, 3, s, s, device=self.mean.device)
+                self(x, x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return total

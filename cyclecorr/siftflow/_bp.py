@@ -1,0 +1,232 @@
+"""Numba kernels of SIFT flow's dual-layer loopy belief propagation (one pyramid level).
+
+Model (Liu, Yuen, Torralba, TPAMI 2011, eq. 1), for a flow ``w(p) = (u(p), v(p))`` on integer labels:
+
+    E(w) = Σ_p D_p(u_p, v_p)                                    data (L1 between SIFT descriptors)
+         + Σ_p γ (|u_p| + |v_p|)                                small displacement ("range" term)
+         + Σ_(p,q)∈N  min(α|u_p − u_q|, d) + min(α|v_p − v_q|, d)   truncated L1 smoothness, 4-neighbours
+
+Each pixel holds two nodes, one for ``u`` (plane 0) and one for ``v`` (plane 1), each with
+``S = 2w + 1`` labels: label ``l`` means displacement ``offset(p) + l − w`` (the offset comes from the
+coarser pyramid level). Spatial messages run inside a plane and use the O(S) distance transform of
+the truncated L1 cost; the "dual" message between the two nodes of a pixel minimises over the data
+term ``D_p(u, v)``. The sweep schedule is the sequential one of Liu's release (BP-S): iteration
+``t`` updates plane ``t mod 2``; forward raster sweeps (messages to the right and down) when
+``t mod 4 < 2``, backward sweeps (to the left and up) otherwise; dual messages when ``t mod 8 < 4``.
+
+Array layout: ``D[y, x, lv, lu]`` (float32), ``rng[k, y, x, l]``, ``off[k, y, x]`` (int32),
+spatial messages ``M[k, y, x, j, l]`` = message *into* (y, x) from its neighbour on side ``j``
+(0 left, 1 right, 2 top, 3 bottom), ``dual[k, y, x, l]`` = message into plane k from the other plane.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def data_term(s1, s2, off_x, off_y, w):
+    """``D[y, x, lv, lu] = Σ_c |s1[y, x, c] − s2[y + oy + lv − w, x + ox + lu − w, c]|``; −1 outside b."""
+    h, wd, c = s1.shape
+    h2, w2 = s2.shape[0], s2.shape[1]
+    n = 2 * w + 1
+    out = np.empty((h, wd, n, n), np.float32)
+    for y in range(h):
+        for x in range(wd):
+            for lv in range(n):
+                yb = y + off_y[y, x] + lv - w
+                for lu in range(n):
+                    xb = x + off_x[y, x] + lu - w
+                    if 0 <= xb < w2 and 0 <= yb < h2:
+                        acc = 0.0
+                        for ch in range(c):
+                            acc += abs(s1[y, x, ch] - s2[yb, xb, ch])
+                        out[y, x, lv, lu] = acc
+                    else:
+                        out[y, x, lv, lu] = -1.0
+    return out
+
+
+@njit(cache=True)
+def _send_spatial(M, dual, rng, off, k, y, x, direction, w, alpha, d, buf):
+    h = M.shape[1]
+    wd = M.shape[2]
+    n = 2 * w + 1
+    if direction == 0:
+        if x == wd - 1:
+            return
+        y1, x1, skip = y, x + 1, 1
+    elif direction == 1:
+        if x == 0:
+            return
+        y1, x1, skip = y, x - 1, 0
+    elif direction == 2:
+        if y == h - 1:
+            return
+        y1, x1, skip = y + 1, x, 3
+    else:
+        if y == 0:
+            return
+        y1, x1, skip = y - 1, x, 2
+    # incoming evidence at the sender, excluding what came from the receiver
+    for l in range(n):
+        v = dual[k, y, x, l] + rng[k, y, x, l]
+        for j in range(4):
+            if j != skip:
+                v += M[k, y, x, j, l]
+        buf[l] = v
+    mn = buf[0]
+    for l in range(1, n):
+        if buf[l] < mn:
+            mn = buf[l]
+    # distance transform of alpha*|.| (lower envelope of cones)
+    for l in range(1, n):
+        if buf[l - 1] + alpha < buf[l]:
+            buf[l] = buf[l - 1] + alpha
+    for l in range(n - 2, -1, -1):
+        if buf[l + 1] + alpha < buf[l]:
+            buf[l] = buf[l + 1] + alpha
+    cap = mn + d
+    # the receiver: the message is indexed by the receiver's labels (its own offset)
+    shift = off[k, y1, x1] - off[k, y, x]
+    # side that the receiver sees: message into (y1, x1) from the sender's side
+    side = direction  # 0: from left, 1: from right, 2: from top, 3: from bottom
+    mmin = 1e30
+    for l1 in range(n):
+        i = l1 + shift
+        if i < 0:
+            val = buf[0] + alpha * (-i)
+        elif i >= n:
+            val = buf[n - 1] + alpha * (i - n + 1)
+        else:
+            val = buf[i]
+        if val > cap:
+            val = cap
+        M[k, y1, x1, side, l1] = val
+        if val < mmin:
+            mmin = val
+    for l1 in range(n):
+        M[k, y1, x1, side, l1] -= mmin
+
+
+@njit(cache=True)
+def _send_dual(M, dual, rng, D, k, y, x, w, buf):
+    n = 2 * w + 1
+    for l in range(n):
+        v = rng[k, y, x, l]
+        for j in range(4):
+            v += M[k, y, x, j, l]
+        buf[l] = v
+    mmin = 1e30
+    if k == 0:  # u plane -> v plane: out[lv] = min_lu D[lv, lu] + h[lu]
+        for lv in range(n):
+            best = 1e30
+            for lu in range(n):
+                t = D[y, x, lv, lu] + buf[lu]
+                if t < best:
+                    best = t
+            dual[1, y, x, lv] = best
+            if best < mmin:
+                mmin = best
+        for lv in range(n):
+            dual[1, y, x, lv] -= mmin
+    else:  # v plane -> u plane: out[lu] = min_lv D[lv, lu] + h[lv]
+        for lu in range(n):
+            best = 1e30
+            for lv in range(n):
+                t = D[y, x, lv, lu] + buf[lv]
+                if t < best:
+                    best = t
+            dual[0, y, x, lu] = best
+            if best < mmin:
+                mmin = best
+        for lu in range(n):
+            dual[0, y, x, lu] -= mmin
+
+
+@njit(cache=True)
+def _decode(M, dual, rng, labels):
+    n = M.shape[4]
+    for k in range(2):
+        for y in range(M.shape[1]):
+            for x in range(M.shape[2]):
+                best = 1e30
+                arg = 0
+                for l in range(n):
+                    v = rng[k, y, x, l] + dual[k, y, x, l]
+                    for j in range(4):
+                        v += M[k, y, x, j, l]
+                    if v < best:
+                        best = v
+                        arg = l
+                labels[k, y, x] = arg
+
+
+@njit(cache=True)
+def energy(D, rng, off, labels, w, alpha, d):
+    """SIFT flow energy (module docstring) of the labelling ``labels[k, y, x]``."""
+    h, wd = D.shape[0], D.shape[1]
+    e = 0.0
+    for y in range(h):
+        for x in range(wd):
+            lu = labels[0, y, x]
+            lv = labels[1, y, x]
+            e += D[y, x, lv, lu] + rng[0, y, x, lu] + rng[1, y, x, lv]
+            for k in range(2):
+                u = off[k, y, x] + labels[k, y, x]
+                if x < wd - 1:
+                    s = alpha * abs(u - off[k, y, x + 1] - labels[k, y, x + 1])
+                    e += s if s < d else d
+                if y < h - 1:
+                    s = alpha * abs(u - off[k, y + 1, x] - labels[k, y + 1, x])
+                    e += s if s < d else d
+    return e
+
+
+@njit(cache=True)
+def belief_propagation(D, rng, off, w, alpha, d, n_iter, energies):
+    """Run ``n_iter`` BP-S iterations; return the lowest-energy labelling ``(2, H, W)`` int32 seen.
+
+    ``energies[t]`` receives the energy of the labelling decoded after iteration ``t``.
+    """
+    h, wd = D.shape[0], D.shape[1]
+    n = 2 * w + 1
+    M = np.zeros((2, h, wd, 4, n), np.float32)
+    dual = np.zeros((2, h, wd, n), np.float32)
+    buf = np.empty(n, np.float32)
+    labels = np.empty((2, h, wd), np.int32)
+    best_labels = np.empty((2, h, wd), np.int32)
+    # starting point: every label at the window centre, i.e. the flow handed down by the coarser
+    # level (or zero at the top); BP keeps a labelling only if it has a lower energy
+    for k in range(2):
+        for y in range(h):
+            for x in range(wd):
+                best_labels[k, y, x] = w
+    best_e = energy(D, rng, off, best_labels, w, alpha, d)
+    for t in range(n_iter):
+        k = t % 2
+        do_dual = (t % 8) < 4
+        if (t % 4) < 2:
+            for y in range(h):
+                for x in range(wd):
+                    _send_spatial(M, dual, rng, off, k, y, x, 0, w, alpha, d, buf)
+                    _send_spatial(M, dual, rng, off, k, y, x, 2, w, alpha, d, buf)
+                    if do_dual:
+                        _send_dual(M, dual, rng, D, k, y, x, w, buf)
+        else:
+            for y in range(h - 1, -1, -1):
+                for x in range(wd - 1, -1, -1):
+                    _send_spatial(M, dual, rng, off, k, y, x, 1, w, alpha, d, buf)
+                    _send_spatial(M, dual, rng, off, k, y, x, 3, w, alpha, d, buf)
+                    if do_dual:
+                        _send_dual(M, dual, rng, D, k, y, x, w, buf)
+        _decode(M, dual, rng, labels)
+        e = energy(D, rng, off, labels, w, alpha, d)
+        energies[t] = e
+        if e < best_e:
+            best_e = e
+            for kk in range(2):
+                for yy in range(h):
+                    for xx in range(wd):
+                        best_labels[kk, yy, xx] = labels[kk, yy, xx]
+    return best_labels

@@ -1,0 +1,227 @@
+"""Batch SIFT flow for stage-1 targets: cached on disk, resumable, parallel, with a progress bar.
+
+Each pair is written to ``out_dir/<key>.npz`` (written to a temporary file, then ``os.replace``d, so
+an interrupted run never leaves a half-written result); a pair whose file already exists is skipped,
+so re-running the same call resumes. ``<key>`` is a hash of the pair's identity (the two absolute
+paths, or the bytes of in-memory arrays), the resize ``size`` and the :class:`SiftFlowParams`, so a
+change of any of them computes a new file instead of reusing a stale one. ``out_dir/index.json``
+lists every pair of the call (``a``, ``b``, ``key``, ``file``), written atomically at the end.
+
+Each ``.npz`` holds ``flow`` ``(2, H, W)`` float32 (flow_ab, cyclecorr's conventions), ``cost``
+``(H, W)`` float32, ``energy`` (float64, per BP iteration, coarsest level first), ``shape_a`` and
+``shape_b`` (the images' sizes as given, before any resize), ``size`` (−1 where none) and ``params``
+(JSON). Read it back with :func:`load_sift_flow`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+from cyclecorr.siftflow.core import SiftFlowParams, SiftFlowResult, sift_flow
+
+__all__ = ["compute_sift_flow_batch", "load_sift_flow", "pair_key", "load_image"]
+
+ImageLike = Union[str, os.PathLike, np.ndarray, Callable[[], np.ndarray]]
+
+
+def load_image(path) -> np.ndarray:
+    """Read an image file as ``H×W×3`` uint8; raise ``ValueError`` naming the file if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {p}: {e}") from e
+
+
+def _materialise(item: ImageLike, size: int | None, what: str) -> tuple[np.ndarray, tuple]:
+    if isinstance(item, (str, os.PathLike)):
+        img = load_image(item)
+    elif callable(item):
+        img = np.asarray(item())
+    else:
+        img = np.asarray(item)
+    if img.ndim < 2 or img.size == 0:
+        raise ValueError(f"{what}: not an image (shape {img.shape})")
+    shape = tuple(int(s) for s in img.shape[:2])
+    if size is not None and shape != (size, size):
+        from PIL import Image
+
+        if img.dtype != np.uint8:
+            if not np.all(np.isfinite(img)):
+                raise ValueError(f"{what}: image contains NaN or infinite values")
+            img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return img, shape
+
+
+def _identity(item: ImageLike, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(Path(item).resolve())
+    if callable(item):
+        name = getattr(item, "__qualname__", type(item).__name__)
+        return f"callable:{name}:{index}"
+    arr = np.ascontiguousarray(np.asarray(item))
+    return "array:" + hashlib.sha1(arr.tobytes() + str(arr.shape).encode()).hexdigest()
+
+
+def pair_key(a: ImageLike, b: ImageLike, size: int | None = 128,
+             params: SiftFlowParams | None = None, index: int = 0) -> str:
+    """Cache key of a pair: sha1 of both identities, ``size`` and the parameters (20 hex digits).
+
+    Paths are identified by their absolute path, arrays by their bytes, callables by their
+    qualified name and ``index`` (their position in the list: keep the list order stable).
+    """
+    params = params or SiftFlowParams()
+    ident = json.dumps([_identity(a, index), _identity(b, index), size, params.to_dict()],
+                       sort_keys=True, default=str)
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def _save_atomic(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_sift_flow(path) -> SiftFlowResult:
+    """Load one cached pair written by :func:`compute_sift_flow_batch` (raises naming the file)."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            flow = z["flow"].astype(np.float32)
+            cost = z["cost"].astype(np.float32)
+            energy = z["energy"].tolist() if "energy" in z else []
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, KeyError, ValueError …
+        raise ValueError(f"malformed SIFT flow file {p}: {e}") from e
+    if flow.ndim != 3 or flow.shape[0] != 2 or cost.shape != flow.shape[1:]:
+        raise ValueError(f"malformed SIFT flow file {p}: flow {flow.shape}, cost {cost.shape}")
+    return SiftFlowResult(flow=flow, cost=cost, energy=energy)
+
+
+# The pair list is handed to worker processes by inheritance (fork) or by pickling (spawn).
+_JOBS: list = []
+
+
+def _work(job) -> str:
+    (a, b, out_path, size, params, index) = job if job is not None else (None,) * 6
+    return _compute_one(a, b, Path(out_path), size, params, index)
+
+
+def _work_index(i: int) -> str:
+    return _work(_JOBS[i])
+
+
+def _compute_one(a, b, out_path: Path, size, params, index) -> str:
+    if out_path.exists():
+        return str(out_path)
+    img_a, shape_a = _materialise(a, size, f"pair {index} image a ({_identity(a, index)})")
+    img_b, shape_b = _materialise(b, size, f"pair {index} image b ({_identity(b, index)})")
+    try:
+        res = sift_flow(img_a, img_b, params)
+    except ValueError as e:
+        raise ValueError(f"pair {index} ({_identity(a, index)}, {_identity(b, index)}): {e}") \
+            from e
+    _save_atomic(out_path, flow=res.flow, cost=res.cost,
+                 energy=np.asarray(res.energy, np.float64),
+                 shape_a=np.asarray(shape_a), shape_b=np.asarray(shape_b),
+                 size=np.asarray(-1 if size is None else size),
+                 params=np.asarray(json.dumps(params.to_dict())))
+    return str(out_path)
+
+
+def compute_sift_flow_batch(pairs: Sequence[tuple[ImageLike, ImageLike]], out_dir,
+                            workers: int = 2, size: int | None = 128,
+                            params: SiftFlowParams | None = None, progress: bool = True,
+                            ) -> list[Path]:
+    """Compute SIFT flow for many pairs, one cached ``.npz`` per pair (module docstring).
+
+    - ``pairs``: ``(a, b)`` items; each of a, b is an image path, a numpy image (``H×W×3`` uint8 or
+      float in [0, 1]) or a zero-argument callable returning one.
+    - ``out_dir``: output folder (created); finished pairs already there are skipped (resume).
+    - ``workers``: processes (1 = in this process). With several workers on Linux the pair list
+      is inherited by forked workers (callables and arrays need not be picklable); elsewhere
+      (spawn) they must be picklable.
+    - ``size``: both images are resized to ``size×size`` first (bilinear); ``None`` keeps them.
+    - ``params``: :class:`SiftFlowParams` (published defaults).
+
+    Returns the output paths in the order of ``pairs``. A bad pair (missing or corrupt image, NaN)
+    raises an error naming it; the pairs finished before stay cached.
+    """
+    from tqdm.auto import tqdm
+
+    params = params or SiftFlowParams()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    if size is not None and size < 8:
+        raise ValueError(f"size must be ≥ 8 or None, got {size}")
+    jobs, paths, index = [], [], []
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise ValueError(f"pair {i}: expected (a, b), got {len(pair)} items")
+        a, b = pair
+        key = pair_key(a, b, size, params, index=i)
+        p = out / f"{key}.npz"
+        paths.append(p)
+        index.append({"index": i, "a": _identity(a, i), "b": _identity(b, i), "key": key,
+                      "file": p.name})
+        if not p.exists():
+            jobs.append((a, b, str(p), size, params, i))
+    bar = tqdm(total=len(paths), initial=len(paths) - len(jobs), desc="SIFT flow",
+               unit="pair", disable=not progress)
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                _work(job)
+                bar.update(1)
+        else:
+            global _JOBS
+            use_fork = sys.platform.startswith("linux")
+            ctx = mp.get_context("fork" if use_fork else "spawn")
+            n = min(workers, len(jobs))
+            if use_fork:
+                _JOBS = jobs
+                try:
+                    with ctx.Pool(n) as pool:
+                        for _ in pool.imap_unordered(_work_index, range(len(jobs))):
+                            bar.update(1)
+                finally:
+                    _JOBS = []
+            else:
+                with ctx.Pool(n) as pool:
+                    for _ in pool.imap_unordered(_work, jobs):
+                        bar.update(1)
+    finally:
+        bar.close()
+    _write_index(out / "index.json", index, size, params)
+    return paths
+
+
+def _write_index(path: Path, entries, size, params) -> None:
+    data = {"size": size, "params": params.to_dict(), "pairs": entries}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)

@@ -1,0 +1,240 @@
+"""SIFT flow (Liu, Yuen, Torralba, "SIFT Flow: Dense Correspondence across Scenes and its
+Applications", TPAMI 2011): dense SIFT + a discrete MRF solved by dual-layer loopy belief
+propagation, coarse to fine.
+
+Conventions (cyclecorr, DESIGN.md): the result ``flow`` is ``flow_ab`` with shape ``(2, H_a, W_a)``,
+channel 0 = x, channel 1 = y, in pixels; pixel centres at integer coordinates ``0 … W−1``;
+``flow_ab(p) = q − p`` with q the match of a's pixel p in image b, so that sampling b at
+``p + flow_ab(p)`` gives an image aligned with a. (Liu's ``SIFTflowc2f(im1, im2)`` returns the same
+quantity, ``vx, vy`` such that ``warpImage(im2, vx, vy)`` ≈ im1, so im1 = a, im2 = b.)
+
+Energy minimised at every pyramid level (integer flow ``w = (u, v)``, 4-neighbourhood N)::
+
+    E(w) = Σ_p min(‖s_a(p) − s_b(p + w(p))‖₁, t)                 data, s = dense SIFT (×255)
+         + Σ_p γ_ℓ (|u(p)| + |v(p)|)                              small displacement
+         + Σ_(p,q)∈N min(α |u(p) − u(q)|, d) + min(α |v(p) − v(q)|, d)   smoothness
+
+Candidates ``p + w`` outside image b get the data cost of the median of all inside candidates
+(Liu's "default matching score"). ``t`` (``data_threshold``) is ``None`` by default: Liu's released
+code (``mexDiscreteFlow``) does not truncate the data term although the paper writes it truncated;
+``"median"`` truncates at that same median, a number truncates there.
+
+Coarse to fine: the SIFT images are smoothed (Gaussian σ = 0.67, 5 taps) and halved ``n_levels − 1``
+times (2×2 averaging, so coarse pixel i has its centre at fine coordinate 2i + 0.5). At the coarsest
+level the search window is ``±top_window`` around zero with ``n_top_iterations`` BP iterations; at
+each finer level the flow from the level above is upsampled (bilinear), doubled and rounded, and
+searched ``±window`` around it with ``round(linspace(n_iterations, 0.6·n_iterations, n_levels))``
+iterations (finest level gets ``n_iterations``). The small-displacement weight at level ℓ
+(0 = finest) is ``γ·2^ℓ``, as in Liu's ``SIFTflowc2f``.
+
+Published defaults (Liu's release, ``demo.m``; also the values used by later papers comparing with
+SIFT flow): cell size 3, α = 2·255, d = 40·255, γ = 0.005·255, 4 levels, window 2, top window 10,
+60 top iterations, 30 iterations. At 128×128 the top level is 16×16 and ±10 px there is ±80 px at
+full resolution, ample for the ~30 px displacements of 128×128 object crops.
+
+Deviations from Liu's C++ (documented): no multigrid message initialisation inside a level
+(``nHierarchy``, an acceleration only); the returned labelling of each level is the lowest-energy
+one decoded over the iterations (Liu returns the last one); images of different sizes are handled
+by resizing b to a's size (see :func:`sift_flow`), not by a per-pixel scaling offset.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from cyclecorr.siftflow import _bp
+from cyclecorr.siftflow.dense_sift import as_float_image, dense_sift
+
+__all__ = ["SiftFlowParams", "SiftFlowResult", "sift_flow", "sift_flow_descriptors"]
+
+
+@dataclass(frozen=True)
+class SiftFlowParams:
+    """Parameters of SIFT flow; defaults are the published ones (Liu's release, ``demo.m``).
+
+    - ``cell_size`` (3): dense SIFT cell size in pixels (patch = 4×4 cells).
+    - ``alpha`` (2·255): smoothness weight, per pixel of flow difference.
+    - ``d`` (40·255): truncation of the smoothness term (so flow jumps > 20 px cost the same).
+    - ``gamma`` (0.005·255): small-displacement weight at the finest level (×2^ℓ at level ℓ).
+    - ``n_levels`` (4): pyramid levels (reduced automatically so the top level is ≥ 4 px).
+    - ``window`` (2) / ``top_window`` (10): search half-width at the finer levels / the top level.
+    - ``n_iterations`` (30) / ``n_top_iterations`` (60): BP iterations at the finest / top level.
+    - ``data_threshold`` (None): truncation t of the data term: None (Liu's code), "median" or a
+      number (same units as the L1 distance of two ×255 SIFT descriptors).
+    """
+
+    cell_size: int = 3
+    alpha: float = 2.0 * 255
+    d: float = 40.0 * 255
+    gamma: float = 0.005 * 255
+    n_levels: int = 4
+    window: int = 2
+    top_window: int = 10
+    n_iterations: int = 30
+    n_top_iterations: int = 60
+    data_threshold: float | str | None = None
+
+    def __post_init__(self):
+        if self.cell_size < 1 or self.n_levels < 1 or self.window < 0 or self.top_window < 0:
+            raise ValueError(f"invalid SiftFlowParams: {self}")
+        if self.n_iterations < 1 or self.n_top_iterations < 1:
+            raise ValueError(f"SiftFlowParams: iteration counts must be ≥ 1: {self}")
+        if not (np.isfinite(self.alpha) and np.isfinite(self.d) and np.isfinite(self.gamma)):
+            raise ValueError(f"SiftFlowParams: alpha, d, gamma must be finite: {self}")
+        if isinstance(self.data_threshold, str) and self.data_threshold != "median":
+            raise ValueError(f"data_threshold must be None, 'median' or a number, got "
+                             f"{self.data_threshold!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SiftFlowResult:
+    """Output of :func:`sift_flow`.
+
+    - ``flow``: ``(2, H_a, W_a)`` float32, flow_ab in a's pixels pointing into b's pixels.
+    - ``cost``: ``(H_a, W_a)`` float32, the (untruncated) L1 distance between the ×255 SIFT
+      descriptors of p in a and of its match in b (lower = better; a matchability baseline).
+      Matches outside b get the level's default score (median of all candidate costs).
+    - ``energy``: energies after every BP iteration, coarsest level first, finest last.
+    - ``energy_per_level``: the same split by level (coarsest first).
+    - ``level_shapes``: ``(H, W)`` of each level, coarsest first.
+    """
+
+    flow: np.ndarray
+    cost: np.ndarray
+    energy: list = field(default_factory=list)
+    energy_per_level: list = field(default_factory=list)
+    level_shapes: list = field(default_factory=list)
+
+
+def _downsample(img: np.ndarray) -> np.ndarray:
+    """Gaussian σ = 0.67 (5 taps), then 2×2 averaging (edge replicated for odd sizes)."""
+    sm = ndimage.gaussian_filter(img, sigma=(0.67, 0.67, 0), truncate=2.0 / 0.67, mode="nearest")
+    h, w = sm.shape[:2]
+    if h % 2:
+        sm = np.concatenate([sm, sm[-1:]], axis=0)
+    if w % 2:
+        sm = np.concatenate([sm, sm[:, -1:]], axis=1)
+    return 0.25 * (sm[0::2, 0::2] + sm[1::2, 0::2] + sm[0::2, 1::2] + sm[1::2, 1::2])
+
+
+def _upsample_flow(flow: np.ndarray, shape) -> np.ndarray:
+    """Coarse flow (2,h,w) → (2,H,W) in fine pixels: bilinear at (p − 0.5)/2, times 2."""
+    hh, ww = shape
+    yc = np.clip((np.arange(hh) - 0.5) / 2.0, 0, flow.shape[1] - 1)
+    xc = np.clip((np.arange(ww) - 0.5) / 2.0, 0, flow.shape[2] - 1)
+    gy, gx = np.meshgrid(yc, xc, indexing="ij")
+    out = np.stack([ndimage.map_coordinates(f, [gy, gx], order=1, mode="nearest") for f in flow])
+    return 2.0 * out
+
+
+def _run_level(s1, s2, off, win, gamma, params, n_iter):
+    """One level: data term, range term, BP. Returns (flow int (2,H,W), cost, energies)."""
+    off_x = np.ascontiguousarray(off[0], dtype=np.int32)
+    off_y = np.ascontiguousarray(off[1], dtype=np.int32)
+    raw = _bp.data_term(s1, s2, off_x, off_y, int(win))
+    inside = raw >= 0
+    default = float(np.median(raw[inside])) if inside.any() else 0.0
+    raw[~inside] = default
+    dterm = raw
+    thr = params.data_threshold
+    if thr is not None:
+        t = default if thr == "median" else float(thr)
+        dterm = np.minimum(raw, np.float32(t))
+    n = 2 * win + 1
+    labels_disp = np.arange(n, dtype=np.float32) - win
+    offs = np.stack([off_x, off_y]).astype(np.float32)
+    rng = (gamma * np.abs(offs[:, :, :, None] + labels_disp)).astype(np.float32)
+    energies = np.zeros(n_iter, dtype=np.float64)
+    offs_i = np.stack([off_x, off_y])
+    labels = _bp.belief_propagation(dterm, rng, offs_i, int(win), float(params.alpha),
+                                    float(params.d), int(n_iter), energies)
+    flow = offs_i + labels - win
+    h, w = labels.shape[1:]
+    yy, xx = np.indices((h, w))
+    cost = raw[yy, xx, labels[1], labels[0]]
+    return flow, cost.astype(np.float32), energies.tolist()
+
+
+def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
+                          params: SiftFlowParams | None = None) -> SiftFlowResult:
+    """SIFT flow between two SIFT images of the same size ``(H, W, C)`` (see :func:`sift_flow`)."""
+    params = params or SiftFlowParams()
+    if sift_a.shape != sift_b.shape or sift_a.ndim != 3:
+        raise ValueError(f"SIFT images must have equal shapes (H, W, C): {sift_a.shape} vs "
+                         f"{sift_b.shape}")
+    if not (np.all(np.isfinite(sift_a)) and np.all(np.isfinite(sift_b))):
+        raise ValueError("SIFT images contain NaN or infinite values")
+    pyr_a = [np.ascontiguousarray(sift_a, dtype=np.float32)]
+    pyr_b = [np.ascontiguousarray(sift_b, dtype=np.float32)]
+    n_levels = params.n_levels
+    while len(pyr_a) < n_levels and min(pyr_a[-1].shape[:2]) >= 8:
+        pyr_a.append(_downsample(pyr_a[-1]).astype(np.float32))
+        pyr_b.append(_downsample(pyr_b[-1]).astype(np.float32))
+    n_levels = len(pyr_a)
+    iters = np.round(np.linspace(params.n_iterations, params.n_iterations * 0.6,
+                                 max(n_levels, 1))).astype(int)
+    flow = None
+    energy_per_level, shapes = [], []
+    cost = None
+    for lev in range(n_levels - 1, -1, -1):
+        s1, s2 = pyr_a[lev], pyr_b[lev]
+        h, w = s1.shape[:2]
+        gamma = params.gamma * 2.0 ** lev
+        if lev == n_levels - 1:
+            off = np.zeros((2, h, w), np.int32)
+            win, n_it = params.top_window, params.n_top_iterations
+        else:
+            off = np.round(_upsample_flow(flow.astype(np.float64), (h, w))).astype(np.int32)
+            win, n_it = params.window, int(iters[lev])
+        flow, cost, energies = _run_level(s1, s2, off, win, gamma, params, n_it)
+        energy_per_level.append(energies)
+        shapes.append((h, w))
+    return SiftFlowResult(flow=flow.astype(np.float32), cost=cost,
+                          energy=[e for es in energy_per_level for e in es],
+                          energy_per_level=energy_per_level, level_shapes=shapes)
+
+
+def _resize(img: np.ndarray, shape) -> np.ndarray:
+    from skimage.transform import resize
+
+    return resize(img, (shape[0], shape[1], img.shape[2]), order=1, mode="edge",
+                  anti_aliasing=True)
+
+
+def sift_flow(image_a, image_b, params: SiftFlowParams | None = None) -> SiftFlowResult:
+    """SIFT flow from image a to image b: ``flow_ab`` ``(2, H_a, W_a)`` and the per-pixel match cost.
+
+    ``image_a``, ``image_b``: numpy ``H×W×3`` (or ``H×W``) uint8, or float on [0, 1]; PIL images and
+    channel-first ``3×H×W`` arrays/tensors are accepted too. The flow is integer-valued (discrete
+    labels) and follows cyclecorr's conventions: ``flow_ab(p) = q − p``, channel 0 = x, 1 = y.
+
+    Images of different sizes: b is resized (bilinear, anti-aliased, pixel-centre aligned) to a's
+    size, matched, and the match q' in the resized b is mapped back to b's pixels with
+    ``q = (q' + 0.5)·(W_b / W_a) − 0.5`` (same in y), so the flow is still in a's pixels pointing
+    into b's pixels (then no longer integer-valued).
+
+    Parameters and the energy: see :class:`SiftFlowParams` and the module docstring.
+    """
+    params = params or SiftFlowParams()
+    a = as_float_image(image_a, "image_a")
+    b = as_float_image(image_b, "image_b")
+    if a.shape[2] != b.shape[2]:  # mix of grey and colour: compare in grey
+        a = a.mean(axis=2, keepdims=True)
+        b = b.mean(axis=2, keepdims=True)
+    ha, wa = a.shape[:2]
+    hb, wb = b.shape[:2]
+    b_rs = b if (hb, wb) == (ha, wa) else _resize(b, (ha, wa))
+    sa = dense_sift(a, cell_size=params.cell_size)
+    sb = dense_sift(b_rs, cell_size=params.cell_size)
+    res = sift_flow_descriptors(sa, sb, params)
+    if (hb, wb) != (ha, wa):
+        yy, xx = np.indices((ha, wa), dtype=np.float64)
+        qx = (xx + res.flow[0] + 0.5) * (wb / wa) - 0.5
+        qy = (yy + res.flow[1] + 0.5) * (hb / ha) - 0.5
+        res.flow = np.stack([qx - xx, qy - yy]).astype(np.float32)
+    return res

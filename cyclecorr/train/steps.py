@@ -1,0 +1,68 @@
+"""The two training objectives as functions of (network, batch) → (loss, metrics).
+
+Stage 1 (initialisation): the encoder + flow decoder regress SIFT flow on real pairs with a
+Euclidean loss. Stage 2: the 3D-guided cycle on quartets (``cyclecorr.losses.cycle_loss``).
+
+Batches are dicts of tensors: stage 1 ``src``, ``tgt`` (B,3,S,S) in [0, 1] and ``flow`` (B,2,S,S)
+(the SIFT flow src→tgt, pixels); stage 2 ``s1``, ``s2``, ``r1``, ``r2`` (B,3,S,S), ``flow_s1s2``
+(B,2,S,S) and ``match_s1s2`` (B,1,S,S).
+"""
+from __future__ import annotations
+
+import torch
+
+from cyclecorr.losses import CycleLossConfig, cycle_loss, truncated_flow_loss
+from cyclecorr.model import CorrespondenceNet
+
+__all__ = ["cycle_predictions", "cycle_step_loss", "stage1_step_loss"]
+
+
+def _net(model) -> CorrespondenceNet:
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def cycle_predictions(model, s1, r1, r2, s2) -> dict[str, torch.Tensor]:
+    """Predict ``F_s1r1``, ``F_r1r2``, ``F_r2s2`` and ``M_r1r2`` in one batched pass.
+
+    Each of the four images is encoded once (4B encoder passes instead of 6B), then the three
+    pairs are decoded together as one batch of 3B. Works with a plain, compiled or DDP-wrapped
+    network: the encoder and decoders are called through ``model`` when it is wrapped by DDP so
+    gradients are synchronised (DDP wraps ``forward``; see ``CycleModule``).
+    """
+    b = s1.shape[0]
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        out = model(torch.cat((s1, r1, r2)), torch.cat((r1, r2, s2)))
+    else:
+        net = _net(model) if not hasattr(model, "_orig_mod") else model._orig_mod
+        codes = net.encode(torch.cat((s1, r1, r2, s2)))
+        c_s1, c_r1, c_r2, c_s2 = codes.split(b)
+        out = net.decode(torch.cat((c_s1, c_r1, c_r2)), torch.cat((c_r1, c_r2, c_s2)))
+    flow = out["flow"].split(b)
+    match = out["matchability"].split(b)
+    return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
+            "match_r1r2": match[1]}
+
+
+def cycle_step_loss(model, batch: dict, config: CycleLossConfig | None = None
+                    ) -> tuple[torch.Tensor, dict]:
+    """The cycle objective of one batch of quartets (see ``cyclecorr.losses.cycle_loss``)."""
+    p = cycle_predictions(model, batch["s1"], batch["r1"], batch["r2"], batch["s2"])
+    return cycle_loss(p["flow_s1r1"], p["flow_r1r2"], p["flow_r2s2"], p["match_r1r2"],
+                      batch["flow_s1s2"], batch["match_s1s2"], config)
+
+
+def stage1_step_loss(model, batch: dict, reduction: str = "mean") -> tuple[torch.Tensor, dict]:
+    """Euclidean regression of the network's flow onto SIFT flow (paper stage 1).
+
+    ``L = Σ_p ‖F(p) − F_sift(p)‖²`` (``reduction="sum"``: per-pair sum, batch mean; ``"mean"``:
+    per-pixel mean). Only the encoder and flow decoder receive gradients (the matchability decoder
+    is not used). Pixels where ``batch["valid"]`` (optional, (B,1,S,S)) is 0 are ignored.
+    """
+    out = model(batch["src"], batch["tgt"])
+    mask = batch.get("valid")
+    loss, metrics = truncated_flow_loss(out["flow"], batch["flow"], mask,
+                                        truncation=float("inf"), reduction=reduction)
+    metrics = {"loss": float(loss.detach()), **metrics}
+    return loss, metrics
