@@ -59,24 +59,30 @@ def read_image(path) -> np.ndarray:
 
 
 def read_mask(path) -> np.ndarray:
-    """Read a mask image (any mode) as an ``H×W`` bool array: True where the value is > 127
-    (grey images; for colour images any channel > 127)."""
+    """Read a mask image (any mode) as an ``H×W`` bool array.
+
+    Palette images: True where the palette index is non-zero. Other images: True where the value
+    is > 127 (for colour images any channel), or > 0 when the image only holds 0/1 values.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = _require_file(path)
     try:
         with Image.open(path) as im:
             im.load()
+            palette = im.mode == "P"
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode mask image ({e})") from e
+    if palette:
+        return arr > 0
     if arr.dtype == bool:
         return arr if arr.ndim == 2 else arr.any(axis=-1)
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=-1)
     if arr.ndim != 2:
         raise DataError(f"{path}: mask must be a 2-D image, got shape {arr.shape}")
-    return arr > 127
+    return arr > (0 if arr.size and arr.max() <= 1 else 127)
 
 
 def load_mat(path, required: tuple[str, ...] = ()) -> dict:

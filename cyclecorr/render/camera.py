@@ -234,8 +234,24 @@ def _sample(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, order: int, fill: f
         return out
     x0 = np.floor(xs).astype(np.int64)
     y0 = np.floor(ys).astype(np.int64)
-    fx = (xs - x0)
-    fy = (ys - y0)
+    fx = (xs - x0).astype(np.float32)
+    fy = (ys - y0).astype(np.float32)
+    if fill == 0.0:
+        # pad once with a zero border instead of masking every tap
+        pad = np.zeros((H + 2, W + 2) + img.shape[2:], np.float32)
+        pad[1:-1, 1:-1] = img
+        xi = np.clip(x0 + 1, 0, W)
+        yi = np.clip(y0 + 1, 0, H)
+        # taps that fall outside by more than one pixel read the zero border
+        far = (x0 < -1) | (x0 > W - 1) | (y0 < -1) | (y0 > H - 1)
+        xi[far], yi[far] = 0, 0
+        a, b = pad[yi, xi], pad[yi, xi + 1]
+        c, d = pad[yi + 1, xi], pad[yi + 1, xi + 1]
+        if img.ndim == 3:
+            fx, fy = fx[..., None], fy[..., None]
+        top = a + (b - a) * fx
+        bot = c + (d - c) * fx
+        return top + (bot - top) * fy
     out = 0.0
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):

@@ -184,15 +184,15 @@ def energy(D, rng, off, labels, w, alpha, d):
 
 
 @njit(cache=True)
-def belief_propagation(D, rng, off, w, alpha, d, n_iter, energies):
+def belief_propagation(D, rng, off, w, alpha, d, n_iter, energies, M, dual):
     """Run ``n_iter`` BP-S iterations; return the lowest-energy labelling ``(2, H, W)`` int32 seen.
 
-    ``energies[t]`` receives the energy of the labelling decoded after iteration ``t``.
+    ``M`` ``(2, H, W, 4, S)`` and ``dual`` ``(2, H, W, S)`` float32 hold the initial messages (zeros,
+    or those handed down by the multigrid level) and are updated in place. ``energies[t]``
+    receives the energy of the labelling decoded after iteration ``t``.
     """
     h, wd = D.shape[0], D.shape[1]
     n = 2 * w + 1
-    M = np.zeros((2, h, wd, 4, n), np.float32)
-    dual = np.zeros((2, h, wd, n), np.float32)
     buf = np.empty(n, np.float32)
     labels = np.empty((2, h, wd), np.int32)
     best_labels = np.empty((2, h, wd), np.int32)
@@ -230,3 +230,51 @@ def belief_propagation(D, rng, off, w, alpha, d, n_iter, energies):
                     for xx in range(wd):
                         best_labels[kk, yy, xx] = labels[kk, yy, xx]
     return best_labels
+
+
+def coarser_problem(D, off, gamma, w):
+    """Multigrid level of Liu's BP (``nHierarchy``): a half-resolution MRF with the same labels.
+
+    Node (i, j) stands for the pixels (2i…2i+1, 2j…2j+1): its data term is the sum of theirs (label
+    by label), its offset their mean offset (rounded), its small-displacement weight ``γ/2``; the
+    smoothness parameters are unchanged. Returns ``(D_c, off_c, gamma_c, rng_c)``.
+    """
+    h, wd = D.shape[:2]
+    hc, wc = (h + 1) // 2, (wd + 1) // 2
+    n = 2 * w + 1
+    Dc = np.zeros((hc, wc, n, n), np.float32)
+    offc = np.zeros((2, hc, wc), np.float64)
+    cnt = np.zeros((hc, wc), np.float64)
+    for dy in range(2):
+        for dx in range(2):
+            sub = D[dy::2, dx::2]
+            Dc[:sub.shape[0], :sub.shape[1]] += sub
+            offc[:, :sub.shape[0], :sub.shape[1]] += off[:, dy::2, dx::2]
+            cnt[:sub.shape[0], :sub.shape[1]] += 1
+    offc = np.round(offc / cnt).astype(np.int32)
+    gc = gamma / 2.0
+    rngc = (gc * np.abs(offc[:, :, :, None] + (np.arange(n) - w))).astype(np.float32)
+    return Dc, offc, gc, rngc
+
+
+def multigrid_bp(D, rng, off, gamma, w, alpha, d, n_iter, n_hier, n_sub_iter=20):
+    """Liu's BP with multigrid message initialisation.
+
+    With ``n_hier > 0`` a coarser MRF (:func:`coarser_problem`) is solved first with ``n_sub_iter``
+    iterations (recursively, ``n_hier − 1`` further levels) and its messages initialise this level's
+    (each node gets its parent's messages). Returns ``(labels (2, H, W), energies (n_iter,), M, dual)``.
+    """
+    h, wd = D.shape[:2]
+    n = 2 * w + 1
+    M = np.zeros((2, h, wd, 4, n), np.float32)
+    dual = np.zeros((2, h, wd, n), np.float32)
+    if n_hier > 0 and min(h, wd) >= 2:
+        Dc, offc, gc, rngc = coarser_problem(D, off, gamma, w)
+        _, _, Mc, dualc = multigrid_bp(Dc, rngc, offc, gc, w, alpha, d, n_sub_iter, n_hier - 1,
+                                       n_sub_iter)
+        M[:] = np.repeat(np.repeat(Mc, 2, axis=1), 2, axis=2)[:, :h, :wd]
+        dual[:] = np.repeat(np.repeat(dualc, 2, axis=1), 2, axis=2)[:, :h, :wd]
+    energies = np.zeros(n_iter, np.float64)
+    labels = belief_propagation(D, rng, off, w, float(alpha), float(d), int(n_iter), energies,
+                                M, dual)
+    return labels, energies, M, dual

@@ -75,6 +75,7 @@ class SiftFlowParams:
     n_iterations: int = 30
     n_top_iterations: int = 60
     data_threshold: float | str | None = None
+    top_hierarchy: int = 2
 
     def __post_init__(self):
         if self.cell_size < 1 or self.n_levels < 1 or self.window < 0 or self.top_window < 0:
@@ -132,7 +133,7 @@ def _upsample_flow(flow: np.ndarray, shape) -> np.ndarray:
     return 2.0 * out
 
 
-def _run_level(s1, s2, off, win, gamma, params, n_iter):
+def _run_level(s1, s2, off, win, gamma, params, n_iter, n_hier):
     """One level: data term, range term, BP. Returns (flow int (2,H,W), cost, energies)."""
     off_x = np.ascontiguousarray(off[0], dtype=np.int32)
     off_y = np.ascontiguousarray(off[1], dtype=np.int32)
@@ -149,10 +150,9 @@ def _run_level(s1, s2, off, win, gamma, params, n_iter):
     labels_disp = np.arange(n, dtype=np.float32) - win
     offs = np.stack([off_x, off_y]).astype(np.float32)
     rng = (gamma * np.abs(offs[:, :, :, None] + labels_disp)).astype(np.float32)
-    energies = np.zeros(n_iter, dtype=np.float64)
     offs_i = np.stack([off_x, off_y])
-    labels = _bp.belief_propagation(dterm, rng, offs_i, int(win), float(params.alpha),
-                                    float(params.d), int(n_iter), energies)
+    labels, energies, _, _ = _bp.multigrid_bp(dterm, rng, offs_i, gamma, int(win), params.alpha,
+                                              params.d, int(n_iter), int(n_hier))
     flow = offs_i + labels - win
     h, w = labels.shape[1:]
     yy, xx = np.indices((h, w))
@@ -188,10 +188,12 @@ def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
         if lev == n_levels - 1:
             off = np.zeros((2, h, w), np.int32)
             win, n_it = params.top_window, params.n_top_iterations
+            n_hier = params.top_hierarchy
         else:
             off = np.round(_upsample_flow(flow.astype(np.float64), (h, w))).astype(np.int32)
             win, n_it = params.window, int(iters[lev])
-        flow, cost, energies = _run_level(s1, s2, off, win, gamma, params, n_it)
+            n_hier = n_levels - 1 - lev
+        flow, cost, energies = _run_level(s1, s2, off, win, gamma, params, n_it, n_hier)
         energy_per_level.append(energies)
         shapes.append((h, w))
     return SiftFlowResult(flow=flow.astype(np.float32), cost=cost,

@@ -32,6 +32,10 @@ def cycle_predictions(model, s1, r1, r2, s2) -> dict[str, torch.Tensor]:
     gradients are synchronised (DDP wraps ``forward``; see ``CycleModule``).
     """
     b = s1.shape[0]
+    from cyclecorr.train.modules import CycleModule  # the DDP-friendly 4-encode/3-decode view
+
+    if isinstance(getattr(model, "module", model), CycleModule):
+        return model(s1, r1, r2, s2)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         out = model(torch.cat((s1, r1, r2)), torch.cat((r1, r2, s2)))
     else:

@@ -1,0 +1,145 @@
+"""Benchmark: one cycle-consistency training step of the paper network (composition included).
+
+Prints quartets/s, peak memory, and model FLOP utilisation (MFU): achieved FLOP/s of the step
+(forward FLOPs counted by hooks on every convolution, ×3 for forward + backward) divided by the
+machine's dense float32 matmul FLOP/s measured in the same run. Runs on CUDA when present.
+
+    python bench/train_step.py [--batch 10] [--steps 5] [--variants plain,channels_last,compile]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+from cyclecorr.losses import CycleLossConfig
+from cyclecorr.model import CorrespondenceNet
+from cyclecorr.train.steps import cycle_step_loss
+
+
+def matmul_flops(device, n=2048, reps=10) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_batch(b, s, device, channels_last):
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(b, 3, s, s, generator=g) for k in ("s1", "s2", "r1", "r2")}
+    batch["flow_s1s2"] = torch.randn(b, 2, s, s, generator=g) * 5
+    batch["match_s1s2"] = (torch.rand(b, 1, s, s, generator=g) > 0.3).float()
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        if channels_last and v.shape[1] == 3:
+            v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def step_flops(net, b) -> float:
+    """FLOPs of one cycle step: 4b encoder passes + 3b decoder passes, forward ×3 (fwd + bwd)."""
+    per_pair = net.flops_per_pair()  # 2 encoder passes + 1 decode
+    # split the per-pair count into encoder and decoder parts by measuring the encoder alone
+    total = 0
+    hooks = []
+
+    def hook(m, inp, out):
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1]
+        total += 2 * out.shape[-1] * out.shape[-2] * k * m.in_channels * m.out_channels
+
+    for m in net.encoder:
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(hook))
+    s = net.config.image_size
+    with torch.no_grad():
+        net.encode(torch.zeros(1, 3, s, s, device=next(net.parameters()).device))
+    for h in hooks:
+        h.remove()
+    enc = total
+    dec = per_pair - 2 * enc
+    return 3.0 * (4 * b * enc + 3 * b * dec)
+
+
+def run_variant(name, device, b, steps, peak):
+    torch.manual_seed(0)
+    net = CorrespondenceNet().to(device)
+    cl = "channels_last" in name or "compile" in name
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    flops = step_flops(net, b)
+    model = torch.compile(net) if "compile" in name else net
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    batch = make_batch(b, net.config.image_size, device, cl)
+    cfg = CycleLossConfig()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = cycle_step_loss(model, batch, cfg)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    step()  # warm-up (and compilation)
+    step()
+    sync(device)
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    dt = sorted(times)[len(times) // 2]
+    achieved = flops / dt
+    return {"variant": name, "sec_per_step": dt, "quartets_per_s": b / dt,
+            "gflop_per_step": flops / 1e9, "achieved_gflops": achieved / 1e9,
+            "mfu": achieved / peak, "warmup_s": warm}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=10, help="quartets per step (paper: 10)")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--variants", default="plain,channels_last")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = matmul_flops(device)
+    print(f"device {device}, threads {torch.get_num_threads()}, "
+          f"measured matmul {peak / 1e9:.1f} GFLOP/s (float32, 2048^3)")
+    rows = []
+    for v in args.variants.split(","):
+        r = run_variant(v.strip(), device, args.batch, args.steps, peak)
+        rows.append(r)
+        print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "
+              f"{r['achieved_gflops']:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f} % "
+              f"({r['gflop_per_step']:.1f} GFLOP/step, warm-up {r['warmup_s']:.1f} s)")
+    peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(f"peak memory {peak_mem:.0f} MiB ({'CUDA allocated' if device.type == 'cuda' else 'process max RSS'})")
+    print(json.dumps({"matmul_gflops": peak / 1e9, "peak_mem_mib": peak_mem, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

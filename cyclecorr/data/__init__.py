@@ -1,0 +1,32 @@
+"""Real data, crops, HOG retrieval of (model, viewpoint), and the paper's training quartets.
+
+Conventions: numpy images ``H×W×3`` uint8; keypoints ``(N, 2)`` (x, y) **0-based** (1-based
+MATLAB/VOC annotations are converted once, in the loaders); masks ``H×W`` bool; flows ``(2, H, W)``
+(channel 0 = x, 1 = y, pixels, ``flow_ab(p) = q − p``); tensors ``(3, H, W)`` float in [0, 1].
+"""
+from cyclecorr.data.io import DataError, read_image, read_mask, load_mat, read_flo, write_flo
+from cyclecorr.data.samples import (Sample, PairSample, crop_sample, flip_sample, mask_box,
+                                    crop_array, swap_left_right, image_to_tensor)
+from cyclecorr.data.datasets import (PFWillow, FlowWebCars, TSSPairs, ImageFolder, VOCDetection,
+                                     Pascal3D, list_shapenet, list_images, PASCAL3D_KEYPOINTS,
+                                     SHAPENET_SYNSETS)
+
+__all__ = [
+    "DataError", "read_image", "read_mask", "load_mat", "read_flo", "write_flo",
+    "Sample", "PairSample", "crop_sample", "flip_sample", "mask_box", "crop_array",
+    "swap_left_right", "image_to_tensor",
+    "PFWillow", "FlowWebCars", "TSSPairs", "ImageFolder", "VOCDetection", "Pascal3D",
+    "list_shapenet", "list_images", "PASCAL3D_KEYPOINTS", "SHAPENET_SYNSETS",
+]
+
+
+def __getattr__(name):  # lazy: retrieval/quartets pull in the renderer and torch
+    if name in ("QuartetDataset", "OnTheFlyQuartetDataset", "PairDataset", "prepare_quartets",
+                "QuartetConfig", "verify_quartets"):
+        from cyclecorr.data import quartets
+        return getattr(quartets, name)
+    if name in ("RenderBank", "hog_descriptor", "HOG_PARAMS", "estimate_viewpoints",
+                "nearest_models", "build_bank"):
+        from cyclecorr.data import retrieval
+        return getattr(retrieval, name)
+    raise AttributeError(f"module 'cyclecorr.data' has no attribute {name!r}")

@@ -1,0 +1,158 @@
+"""Evaluation sets: thin wrappers over :mod:`cyclecorr.data` loaders, plus synthetic pairs rendered
+from the PASCAL3D+ CAD models (named 3D keypoints) with :mod:`cyclecorr.render`.
+
+``root`` arguments accept the shared data folder (``…/data``, holding ``real/`` and ``cad/``) or
+the dataset's own folder; ``None`` means :func:`cyclecorr._paths.shared_data_dir`. A missing folder
+raises ``FileNotFoundError`` naming it.
+
+Synthetic pairs (:func:`make_synthetic_pairs`), seeded and deterministic:
+
+- models: ``cad/pascal3d/<category>NN.json`` (z up, named keypoints);
+- pair k: source model drawn at random; the target is the *same* model for even k (dense ground
+  truth: flow and matchability from the renderer) and a *different* model for odd k (keypoint
+  ground truth only, as between two real instances);
+- viewpoints: source azimuth uniform in [0, 360), target azimuth = source ± U(0, ``max_azimuth_gap``)
+  (default 45°), elevations uniform in [0, 30]°, distance 2.5, θ = 0; both renders cropped to the
+  object's box at ``size × size`` (the paper's crop), black background, default light;
+- keypoints: the model's named 3D keypoints projected into each render; a keypoint counts when it
+  is visible (not self-occluded, inside the crop) in both.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cyclecorr._paths import shared_data_dir
+
+__all__ = ["resolve_dataset_dir", "load_pf_willow", "load_flowweb_car", "load_tss",
+           "SyntheticPair", "make_synthetic_pairs", "SYNTHETIC_CATEGORIES"]
+
+SYNTHETIC_CATEGORIES = ("car", "chair", "aeroplane")
+
+
+def resolve_dataset_dir(root, *rel: str, marker: str | None = None) -> Path:
+    """``root/rel…`` when it exists, else ``root`` itself when it looks like the dataset (holds
+    ``marker`` when given); raises ``FileNotFoundError`` naming the folder otherwise."""
+    if root is None:
+        root = shared_data_dir()
+        if root is None:
+            raise FileNotFoundError("shared data folder not found: pass --data ROOT or set "
+                                    "CYCLECORR_DATA")
+    root = Path(root)
+    cand = root.joinpath(*rel)
+    if cand.is_dir():
+        return cand
+    if root.is_dir() and (marker is None or any(root.glob(marker))):
+        return root
+    raise FileNotFoundError(f"dataset folder not found: {cand} (nor is {root} the dataset itself)")
+
+
+def load_pf_willow(root=None, classes=None, limit: int | None = None) -> dict[str, list]:
+    """PF-WILLOW as ``{class: [Sample]}`` (0-based keypoints), first ``limit`` images per class."""
+    from cyclecorr.data import PFWillow
+
+    ds = PFWillow(resolve_dataset_dir(root, "real", "pf-willow", marker="*/*.mat"), classes=classes)
+    out: dict[str, list] = {}
+    for i, (cls, _, _) in enumerate(ds.items):
+        if limit is None or len(out.get(cls, [])) < limit:
+            out.setdefault(cls, []).append(ds[i])
+    return out
+
+
+def load_flowweb_car(root=None, limit: int | None = None) -> list:
+    """FlowWeb/PASCAL car crops as a list of ``Sample`` (0-based keypoints, masks, parts)."""
+    from cyclecorr.data import FlowWebCars
+
+    ds = FlowWebCars(resolve_dataset_dir(root, "real", "flowweb-car", marker="*.mat"))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return [ds[i] for i in range(n)]
+
+
+def load_tss(root=None, limit: int | None = None) -> list:
+    """TSS pairs as a list of ``PairSample`` (``meta`` has ``group`` and ``name``)."""
+    from cyclecorr.data import TSSPairs
+
+    ds = TSSPairs(resolve_dataset_dir(root, "real", "tss", marker="**/image1.png"))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return [ds[i] for i in range(n)]
+
+
+@dataclass
+class SyntheticPair:
+    """Two renders with ground truth, all in the ``size × size`` cropped frames.
+
+    ``kps_a``/``kps_b``: ``(N, 2)`` (x, y) 0-based, NaN where not visible, same names
+    ``keypoint_names``; ``flow_ab`` ``(2, S, S)`` / ``match_ab`` ``(S, S)`` only for same-model
+    pairs (else None); ``mask_a``/``mask_b`` object masks.
+    """
+
+    image_a: np.ndarray
+    image_b: np.ndarray
+    kps_a: np.ndarray
+    kps_b: np.ndarray
+    keypoint_names: list
+    mask_a: np.ndarray
+    mask_b: np.ndarray
+    flow_ab: np.ndarray | None = None
+    match_ab: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def make_synthetic_pairs(root=None, category: str = "car", n_pairs: int = 20, seed: int = 0,
+                         size: int = 128, max_azimuth_gap: float = 45.0,
+                         progress: bool = False) -> list[SyntheticPair]:
+    """Render ``n_pairs`` seeded pairs of PASCAL3D+ CAD models of ``category`` (see module doc)."""
+    from cyclecorr.render import (Viewpoint, correspondence_between, default_renderer, load_mesh,
+                                  project_keypoints)
+
+    if category not in SYNTHETIC_CATEGORIES:
+        raise ValueError(f"unknown synthetic category {category!r}; choose from "
+                         f"{SYNTHETIC_CATEGORIES}")
+    folder = resolve_dataset_dir(root, "cad", "pascal3d", marker="*.json")
+    files = sorted(folder.glob(f"{category}[0-9]*.json"))
+    if not files:
+        raise FileNotFoundError(f"no PASCAL3D+ CAD models {category}NN.json in {folder}")
+    meshes = [load_mesh(f) for f in files]
+    rng = np.random.default_rng(seed)
+    renderer = default_renderer()
+    pairs = []
+    it = range(n_pairs)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"render synthetic-{category}", leave=False)
+    for k in it:
+        ia = int(rng.integers(len(meshes)))
+        if k % 2 == 0 or len(meshes) == 1:
+            ib = ia
+        else:
+            ib = int((ia + 1 + rng.integers(len(meshes) - 1)) % len(meshes))
+        az_a = float(rng.uniform(0, 360))
+        gap = float(rng.uniform(0, max_azimuth_gap)) * (1 if rng.random() < 0.5 else -1)
+        vp_a = Viewpoint(azimuth=az_a, elevation=float(rng.uniform(0, 30)))
+        vp_b = Viewpoint(azimuth=(az_a + gap) % 360, elevation=float(rng.uniform(0, 30)))
+        va = renderer.render(meshes[ia], vp_a, size)
+        vb = renderer.render(meshes[ib], vp_b, size)
+        ka = project_keypoints(meshes[ia], view=va)
+        kb = project_keypoints(meshes[ib], view=vb)
+        names = [n for n in ka.names if n in set(kb.names)]
+        ia_idx = {n: i for i, n in enumerate(ka.names)}
+        ib_idx = {n: i for i, n in enumerate(kb.names)}
+        kps_a = np.array([ka.xy[ia_idx[n]] if ka.visible[ia_idx[n]] else (np.nan, np.nan)
+                          for n in names], np.float64).reshape(-1, 2)
+        kps_b = np.array([kb.xy[ib_idx[n]] if kb.visible[ib_idx[n]] else (np.nan, np.nan)
+                          for n in names], np.float64).reshape(-1, 2)
+        flow = match = None
+        if ia == ib:
+            gt = correspondence_between(va, vb)
+            flow, match = np.asarray(gt.flow, np.float32), np.asarray(gt.matchability, np.float32)
+        pairs.append(SyntheticPair(
+            image_a=va.rgb, image_b=vb.rgb, kps_a=kps_a, kps_b=kps_b, keypoint_names=names,
+            mask_a=va.mask, mask_b=vb.mask, flow_ab=flow, match_ab=match,
+            meta={"model_a": files[ia].name, "model_b": files[ib].name,
+                  "viewpoint_a": [vp_a.azimuth, vp_a.elevation],
+                  "viewpoint_b": [vp_b.azimuth, vp_b.elevation]}))
+    return pairs

@@ -1,0 +1,189 @@
+"""Correspondence methods under evaluation: one interface for baselines and networks.
+
+A *method* has a ``name``, an evaluation side ``size`` (128, the paper's network input), a
+``describe() -> dict`` (recorded in every result: parameters, checkpoint hash, …) and::
+
+    predict_batch(src, tgt) -> (flow, matchability)
+
+with ``src``, ``tgt`` float tensors ``(B, 3, S, S)`` in [0, 1], ``flow`` ``(B, 2, S, S)`` in
+pixels (channel 0 = x, 1 = y, ``flow_src→tgt(p) = q − p``) and ``matchability`` ``(B, 1, S, S)``
+in [0, 1], or ``None`` for methods without one.
+
+Implementations:
+
+- :class:`ZeroFlow`: ``flow = 0`` (every pixel matches the same pixel of the target), no
+  matchability;
+- :class:`SiftFlowMethod`: SIFT flow (Liu et al., TPAMI 2011, :mod:`cyclecorr.siftflow`, published
+  parameters) per pair; its matchability is a fixed monotone map of the SIFT match cost ``c``
+  (L1 distance of the ×255 descriptors): ``m = 2^(−c / c_half)``, so ``m = 1`` at ``c = 0``,
+  ``m = 0.5`` at ``c = c_half`` (default 4000: about the median match cost of 128×128 object
+  pairs) and decreasing; average precision depends only on the order, so ``c_half`` only moves
+  the accuracy at 0.5;
+- :class:`NetworkMethod`: a :class:`~cyclecorr.model.CorrespondenceNet` from a model file (its
+  SHA-256 is recorded), run batched under ``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ZeroFlow", "SiftFlowMethod", "NetworkMethod", "predict_in_batches", "make_method"]
+
+
+def _check_pair(src: torch.Tensor, tgt: torch.Tensor, size: int | None = None) -> None:
+    for name, t in (("src", src), ("tgt", tgt)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != 3:
+            raise ValueError(f"{name} must be a (B, 3, S, S) tensor, got "
+                             f"{tuple(getattr(t, 'shape', ()))}")
+        if size is not None and tuple(t.shape[-2:]) != (size, size):
+            raise ValueError(f"{name} must be {size}×{size}, got {tuple(t.shape[-2:])}")
+    if src.shape != tgt.shape:
+        raise ValueError(f"src {tuple(src.shape)} and tgt {tuple(tgt.shape)} differ")
+
+
+class ZeroFlow:
+    """The zero-flow baseline: ``flow = 0`` everywhere; matchability ``None``."""
+
+    name = "zero"
+
+    def __init__(self, size: int = 128):
+        self.size = size
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": "baseline", "size": self.size}
+
+    def predict_batch(self, src, tgt):
+        _check_pair(src, tgt)
+        b, _, h, w = src.shape
+        return torch.zeros(b, 2, h, w), None
+
+
+class SiftFlowMethod:
+    """SIFT flow per pair (CPU, published parameters); matchability ``2^(−cost / c_half)``."""
+
+    name = "siftflow"
+
+    def __init__(self, size: int = 128, params=None, c_half: float = 4000.0):
+        from cyclecorr.siftflow import SiftFlowParams
+
+        self.size = size
+        self.params = params or SiftFlowParams()
+        if not c_half > 0:
+            raise ValueError(f"c_half must be positive, got {c_half}")
+        self.c_half = float(c_half)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": "baseline", "size": self.size,
+                "params": self.params.to_dict(),
+                "matchability": f"2^(-cost/{self.c_half:g}) of the SIFT L1 match cost"}
+
+    def matchability_from_cost(self, cost: np.ndarray) -> np.ndarray:
+        """``m = 2^(−c / c_half)`` (monotone decreasing in the cost, 0.5 at ``c_half``)."""
+        return np.exp2(-np.asarray(cost, dtype=np.float64) / self.c_half).astype(np.float32)
+
+    def predict_batch(self, src, tgt):
+        from cyclecorr.siftflow import sift_flow
+
+        _check_pair(src, tgt)
+        flows, mats = [], []
+        for s, t in zip(src, tgt):
+            a = (s.permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+            b = (t.permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+            res = sift_flow(a, b, self.params)
+            flows.append(torch.from_numpy(np.asarray(res.flow, np.float32)))
+            mats.append(torch.from_numpy(self.matchability_from_cost(res.cost))[None])
+        return torch.stack(flows), torch.stack(mats)
+
+
+class NetworkMethod:
+    """A trained :class:`~cyclecorr.model.CorrespondenceNet` (from a model file or in memory).
+
+    Args:
+        net: the network (eval mode is set here).
+        meta: the model file's metadata (``sha256``, ``stage``, ``step`` …), recorded by
+            :meth:`describe`.
+        name: row name in the tables (default ``"model"``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, …
+        channels_last: run the convolutions in channels-last memory format (faster on CPU).
+    """
+
+    def __init__(self, net, meta: dict | None = None, name: str = "model", device="auto",
+                 channels_last: bool = True):
+        from cyclecorr.matcher import resolve_device
+
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.meta = dict(meta or {})
+        self.name = name
+        self.size = int(net.config.image_size)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike | None = None, name: str | None = None,
+                  device="auto", **kw) -> "NetworkMethod":
+        """Load a model file (``None``: the model shipped with the package for cars)."""
+        from cyclecorr.checkpoint import load_model, shipped_model_path
+
+        p = Path(path) if path is not None else shipped_model_path("car")
+        if not p.is_file():
+            raise FileNotFoundError(f"model file not found: {p}")
+        net, meta = load_model(p)
+        meta["path"] = str(p)
+        if name is None:
+            stage = meta.get("stage")
+            name = f"model-stage{stage}" if stage is not None else "model"
+        return cls(net, meta, name=name, device=device, **kw)
+
+    def describe(self) -> dict:
+        keep = ("sha256", "path", "stage", "step", "code_version", "data_manifest_sha256")
+        return {"name": self.name, "kind": "network", "size": self.size,
+                "net": self.net.config.to_dict(),
+                **{k: self.meta[k] for k in keep if k in self.meta}}
+
+    def predict_batch(self, src, tgt):
+        _check_pair(src, tgt, self.size)
+        mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            out = self.net(src.to(self.device, memory_format=mf),
+                           tgt.to(self.device, memory_format=mf))
+        return (out["flow"].float().cpu().contiguous(),
+                out["matchability"].float().cpu().contiguous())
+
+
+def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size: int = 32):
+    """Run ``method.predict_batch`` on ``(N, 3, S, S)`` stacks in chunks; returns the concatenation
+    (matchability ``None`` when the method has none)."""
+    flows, mats = [], []
+    for i in range(0, len(src), batch_size):
+        f, m = method.predict_batch(src[i:i + batch_size], tgt[i:i + batch_size])
+        flows.append(f)
+        mats.append(m)
+    flow = torch.cat(flows) if flows else torch.zeros(0, 2, *src.shape[-2:])
+    mat = None if (not mats or mats[0] is None) else torch.cat(mats)
+    return flow, mat
+
+
+def make_method(spec: str, model: str | None = None, size: int = 128, device="auto"):
+    """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
+    the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` / ``"NAME=PATH"``
+    for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``)."""
+    spec = spec.strip()
+    if spec == "zero":
+        return ZeroFlow(size)
+    if spec in ("siftflow", "sift-flow", "sift"):
+        return SiftFlowMethod(size)
+    if spec == "model":
+        path = None if model in (None, "shipped") else model
+        return NetworkMethod.from_file(path, name="model", device=device)
+    if spec.startswith("model:"):
+        return NetworkMethod.from_file(spec[len("model:"):], device=device)
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        return NetworkMethod.from_file(path, name=name.strip(), device=device)
+    raise ValueError(f"unknown method {spec!r}: use zero, siftflow, model, model:PATH or NAME=PATH")

@@ -1,0 +1,174 @@
+"""Exact synthetic correspondence between two renders of one model, and keypoint projection.
+
+Ground truth between views a and b (both cropped ``size×size``; DESIGN.md conventions): for
+every a-pixel p with a surface point X(p) (from the render's depth),
+
+    q = crop_b( π_b(X(p)) ),        flow_ab(p) = q − p          (channel 0 = x, 1 = y, pixels)
+
+and ``matchability_ab(p) = 1`` iff p is on the object in a, X(p) is the visible surface in b
+(its camera depth agrees with b's depth buffer at π_b(X) to within
+``rel_tol·z + px_tol·z/f_b``, i.e. a relative tolerance plus ``px_tol`` pixel footprints), and q
+lies in b's pixel grid ``[0, W−1] × [0, H−1]``. The flow is the geometric reprojection wherever
+a has a surface point (also where occluded in b) and 0 on a's background.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .camera import Viewpoint
+from .mesh import Mesh
+from .renderer import Light, Renderer, RenderResult, default_renderer
+
+__all__ = ["Correspondence", "Keypoints", "synthetic_correspondence", "correspondence_between",
+           "project_keypoints", "visibility"]
+
+
+@dataclass
+class Correspondence:
+    """Ground truth a → b.
+
+    Attributes:
+        flow: (2, H, W) float32, ``flow[:, y, x] = q − p`` in b's cropped pixels (x first).
+        matchability: (H, W) float32 in {0, 1}.
+        view_a, view_b: the two :class:`RenderResult` (rgb, mask, depth, points, crop).
+    """
+
+    flow: np.ndarray
+    matchability: np.ndarray
+    view_a: RenderResult
+    view_b: RenderResult
+
+
+@dataclass
+class Keypoints:
+    """Projected 3D keypoints of a model in a render's cropped frame.
+
+    Attributes:
+        names: N keypoint names (sorted).
+        xy: (N, 2) float64 (x, y), 0-based, pixel centres at integers, cropped frame.
+        visible: (N,) bool, inside the crop and not occluded by the model itself.
+        depth: (N,) float64 camera-frame z of each keypoint.
+    """
+
+    names: list
+    xy: np.ndarray
+    visible: np.ndarray
+    depth: np.ndarray
+
+
+def visibility(view: RenderResult, points: np.ndarray, rel_tol: float = 0.002,
+               px_tol: float = 1.5, abs_tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Depth test of canonical points (N, 3) against a render.
+
+    Returns ``(xy, visible)``: ``xy`` (N, 2) in the view's cropped frame and ``visible`` (N,)
+    bool: in front of the camera, inside the viewport, and some foreground pixel among the 2×2
+    around the projection has depth within ``abs_tol + rel_tol·z + px_tol·z/f`` of the point's z.
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    xy_v, z = view.project_viewport(pts)
+    D = view.depth_full
+    Hs, Ws = D.shape
+    f = view.K[0, 0]
+    with np.errstate(invalid="ignore"):
+        tol = abs_tol + rel_tol * z + px_tol * z / f
+        ok = np.isfinite(xy_v).all(1) & (z > 0)
+    xs = np.where(ok, xy_v[:, 0], -10.0)
+    ys = np.where(ok, xy_v[:, 1], -10.0)
+    x0 = np.floor(xs).astype(np.int64)
+    y0 = np.floor(ys).astype(np.int64)
+    vis = np.zeros(len(pts), bool)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            inb = ok & (xi >= 0) & (xi < Ws) & (yi >= 0) & (yi < Hs)
+            d = np.where(inb, D[np.clip(yi, 0, Hs - 1), np.clip(xi, 0, Ws - 1)], 0.0)
+            vis |= inb & (d > 0) & (np.abs(d - z) <= tol)
+    return view.crop.apply(xy_v), vis
+
+
+def correspondence_between(view_a: RenderResult, view_b: RenderResult, rel_tol: float = 0.002,
+                           px_tol: float = 1.5) -> Correspondence:
+    """Ground-truth flow and matchability a → b from two renders of the same mesh (see the
+    module docstring for the formulas and the visibility tolerance)."""
+    H, W = view_a.mask.shape
+    Hb, Wb = view_b.mask.shape
+    m = view_a.mask
+    flow = np.zeros((2, H, W), np.float32)
+    match = np.zeros((H, W), np.float32)
+    if m.any():
+        X = view_a.points[m].astype(np.float64)
+        q, vis = visibility(view_b, X, rel_tol, px_tol)
+        ys, xs = np.nonzero(m)
+        flow[0, ys, xs] = q[:, 0] - xs
+        flow[1, ys, xs] = q[:, 1] - ys
+        inside = (q[:, 0] >= 0) & (q[:, 0] <= Wb - 1) & (q[:, 1] >= 0) & (q[:, 1] <= Hb - 1)
+        match[ys, xs] = (vis & inside).astype(np.float32)
+    return Correspondence(flow, match, view_a, view_b)
+
+
+def synthetic_correspondence(mesh: Mesh, viewpoint_a: Viewpoint, viewpoint_b: Viewpoint,
+                             size: int = 128, light: Light | None = None, background=(0, 0, 0),
+                             margin: float = 0.0, rgb: bool = True,
+                             renderer: Renderer | None = None, rel_tol: float = 0.002,
+                             px_tol: float = 1.5) -> Correspondence:
+    """Render ``mesh`` from two viewpoints and return the exact flow a → b and matchability.
+
+    Both are in the cropped ``size×size`` frames of the two renders (see
+    :func:`cyclecorr.render.render_view`); ``rgb=False`` skips shading when only the ground
+    truth is needed. Other arguments as in ``render_view`` (the same light, background and margin
+    for both views).
+    """
+    r = renderer or default_renderer()
+    va = r.render(mesh, viewpoint_a, size, light, background, margin, rgb)
+    vb = r.render(mesh, viewpoint_b, size, light, background, margin, rgb)
+    return correspondence_between(va, vb, rel_tol, px_tol)
+
+
+def project_keypoints(mesh: Mesh, viewpoint: Viewpoint | None = None, size: int = 128,
+                      view: RenderResult | None = None, tol: float = 0.03, margin: float = 0.0,
+                      renderer: Renderer | None = None) -> Keypoints:
+    """Project the mesh's named 3D keypoints into a render's cropped frame.
+
+    Args:
+        mesh: a mesh with ``keypoints`` (PASCAL3D+ models).
+        viewpoint: the camera (ignored when ``view`` is given).
+        size, margin: as in ``render_view`` (must match the render the keypoints go with).
+        view: an existing render of ``mesh`` to project into (saves a render).
+        tol: occlusion tolerance in canonical units (bbox diagonal = 1): a keypoint is hidden
+            only when the rendered surface at its projection is more than ``tol`` in front of it
+            (PASCAL3D+ keypoints such as wheel centres lie slightly inside the surface).
+
+    Returns:
+        :class:`Keypoints` with names, xy (N, 2), visible (N,), depth (N,).
+    """
+    if not mesh.keypoints:
+        raise ValueError(f"{mesh.source or '<array mesh>'}: the model has no 3D keypoints")
+    if view is None:
+        if viewpoint is None:
+            raise ValueError("project_keypoints needs a viewpoint or a view")
+        view = (renderer or default_renderer()).render(mesh, viewpoint, size, margin=margin,
+                                                       rgb=False)
+    names = sorted(mesh.keypoints)
+    P = np.stack([mesh.keypoints[n] for n in names])
+    xy_v, z = view.project_viewport(P)
+    D = view.depth_full
+    Hs, Ws = D.shape
+    x0 = np.floor(xy_v[:, 0]).astype(np.int64)
+    y0 = np.floor(xy_v[:, 1]).astype(np.int64)
+    front = np.full(len(P), -np.inf)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi = np.clip(x0 + dx, 0, Ws - 1)
+            yi = np.clip(y0 + dy, 0, Hs - 1)
+            d = D[yi, xi].astype(np.float64)
+            d = np.where(d > 0, d, np.inf)
+            # the most permissive neighbour: the surface farthest away
+            front = np.maximum(front, d)
+    xy = view.crop.apply(xy_v)
+    H, W = view.mask.shape
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= W - 0.5) & (xy[:, 1] >= -0.5) & (
+        xy[:, 1] <= H - 0.5)
+    visible = inside & (z > 0) & (z <= front + tol)
+    return Keypoints(names, xy, visible, z)

@@ -1,0 +1,364 @@
+"""Training data: deterministic batch order, augmentation, synthetic quartets, stage-1 pairs.
+
+Exact resume and DDP equality rest on one rule: **what a process sees at iteration t is a pure
+function of (seed, t, rank, world size)**. :func:`global_batch` draws the global batch of step t
+from per-epoch permutations seeded by (seed, epoch); each DDP rank takes a contiguous slice of it;
+augmentation draws come from a generator seeded by (seed, t, position in the global batch). No RNG
+state needs saving.
+
+Items are dicts of tensors. Quartets: ``s1, s2, r1, r2`` (3,S,S) in [0, 1], ``flow_s1s2`` (2,S,S)
+pixels, ``match_s1s2`` (1,S,S) in {0, 1}. Stage-1 pairs: ``src, tgt`` (3,S,S), ``flow`` (2,S,S)
+(SIFT flow src→tgt) and ``valid`` (1,S,S).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cyclecorr.geometry import affine_flow, inside_mask, pixel_grid, warp
+
+__all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler",
+           "AugmentedDataset", "hflip_quartet", "hflip_pair", "SyntheticQuartets",
+           "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate"]
+
+QUARTET_KEYS = ("s1", "s2", "r1", "r2", "flow_s1s2", "match_s1s2")
+_MIX = 0x9E3779B97F4A7C15
+
+
+def _seed(*parts: int) -> int:
+    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the ``n`` items in ``epoch`` (a pure function of seed and epoch)."""
+    g = torch.Generator().manual_seed(_seed(seed, epoch, 1))
+    return torch.randperm(n, generator=g)
+
+
+def global_batch(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Dataset indices of the global batch of iteration ``step``.
+
+    The stream of items is epoch 0's permutation, then epoch 1's, …; step t takes items
+    ``t·B … t·B + B − 1`` of that stream.
+    """
+    if n <= 0:
+        raise ValueError("the training set is empty")
+    out = []
+    start = step * batch_size
+    perm_cache: dict[int, torch.Tensor] = {}
+    for k in range(start, start + batch_size):
+        e, i = divmod(k, n)
+        if e not in perm_cache:
+            perm_cache[e] = epoch_permutation(n, seed, e)
+        out.append(int(perm_cache[e][i]))
+    return out
+
+
+def rank_slice(batch_size: int, rank: int, world: int) -> slice:
+    """The positions of the global batch that DDP process ``rank`` of ``world`` takes."""
+    if batch_size % world:
+        raise ValueError(f"global batch {batch_size} is not divisible by the {world} processes")
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields, for steps ``start … stop − 1``, this rank's list of ``(index, step, position)``.
+
+    ``position`` is the item's place in the global batch; it seeds the augmentation.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
+                 rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop = start, stop
+        self.sl = rank_slice(batch_size, rank, world)
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for t in range(self.start, self.stop):
+            idx = global_batch(self.n, self.batch_size, self.seed, t)
+            pos = range(self.batch_size)
+            yield [(i, t, p) for i, p in zip(idx[self.sl], pos[self.sl])]
+
+
+def _flip_field(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+def _flip_flow(flow: torch.Tensor) -> torch.Tensor:
+    f = flow.flip(-1).clone()
+    f[..., 0, :, :] = -f[..., 0, :, :]
+    return f
+
+
+def hflip_quartet(q: dict) -> dict:
+    """Mirror a quartet left–right: every image and field flipped, the flow's x negated.
+
+    With ``x' = W − 1 − x`` a match ``q = p + F(p)`` becomes ``q' = p' − F_x(p)``, so
+    ``F'(p') = (−F_x(p), F_y(p))``.
+    """
+    out = dict(q)
+    for k, v in q.items():
+        if not isinstance(v, torch.Tensor) or v.dim() < 2:
+            continue
+        out[k] = _flip_flow(v) if k.startswith("flow") else _flip_field(v)
+    return out
+
+
+hflip_pair = hflip_quartet  # same rule: keys starting with "flow" are flows
+
+
+def _jitter(img: torch.Tensor, g: torch.Generator, amp: float) -> torch.Tensor:
+    b = (torch.rand((), generator=g) * 2 - 1) * amp
+    c = 1 + (torch.rand((), generator=g) * 2 - 1) * amp
+    m = img.mean()
+    return ((img - m) * c + m + b).clamp(0, 1)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Wraps a dataset of dict items; ``__getitem__((index, step, position))`` returns the item
+    with deterministic augmentation (see :class:`~cyclecorr.train.config.AugmentConfig`).
+
+    ``real_keys``: keys of the real images (colour jitter applies only to them).
+    """
+
+    def __init__(self, base, seed: int, hflip: float = 0.0, color_jitter: float = 0.0,
+                 keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt")):
+        self.base, self.seed = base, seed
+        self.hflip, self.color_jitter = hflip, color_jitter
+        self.keys, self.real_keys = keys, real_keys
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, step, pos = key
+        else:
+            index, step, pos = key, 0, 0
+            return self._check(self.base[index], index)
+        item = self._check(self.base[index], index)
+        g = torch.Generator().manual_seed(_seed(self.seed, step, pos, 2))
+        if self.hflip > 0 and float(torch.rand((), generator=g)) < self.hflip:
+            item = hflip_quartet(item)
+        if self.color_jitter > 0:
+            item = dict(item)
+            for k in self.real_keys:
+                if k in item:
+                    item[k] = _jitter(item[k], g, self.color_jitter)
+        return item
+
+    def _check(self, item, index):
+        if not isinstance(item, dict):
+            raise ValueError(f"training item {index}: expected a dict of tensors, got "
+                             f"{type(item).__name__}")
+        missing = [k for k in self.keys if k not in item]
+        if missing:
+            raise ValueError(f"training item {index}: missing keys {missing} "
+                             f"(has {sorted(item)})")
+        return {k: (torch.as_tensor(v).float() if k in self.keys else v) for k, v in item.items()
+                if k in self.keys or not self.keys}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack a list of dict items into a batch (tensor values only)."""
+    keys = [k for k, v in items[0].items() if isinstance(v, torch.Tensor)]
+    return {k: torch.stack([it[k] for it in items]) for k in keys}
+
+
+# --------------------------------------------------------------------------- synthetic quartets
+
+def _texture(g: torch.Generator, size: int, scales=(4, 8, 16, 32)) -> torch.Tensor:
+    img = torch.zeros(1, 3, size, size)
+    for i, s in enumerate(scales):
+        noise = torch.rand(1, 3, s, s, generator=g)
+        img = img + F.interpolate(noise, size=(size, size), mode="bicubic",
+                                  align_corners=False) / (1.5 ** i)
+    img = img - img.amin(dim=(2, 3), keepdim=True)
+    img = img / img.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return img
+
+
+def _affine(g: torch.Generator, size: int, rot: float, scale: float, shift: float,
+            base: torch.Tensor | None = None) -> torch.Tensor:
+    """A random (2, 3) pixel affine map near the identity, centred on the image centre."""
+    u = lambda: float(torch.rand((), generator=g) * 2 - 1)  # noqa: E731
+    a = u() * rot
+    s = 1 + u() * scale
+    asym = 1 + u() * scale * 0.5
+    c = (size - 1) / 2
+    rotm = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    A = rotm @ torch.diag(torch.tensor([s * asym, s / asym]))
+    t = torch.tensor([u() * shift, u() * shift])
+    ctr = torch.tensor([c, c])
+    m = torch.zeros(2, 3)
+    m[:, :2] = A
+    m[:, 2] = ctr + t - A @ ctr
+    if base is not None:  # compose: first base, then m
+        full = torch.eye(3)
+        full[:2] = m
+        b3 = torch.eye(3)
+        b3[:2] = base
+        m = (full @ b3)[:2]
+    return m
+
+
+def _inv(m: torch.Tensor) -> torch.Tensor:
+    full = torch.eye(3, dtype=m.dtype)
+    full[:2] = m
+    return torch.linalg.inv(full)[:2]
+
+
+def _compose(m_outer: torch.Tensor, m_inner: torch.Tensor) -> torch.Tensor:
+    a = torch.eye(3, dtype=m_outer.dtype)
+    a[:2] = m_outer
+    b = torch.eye(3, dtype=m_inner.dtype)
+    b[:2] = m_inner
+    return (a @ b)[:2]
+
+
+class SyntheticQuartets(torch.utils.data.Dataset):
+    """Procedural quartets with exactly known flows (for tests, smoke runs and validation).
+
+    Each image shows an "object" (an ellipse of texture) in front of its own background texture.
+    View ``v`` of an instance maps its pixel p to the instance's canonical frame by an affine
+    ``G_v``; ``s1, s2`` share one texture (the "CAD model"), ``r1, r2`` another (the "real"
+    instance); ``s1``'s map is close to ``r1``'s and ``s2``'s to ``r2``'s (same viewpoint). So
+    ``F_ab(p) = G_b⁻¹ G_a p − p`` for any two images, and ``match_s1s2(p) = 1`` where p is on the
+    object and its match lies inside s2. Item ``i`` is a pure function of (seed, i).
+
+    Extra keys ``affine_<ab>`` ((2, 3) maps q = A p + t) for the pairs s1r1, r1r2, r2s2, s1s2.
+    """
+
+    def __init__(self, n: int = 256, size: int = 128, seed: int = 0, rot: float = 0.35,
+                 scale: float = 0.15, shift: float = 0.08, view_gap: float = 0.05):
+        if n < 1:
+            raise ValueError(f"n must be ≥ 1, got {n}")
+        self.n, self.size, self.seed = n, size, seed
+        self.rot, self.scale, self.shift, self.view_gap = rot, scale, shift * size, view_gap
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(f"quartet index {i} out of range (0 … {self.n - 1})")
+        S = self.size
+        g = torch.Generator().manual_seed(_seed(self.seed, i, 3))
+        tex_s, tex_r = _texture(g, S), _texture(g, S)
+        # canonical object: an ellipse, fixed per quartet
+        rx, ry = [float(S * (0.28 + 0.12 * torch.rand((), generator=g))) for _ in range(2)]
+        grid = pixel_grid(S, S)
+        c = (S - 1) / 2
+        obj = (((grid[:, :1] - c) / rx) ** 2 + ((grid[:, 1:] - c) / ry) ** 2 <= 1).float()
+        # views: G maps image pixel -> canonical pixel
+        g1 = _affine(g, S, self.rot, self.scale, self.shift)
+        g2 = _affine(g, S, self.rot, self.scale, self.shift)
+        gap = self.view_gap
+        maps = {"s1": g1, "s2": g2,
+                "r1": _affine(g, S, gap, gap, gap * S, base=g1),
+                "r2": _affine(g, S, gap, gap, gap * S, base=g2)}
+        out = {}
+        for name, gm in maps.items():
+            tex = tex_s if name[0] == "s" else tex_r
+            flow_to_canon = affine_flow(gm, S, S)
+            fg = warp(tex, flow_to_canon, "border")
+            m = warp(obj, flow_to_canon, "zeros")
+            bg = _texture(g, S, scales=(2, 4, 8)) * 0.8
+            out[name] = (m * fg + (1 - m) * bg)[0].clamp(0, 1)
+
+        def rel(a, b):  # map a-pixel -> b-pixel
+            return _compose(_inv(maps[b]), maps[a])
+
+        a_s1s2 = rel("s1", "s2")
+        flow = affine_flow(a_s1s2, S, S)
+        q = grid + flow
+        on_obj = warp(obj, affine_flow(maps["s1"], S, S), "zeros") > 0.5
+        match = (inside_mask(q, S, S).bool() & on_obj).float()
+        out["flow_s1s2"] = flow[0]
+        out["match_s1s2"] = match[0]
+        for a, b in (("s1", "r1"), ("r1", "r2"), ("r2", "s2"), ("s1", "s2")):
+            out[f"affine_{a}{b}"] = rel(a, b)
+        return out
+
+
+# --------------------------------------------------------------------------- stage-1 pairs
+
+def sample_stage1_pairs(n_items: int, n_pairs: int, seed: int, source: str = "real"
+                        ) -> list[tuple[int, str, int, str]]:
+    """A fixed list of ``(quartet_i, key_a, quartet_j, key_b)`` image pairs for stage 1.
+
+    ``source="real"``: r1 of one quartet with r2 of another (random) quartet; ``"quartet"``: r1
+    and r2 of one quartet. Pure function of the arguments.
+    """
+    g = torch.Generator().manual_seed(_seed(seed, n_items, n_pairs, 4))
+    out = []
+    for k in range(n_pairs):
+        i = int(torch.randint(n_items, (), generator=g))
+        if source == "quartet" or n_items == 1:
+            j = i
+        else:
+            j = int(torch.randint(n_items - 1, (), generator=g))
+            j = j + 1 if j >= i else j
+        out.append((i, "r1", j, "r2"))
+    return out
+
+
+class SiftPairs(torch.utils.data.Dataset):
+    """Stage-1 pairs ``(src, tgt, flow, valid)`` with SIFT-flow targets cached on disk.
+
+    Args:
+        quartets: a dataset of quartet dicts (the images are read from it).
+        pairs: from :func:`sample_stage1_pairs`.
+        cache_dir: SIFT flow cache (computed with ``cyclecorr.siftflow.compute_sift_flow_batch``
+            on first use, resumable: finished pairs are skipped).
+        workers: SIFT flow processes. ``progress``: tqdm bar.
+    """
+
+    def __init__(self, quartets, pairs, cache_dir, workers: int = 2, progress: bool = True,
+                 chunk: int = 200):
+        from cyclecorr.siftflow import compute_sift_flow_batch
+
+        self.quartets, self.pairs = quartets, list(pairs)
+        self.cache_dir = Path(cache_dir)
+        self.paths: list[Path] = []
+        size = None
+        for start in range(0, len(self.pairs), chunk):
+            arrs = []
+            for (i, ka, j, kb) in self.pairs[start:start + chunk]:
+                a, b = self._image(i, ka), self._image(j, kb)
+                size = a.shape[0]
+                arrs.append((a, b))
+            self.paths += compute_sift_flow_batch(arrs, self.cache_dir, workers=workers,
+                                                  size=size, progress=progress)
+
+    def _image(self, i, key) -> np.ndarray:
+        img = self.quartets[i][key]
+        img = torch.as_tensor(img).float().clamp(0, 1)
+        return (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict:
+        from cyclecorr.siftflow import load_sift_flow
+
+        i, ka, j, kb = self.pairs[k]
+        src = torch.as_tensor(self.quartets[i][ka]).float()
+        tgt = torch.as_tensor(self.quartets[j][kb]).float()
+        res = load_sift_flow(self.paths[k])
+        flow = torch.from_numpy(np.ascontiguousarray(res.flow)).float()
+        if flow.shape[-2:] != src.shape[-2:]:
+            raise ValueError(f"{self.paths[k]}: SIFT flow has size {tuple(flow.shape[-2:])}, "
+                             f"images {tuple(src.shape[-2:])}")
+        valid = torch.isfinite(flow).all(0, keepdim=True).float()
+        return {"src": src, "tgt": tgt, "flow": torch.nan_to_num(flow), "valid": valid}

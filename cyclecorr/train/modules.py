@@ -1,0 +1,59 @@
+"""Thin ``nn.Module`` views of :class:`~cyclecorr.model.CorrespondenceNet` for each stage, so that
+``DistributedDataParallel`` wraps exactly the computation (and parameters) a stage uses.
+
+- :class:`CycleModule`: ``forward(s1, r1, r2, s2)`` encodes each of the 4B images once and decodes
+  the three pairs (s1→r1, r1→r2, r2→s2) as one batch of 3B: every parameter gets a gradient.
+- :class:`FlowModule` (stage 1): ``forward(src, tgt) -> {"flow"}`` through the encoder and the flow
+  decoder only; the matchability decoder is not a submodule, so DDP does not wait for its
+  (absent) gradients.
+
+Both share the parameters of the wrapped network (no copies).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cyclecorr.model import CorrespondenceNet
+
+__all__ = ["CycleModule", "FlowModule"]
+
+
+class CycleModule(nn.Module):
+    """``forward(s1, r1, r2, s2)`` → ``{"flow_s1r1", "flow_r1r2", "flow_r2s2"}`` (B,2,S,S) and
+    ``"match_r1r2"`` (B,1,S,S)."""
+
+    def __init__(self, net: CorrespondenceNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, s1, r1, r2, s2) -> dict[str, torch.Tensor]:
+        b = s1.shape[0]
+        codes = self.net.encode(torch.cat((s1, r1, r2, s2)))
+        c_s1, c_r1, c_r2, c_s2 = codes.split(b)
+        out = self.net.decode(torch.cat((c_s1, c_r1, c_r2)), torch.cat((c_r1, c_r2, c_s2)))
+        flow = out["flow"].split(b)
+        match = out["matchability"].split(b)
+        return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
+                "match_r1r2": match[1]}
+
+
+class FlowModule(nn.Module):
+    """Stage-1 view: ``forward(src, tgt) -> {"flow": (B,2,S,S)}`` (encoder + flow decoder)."""
+
+    def __init__(self, net: CorrespondenceNet):
+        super().__init__()
+        self.encoder = net.encoder
+        self.flow_decoder = net.flow_decoder
+        self._net = [net]  # not a submodule: keeps the match decoder out of DDP's view
+
+    def forward(self, src, tgt) -> dict[str, torch.Tensor]:
+        net = self._net[0]
+        net._check("src", src)
+        net._check("tgt", tgt)
+        codes = net.encode(torch.cat((src, tgt)))
+        a, b = codes.chunk(2)
+        flow = self.flow_decoder(torch.cat((a, b), dim=1))
+        if net.config.flow_scale != 1.0:
+            flow = flow * net.config.flow_scale
+        return {"flow": flow}

@@ -1,0 +1,172 @@
+"""Closed-form tests of cyclecorr.geometry: translations, affine maps, identity, gradcheck."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cyclecorr.geometry import (affine_flow, compose_flow, compose_matchability, inside_mask,
+                                pixel_grid, resample_flow, sample, transfer_keypoints, warp)
+
+H, W = 24, 32
+
+
+def const_flow(dx, dy, h=H, w=W, dtype=torch.float64):
+    f = torch.zeros(1, 2, h, w, dtype=dtype)
+    f[:, 0] = dx
+    f[:, 1] = dy
+    return f
+
+
+def affine(a11, a12, a21, a22, tx, ty, dtype=torch.float64):
+    return torch.tensor([[a11, a12, tx], [a21, a22, ty]], dtype=dtype)
+
+
+def interior(margin, h=H, w=W):
+    m = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    m[..., margin:h - margin, margin:w - margin] = True
+    return m
+
+
+def test_pixel_grid_convention():
+    g = pixel_grid(3, 4)
+    assert g.shape == (1, 2, 3, 4)
+    assert g[0, 0, 2, 3] == 3 and g[0, 1, 2, 3] == 2  # channel 0 = x, channel 1 = y
+
+
+def test_sample_integer_points_reads_exact_pixels():
+    field = torch.arange(H * W, dtype=torch.float64).view(1, 1, H, W)
+    pts = torch.tensor([[5.0, 7.0], [0.0, 0.0], [W - 1.0, H - 1.0]], dtype=torch.float64)
+    out = sample(field, pts.T.reshape(1, 2, 3, 1))
+    expect = torch.tensor([7 * W + 5, 0, H * W - 1], dtype=torch.float64)
+    assert torch.allclose(out.flatten(), expect)
+
+
+def test_sample_bilinear_midpoint():
+    field = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    field[0, 0] = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    pt = torch.tensor([0.5, 0.5], dtype=torch.float64).view(1, 2, 1, 1)
+    assert sample(field, pt).item() == pytest.approx(1.5)
+
+
+def test_warp_translation_matches_shifted_image():
+    torch.manual_seed(0)
+    img_b = torch.rand(1, 3, H, W, dtype=torch.float64)
+    out = warp(img_b, const_flow(3, -2))
+    # out(x, y) = b(x + 3, y - 2)
+    assert torch.allclose(out[..., 2:, :W - 3], img_b[..., :H - 2, 3:])
+    # outside the image reads zeros with padding="zeros"
+    assert torch.all(out[..., :, W - 2:] == 0)
+
+
+def test_compose_two_translations():
+    f = compose_flow(const_flow(2.5, -1.0), const_flow(-4.0, 3.0))
+    m = interior(6)
+    assert torch.allclose(f[:, 0:1][m], torch.full_like(f[:, 0:1][m], -1.5))
+    assert torch.allclose(f[:, 1:2][m], torch.full_like(f[:, 1:2][m], 2.0))
+
+
+def test_compose_with_identity_is_identity():
+    torch.manual_seed(1)
+    f = torch.randn(2, 2, H, W, dtype=torch.float64) * 3
+    zero = torch.zeros_like(f)
+    assert torch.allclose(compose_flow(f, zero), f)
+    assert torch.allclose(compose_flow(zero, f), f)
+
+
+def test_compose_two_affine_maps_equals_product():
+    a = affine(1.05, 0.1, -0.05, 0.95, 1.0, -0.5)
+    b = affine(0.9, -0.08, 0.06, 1.1, -0.7, 1.2)
+    flow_ab, flow_bc = affine_flow(a, H, W), affine_flow(b, H, W)
+    # q_c = B(A p): composed matrix
+    A3 = torch.cat([a, torch.tensor([[0, 0, 1.0]], dtype=a.dtype)])
+    B3 = torch.cat([b, torch.tensor([[0, 0, 1.0]], dtype=b.dtype)])
+    expect = affine_flow((B3 @ A3)[:2], H, W)
+    got = compose_flow(flow_ab, flow_bc)
+    # the affine flow is linear in p, so bilinear reading is exact wherever A p stays inside
+    q = pixel_grid(H, W, dtype=torch.float64) + flow_ab
+    ok = inside_mask(q, H, W).bool().expand(-1, 2, -1, -1)
+    assert ok.float().mean() > 0.6
+    assert torch.allclose(got[ok], expect[ok], atol=1e-9)
+
+
+def test_round_trip_inverse_affine_is_zero():
+    a = affine(1.1, 0.05, -0.03, 0.92, 1.5, -1.0)
+    A3 = torch.cat([a, torch.tensor([[0, 0, 1.0]], dtype=a.dtype)])
+    a_inv = torch.linalg.inv(A3)[:2]
+    f = compose_flow(affine_flow(a, H, W), affine_flow(a_inv, H, W))
+    m = interior(5).expand(-1, 2, -1, -1)
+    assert f[m].abs().max() < 1e-9
+
+
+def test_matchability_zero_where_flow_leaves_image():
+    match_bc = torch.ones(1, 1, H, W, dtype=torch.float64)
+    flow = const_flow(10.0, 0.0)
+    m = compose_matchability(None, match_bc, flow)
+    assert torch.all(m[..., :, W - 10:] == 0)  # x + 10 > W - 1
+    assert torch.all(m[..., :, :W - 10] == 1)
+    # explicit match_ab multiplies
+    half = torch.full_like(match_bc, 0.5)
+    assert torch.allclose(compose_matchability(half, match_bc, flow), 0.5 * m)
+
+
+def test_matchability_reads_target_map():
+    match_bc = torch.zeros(1, 1, H, W, dtype=torch.float64)
+    match_bc[..., :, 10:] = 1.0
+    m = compose_matchability(None, match_bc, const_flow(4.0, 0.0))
+    assert torch.all(m[..., :, 6:W - 4] == 1)
+    assert torch.all(m[..., :, :6] == 0)
+
+
+def test_transfer_keypoints_reads_flow_bilinearly():
+    a = affine(1.0, 0.0, 0.0, 1.0, 2.0, -3.0)
+    flow = affine_flow(a, H, W)[0]
+    kps = torch.tensor([[4.25, 5.5], [10.0, 12.75]], dtype=torch.float64)
+    out = transfer_keypoints(kps, flow)
+    assert torch.allclose(out, kps + torch.tensor([2.0, -3.0], dtype=torch.float64))
+    a2 = affine(1.2, 0.1, 0.0, 0.9, 0.0, 0.0)
+    out2 = transfer_keypoints(kps, affine_flow(a2, H, W))
+    expect = kps @ a2[:, :2].T
+    assert torch.allclose(out2, expect, atol=1e-9)
+
+
+def test_resample_flow_identity_between_sizes():
+    # zero flow between two same-size 16x16 resized images of a 40x30 source and 20x60 target:
+    # every source point maps to the same relative position in the target
+    flow = torch.zeros(1, 2, 16, 16, dtype=torch.float64)
+    out = resample_flow(flow, (30, 40), (60, 20))
+    grid = pixel_grid(30, 40, dtype=torch.float64)
+    q = grid + out
+    rel_src = (grid + 0.5) / torch.tensor([40.0, 30.0], dtype=torch.float64).view(1, 2, 1, 1)
+    rel_tgt = (q + 0.5) / torch.tensor([20.0, 60.0], dtype=torch.float64).view(1, 2, 1, 1)
+    assert torch.allclose(rel_src, rel_tgt, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, H, W), torch.zeros(1, 3, H, W)])
+def test_shape_errors_name_the_shape(bad):
+    with pytest.raises(ValueError, match=r"\(.*\)"):
+        compose_flow(bad, const_flow(0, 0))
+
+
+def test_bad_padding_rejected():
+    with pytest.raises(ValueError, match="padding"):
+        warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), padding="reflect")
+
+
+def test_gradcheck_warp_and_compose():
+    torch.manual_seed(2)
+    h, w = 6, 7
+    img = torch.rand(1, 2, h, w, dtype=torch.float64, requires_grad=True)
+    # keep sample points away from integer positions (bilinear is not differentiable there)
+    flow = (torch.rand(1, 2, h, w, dtype=torch.float64) * 2 - 1 + 0.37).requires_grad_()
+    assert torch.autograd.gradcheck(lambda i, f: warp(i, f, "border"), (img, flow))
+    flow2 = (torch.rand(1, 2, h, w, dtype=torch.float64) * 2 - 1 + 0.21).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: compose_flow(a, b), (flow, flow2))
+    match = torch.rand(1, 1, h, w, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, f: compose_matchability(None, m, f * 0.3),
+                                    (match, flow))
+
+
+def test_dtype_and_batch_follow_inputs():
+    f = torch.zeros(3, 2, 5, 6, dtype=torch.float32)
+    out = compose_flow(f, f)
+    assert out.dtype == torch.float32 and out.shape == (3, 2, 5, 6)

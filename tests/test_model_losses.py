@@ -1,0 +1,133 @@
+"""The paper network's layer list and shapes; hand-computed loss values; a tiny cycle fit."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cyclecorr.geometry import affine_flow, warp
+from cyclecorr.losses import (CycleLossConfig, compose_cycle, cycle_loss, matchability_loss,
+                              truncated_flow_loss)
+from cyclecorr.model import PAPER_LAYERS, CorrespondenceNet, NetConfig
+from cyclecorr.train.steps import cycle_step_loss
+
+
+def test_default_network_is_papers_table():
+    net = CorrespondenceNet()
+    assert net.layer_table() == PAPER_LAYERS
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(convs) == 8 + 9 + 9
+    assert all(m.kernel_size == (3, 3) for m in convs)
+    # ReLU after every layer except the last of each decoder
+    for head in (net.flow_decoder, net.match_decoder):
+        assert not isinstance(list(head)[-1], torch.nn.ReLU)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in net.modules()) == 8 + 8 + 8
+
+
+@pytest.mark.parametrize("size", [128, 64])
+def test_output_shapes_and_ranges(size):
+    torch.manual_seed(0)
+    net = CorrespondenceNet(NetConfig(image_size=size, width=0.5))
+    for p in net.parameters():  # non-zero heads so the range check means something
+        torch.nn.init.normal_(p, std=0.05)
+    x, y = torch.rand(2, 3, size, size), torch.rand(2, 3, size, size)
+    out = net(x, y)
+    assert out["flow"].shape == (2, 2, size, size)
+    assert out["matchability"].shape == (2, 1, size, size)
+    m = out["matchability"]
+    assert torch.all((m >= 0) & (m <= 1)) and m.std() > 0
+    assert torch.allclose(m, torch.sigmoid(out["matchability_logits"]))
+
+
+def test_untrained_network_predicts_zero_flow_and_half_matchability():
+    net = CorrespondenceNet(NetConfig(image_size=32, width=0.25))
+    out = net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    assert out["flow"].abs().max() == 0
+    assert torch.allclose(out["matchability"], torch.full_like(out["matchability"], 0.5))
+
+
+def test_bad_input_shape_named():
+    net = CorrespondenceNet(NetConfig(image_size=32, width=0.25))
+    with pytest.raises(ValueError, match=r"\(1, 3, 30, 30\)"):
+        net(torch.rand(1, 3, 30, 30), torch.rand(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        NetConfig(image_size=100)
+
+
+def test_truncated_flow_loss_hand_computed():
+    pred = torch.zeros(1, 2, 1, 3)
+    gt = torch.tensor([[[[3.0, 20.0, 1.0]], [[4.0, 0.0, 1.0]]]])  # |d|^2 = 25, 400, 2
+    mask = torch.tensor([[[[1.0, 1.0, 0.0]]]])
+    loss, m = truncated_flow_loss(pred, gt, mask, truncation=15.0, reduction="sum")
+    assert loss.item() == pytest.approx(25 + 225)  # second capped at T^2, third masked
+    assert m["truncated"] == pytest.approx(0.5)
+    assert m["epe"] == pytest.approx((5 + 20) / 2)
+    loss_mean, _ = truncated_flow_loss(pred, gt, mask, truncation=15.0, reduction="mean")
+    assert loss_mean.item() == pytest.approx(125.0)
+    loss_big, _ = truncated_flow_loss(pred, gt, mask, truncation=100.0)
+    assert loss_big.item() == pytest.approx(425.0)  # truncation inactive
+
+
+def test_truncated_loss_gradient_is_zero_beyond_cap():
+    pred = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    gt = torch.tensor([[[[30.0, 1.0]], [[0.0, 0.0]]]])
+    loss, _ = truncated_flow_loss(pred, gt, None, truncation=15.0)
+    loss.backward()
+    assert pred.grad[0, 0, 0, 0] == 0 and pred.grad[0, 0, 0, 1] == pytest.approx(-2.0)
+
+
+def test_matchability_bce_hand_computed():
+    p = torch.tensor([0.8, 0.3]).view(1, 1, 1, 2)
+    t = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    loss, m = matchability_loss(p, t, reduction="sum")
+    assert loss.item() == pytest.approx(-math.log(0.8) - math.log(0.7), rel=1e-5)
+    assert m["match_acc"] == 1.0
+
+
+def test_cycle_composition_of_translations():
+    b, h, w = 1, 20, 20
+
+    def const(dx, dy):
+        f = torch.zeros(b, 2, h, w)
+        f[:, 0], f[:, 1] = dx, dy
+        return f
+
+    flow, match = compose_cycle(const(1, 0), const(2, 1), const(-1, 1), torch.ones(b, 1, h, w))
+    assert torch.allclose(flow[..., 5:15, 5:15], const(2, 2)[..., 5:15, 5:15])
+    assert torch.all(match[..., :, w - 1:] == 0) and torch.all(match[..., :, :w - 1] == 1)
+    gt_match = torch.ones(b, 1, h, w)
+    loss, metrics = cycle_loss(const(1, 0), const(2, 1), const(-1, 1), torch.ones(b, 1, h, w),
+                               const(2, 2), gt_match,
+                               CycleLossConfig(reduction="mean", match_weight=0.0))
+    assert metrics["epe"] < 0.2  # only the border rows/columns differ (border padding)
+
+
+def test_tiny_network_fits_one_affine_quartet():
+    """Three known affine flows; a tiny net drives the cycle loss near zero in seconds."""
+    torch.manual_seed(0)
+    s = 32
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, s), torch.linspace(0, 1, s), indexing="ij")
+    base = torch.stack([torch.sin(6 * xx) * 0.5 + 0.5, torch.cos(5 * yy) * 0.5 + 0.5,
+                        xx * yy], 0)[None]
+
+    def A(tx, ty, sc=1.0):
+        return torch.tensor([[sc, 0.0, tx], [0.0, sc, ty]])
+
+    f1, f2, f3 = affine_flow(A(1.0, 0.5), s, s), affine_flow(A(-0.5, 1.0), s, s), affine_flow(A(0.5, -0.5), s, s)
+    r1 = warp(base, -f1, "border")
+    batch = {"s1": base, "r1": r1, "r2": warp(r1, -f2, "border"), "s2": base.roll(1, -1),
+             "flow_s1s2": affine_flow(A(1.0, 1.0), s, s), "match_s1s2": torch.ones(1, 1, s, s)}
+    net = CorrespondenceNet(NetConfig(image_size=s, width=0.25))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    cfg = CycleLossConfig(reduction="mean", match_weight=0.1)
+    first = None
+    for _ in range(150):
+        opt.zero_grad()
+        loss, m = cycle_step_loss(net, batch, cfg)
+        first = first if first is not None else m["loss_flow"]
+        loss.backward()
+        opt.step()
+    assert first > 1.5
+    assert m["loss_flow"] < 0.05 * first
+    assert m["epe"] < 0.3
