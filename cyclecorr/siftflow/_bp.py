@@ -1,22 +1,23 @@
 """Numba kernels of SIFT flow's dual-layer loopy belief propagation (one pyramid level).
 
-Model (Liu, Yuen, Torralba, TPAMI 2011, eq. 1), for a flow ``w(p) = (u(p), v(p))`` on integer labels:
+Model (Liu, Yuen, Torralba, TPAMI 2011, eq. 1), for an integer flow ``w(p) = (u(p), v(p))``:
 
     E(w) = Σ_p D_p(u_p, v_p)                                    data (L1 between SIFT descriptors)
          + Σ_p γ (|u_p| + |v_p|)                                small displacement ("range" term)
-         + Σ_(p,q)∈N  min(α|u_p − u_q|, d) + min(α|v_p − v_q|, d)   truncated L1 smoothness, 4-neighbours
+         + Σ_(p,q)∈N  min(α|u_p − u_q|, d) + min(α|v_p − v_q|, d)   truncated L1, 4-neighbours
 
 Each pixel holds two nodes, one for ``u`` (plane 0) and one for ``v`` (plane 1), each with
-``S = 2w + 1`` labels: label ``l`` means displacement ``offset(p) + l − w`` (the offset comes from the
-coarser pyramid level). Spatial messages run inside a plane and use the O(S) distance transform of
-the truncated L1 cost; the "dual" message between the two nodes of a pixel minimises over the data
+``S = 2w + 1`` labels: label ``l`` means displacement ``offset(p) + l − w`` (the offset comes from
+the coarser pyramid level). Spatial messages run inside a plane and use the O(S) distance transform
+of the truncated L1 cost; the "dual" message between the two nodes of a pixel minimises over the data
 term ``D_p(u, v)``. The sweep schedule is the sequential one of Liu's release (BP-S): iteration
 ``t`` updates plane ``t mod 2``; forward raster sweeps (messages to the right and down) when
 ``t mod 4 < 2``, backward sweeps (to the left and up) otherwise; dual messages when ``t mod 8 < 4``.
 
 Array layout: ``D[y, x, lv, lu]`` (float32), ``rng[k, y, x, l]``, ``off[k, y, x]`` (int32),
 spatial messages ``M[k, y, x, j, l]`` = message *into* (y, x) from its neighbour on side ``j``
-(0 left, 1 right, 2 top, 3 bottom), ``dual[k, y, x, l]`` = message into plane k from the other plane.
+(0 left, 1 right, 2 top, 3 bottom), ``dual[k, y, x, l]`` = message into plane k from the other
+plane.
 """
 from __future__ import annotations
 
@@ -24,9 +25,51 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
+def downsample(img):
+    """Gaussian σ = 0.67 (5 taps, edges replicated), then 2×2 averaging; (H, W, C) float32.
+
+    Output ``(ceil(H/2), ceil(W/2), C)``; coarse pixel i has its centre at fine coordinate 2i + 0.5.
+    """
+    h, w, c = img.shape
+    g = np.exp(-0.5 * (np.arange(-2, 3) / 0.67) ** 2)
+    g = (g / g.sum()).astype(np.float32)
+    tmp = np.empty((h, w, c), np.float32)
+    for y in range(h):
+        for x in range(w):
+            for ch in range(c):
+                tmp[y, x, ch] = 0.0
+            for t in range(5):
+                xx = min(max(x + t - 2, 0), w - 1)
+                for ch in range(c):
+                    tmp[y, x, ch] += g[t] * img[y, xx, ch]
+    sm = np.empty((h, w, c), np.float32)
+    for y in range(h):
+        for x in range(w):
+            for ch in range(c):
+                sm[y, x, ch] = 0.0
+            for t in range(5):
+                yy = min(max(y + t - 2, 0), h - 1)
+                for ch in range(c):
+                    sm[y, x, ch] += g[t] * tmp[yy, x, ch]
+    hc, wc = (h + 1) // 2, (w + 1) // 2
+    out = np.empty((hc, wc, c), np.float32)
+    for y in range(hc):
+        y0, y1 = 2 * y, min(2 * y + 1, h - 1)
+        for x in range(wc):
+            x0, x1 = 2 * x, min(2 * x + 1, w - 1)
+            for ch in range(c):
+                out[y, x, ch] = 0.25 * (sm[y0, x0, ch] + sm[y0, x1, ch] + sm[y1, x0, ch]
+                                        + sm[y1, x1, ch])
+    return out
+
+
+@njit(cache=True, fastmath=True)
 def data_term(s1, s2, off_x, off_y, w):
-    """``D[y, x, lv, lu] = Σ_c |s1[y, x, c] − s2[y + oy + lv − w, x + ox + lu − w, c]|``; −1 outside b."""
+    """``D[y, x, lv, lu] = Σ_c |s1[y, x, c] − s2[y + oy + lv − w, x + ox + lu − w, c]|``.
+
+    −1 where the candidate lies outside image b.
+    """
     h, wd, c = s1.shape
     h2, w2 = s2.shape[0], s2.shape[1]
     n = 2 * w + 1
@@ -38,7 +81,7 @@ def data_term(s1, s2, off_x, off_y, w):
                 for lu in range(n):
                     xb = x + off_x[y, x] + lu - w
                     if 0 <= xb < w2 and 0 <= yb < h2:
-                        acc = 0.0
+                        acc = np.float32(0.0)
                         for ch in range(c):
                             acc += abs(s1[y, x, ch] - s2[yb, xb, ch])
                         out[y, x, lv, lu] = acc
@@ -47,7 +90,7 @@ def data_term(s1, s2, off_x, off_y, w):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def _send_spatial(M, dual, rng, off, k, y, x, direction, w, alpha, d, buf):
     h = M.shape[1]
     wd = M.shape[2]
@@ -109,7 +152,7 @@ def _send_spatial(M, dual, rng, off, k, y, x, direction, w, alpha, d, buf):
         M[k, y1, x1, side, l1] -= mmin
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def _send_dual(M, dual, rng, D, k, y, x, w, buf):
     n = 2 * w + 1
     for l in range(n):
@@ -144,7 +187,7 @@ def _send_dual(M, dual, rng, D, k, y, x, w, buf):
             dual[0, y, x, lu] -= mmin
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def _decode(M, dual, rng, labels):
     n = M.shape[4]
     for k in range(2):
@@ -162,7 +205,7 @@ def _decode(M, dual, rng, labels):
                 labels[k, y, x] = arg
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def energy(D, rng, off, labels, w, alpha, d):
     """SIFT flow energy (module docstring) of the labelling ``labels[k, y, x]``."""
     h, wd = D.shape[0], D.shape[1]
@@ -183,12 +226,12 @@ def energy(D, rng, off, labels, w, alpha, d):
     return e
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def belief_propagation(D, rng, off, w, alpha, d, n_iter, energies, M, dual):
     """Run ``n_iter`` BP-S iterations; return the lowest-energy labelling ``(2, H, W)`` int32 seen.
 
-    ``M`` ``(2, H, W, 4, S)`` and ``dual`` ``(2, H, W, S)`` float32 hold the initial messages (zeros,
-    or those handed down by the multigrid level) and are updated in place. ``energies[t]``
+    ``M`` ``(2, H, W, 4, S)`` and ``dual`` ``(2, H, W, S)`` float32 hold the initial messages
+    (zeros, or those handed down by the multigrid level) and are updated in place. ``energies[t]``
     receives the energy of the labelling decoded after iteration ``t``.
     """
     h, wd = D.shape[0], D.shape[1]
@@ -262,7 +305,10 @@ def multigrid_bp(D, rng, off, gamma, w, alpha, d, n_iter, n_hier, n_sub_iter=20)
 
     With ``n_hier > 0`` a coarser MRF (:func:`coarser_problem`) is solved first with ``n_sub_iter``
     iterations (recursively, ``n_hier − 1`` further levels) and its messages initialise this level's
-    (each node gets its parent's messages). Returns ``(labels (2, H, W), energies (n_iter,), M, dual)``.
+    (each node gets its parent's messages). Returns ``(labels (2, H, W), energies, M, dual)`` where
+    ``energies[0]`` is the energy of the starting labelling (the offsets, i.e. the flow handed down
+    by the coarser pyramid level) and ``energies[t + 1]`` that after BP iteration ``t``; ``labels``
+    is the lowest-energy labelling among them.
     """
     h, wd = D.shape[:2]
     n = 2 * w + 1
@@ -275,6 +321,8 @@ def multigrid_bp(D, rng, off, gamma, w, alpha, d, n_iter, n_hier, n_sub_iter=20)
         M[:] = np.repeat(np.repeat(Mc, 2, axis=1), 2, axis=2)[:, :h, :wd]
         dual[:] = np.repeat(np.repeat(dualc, 2, axis=1), 2, axis=2)[:, :h, :wd]
     energies = np.zeros(n_iter, np.float64)
+    start = np.full((2, h, wd), w, np.int32)
+    e0 = energy(D, rng, off, start, w, float(alpha), float(d))
     labels = belief_propagation(D, rng, off, w, float(alpha), float(d), int(n_iter), energies,
                                 M, dual)
-    return labels, energies, M, dual
+    return labels, np.concatenate([[e0], energies]), M, dual

@@ -27,7 +27,8 @@ import numpy as np
 
 from cyclecorr.siftflow.core import SiftFlowParams, SiftFlowResult, sift_flow
 
-__all__ = ["compute_sift_flow_batch", "load_sift_flow", "pair_key", "load_image"]
+__all__ = ["compute_sift_flow_batch", "load_sift_flow", "pair_key", "load_image",
+           "sift_flow_tensors"]
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Callable[[], np.ndarray]]
 
@@ -124,7 +125,7 @@ _JOBS: list = []
 
 
 def _work(job) -> str:
-    (a, b, out_path, size, params, index) = job if job is not None else (None,) * 6
+    a, b, out_path, size, params, index = job
     return _compute_one(a, b, Path(out_path), size, params, index)
 
 
@@ -201,7 +202,9 @@ def compute_sift_flow_batch(pairs: Sequence[tuple[ImageLike, ImageLike]], out_di
             use_fork = sys.platform.startswith("linux")
             ctx = mp.get_context("fork" if use_fork else "spawn")
             n = min(workers, len(jobs))
-            if use_fork:
+            if use_fork:  # compile / load the numba kernels once, forked workers inherit them
+                _warm = np.random.RandomState(0).randint(0, 255, (16, 16, 3)).astype(np.uint8)
+                sift_flow(_warm, _warm[::-1].copy(), params)
                 _JOBS = jobs
                 try:
                     with ctx.Pool(n) as pool:
@@ -225,3 +228,30 @@ def _write_index(path: Path, entries, size, params) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
+
+
+def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None):
+    """SIFT flow for a batch of network-format images: ``(B, 3, H, W)`` float in [0, 1] → flows.
+
+    Returns ``(flow_ab, cost)``: torch tensors ``(B, 2, H, W)`` and ``(B, H, W)`` float32 on the
+    inputs' device (numpy inputs give numpy outputs). Computed pair by pair in this process; use
+    :func:`compute_sift_flow_batch` for cached, parallel computation of many pairs.
+    """
+    is_torch = hasattr(images_a, "detach")
+    a = images_a.detach().cpu().numpy() if is_torch else np.asarray(images_a)
+    b = images_b.detach().cpu().numpy() if hasattr(images_b, "detach") else np.asarray(images_b)
+    if a.ndim != 4 or a.shape != b.shape or a.shape[1] not in (1, 3):
+        raise ValueError(f"expected two (B, 3, H, W) batches of equal shape, got {a.shape} and "
+                         f"{b.shape}")
+    flows, costs = [], []
+    for i in range(a.shape[0]):
+        res = sift_flow(np.moveaxis(a[i], 0, 2), np.moveaxis(b[i], 0, 2), params)
+        flows.append(res.flow)
+        costs.append(res.cost)
+    flow, cost = np.stack(flows), np.stack(costs)
+    if is_torch:
+        import torch
+
+        dev = images_a.device
+        return torch.from_numpy(flow).to(dev), torch.from_numpy(cost).to(dev)
+    return flow, cost

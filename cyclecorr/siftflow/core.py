@@ -32,10 +32,19 @@ SIFT flow): cell size 3, α = 2·255, d = 40·255, γ = 0.005·255, 4 levels, wi
 60 top iterations, 30 iterations. At 128×128 the top level is 16×16 and ±10 px there is ±80 px at
 full resolution, ample for the ~30 px displacements of 128×128 object crops.
 
-Deviations from Liu's C++ (documented): no multigrid message initialisation inside a level
-(``nHierarchy``, an acceleration only); the returned labelling of each level is the lowest-energy
-one decoded over the iterations (Liu returns the last one); images of different sizes are handled
-by resizing b to a's size (see :func:`sift_flow`), not by a per-pixel scaling offset.
+Inside each level, as in Liu's code, BP messages are initialised by multigrid BP (``nHierarchy``):
+the same MRF on 2×2-merged nodes (data terms summed) is solved first with 20 iterations, and its
+messages are copied to the children; 2 such levels at the top, ``n_levels − 1 − ℓ`` at level ℓ.
+This matters: in our tests BP started from zero messages with α = 2·255 ends close to its
+starting (zero) flow, far above the energy that the multigrid start reaches.
+
+Deviations from Liu's C++ (documented): the returned labelling of each level is the lowest-energy
+one decoded over the iterations (Liu returns the last one); the dense SIFT is our own
+implementation of the same construction (``dense_sift``); the pyramid uses 2×2 averaging after the
+Gaussian instead of MATLAB's bicubic ``imresize``; images of different sizes are handled by resizing
+b to a's size (see :func:`sift_flow`), not by a per-pixel scaling offset. Measured on TSS (cars and
+bikes at 160 px wide, flow1 = image1 → image2): with these defaults 55–97 % of the masked pixels
+are within 5 px of the ground truth on the five non-flipped pairs (zero flow: 0–46 %).
 """
 from __future__ import annotations
 
@@ -47,7 +56,8 @@ from scipy import ndimage
 from cyclecorr.siftflow import _bp
 from cyclecorr.siftflow.dense_sift import as_float_image, dense_sift
 
-__all__ = ["SiftFlowParams", "SiftFlowResult", "sift_flow", "sift_flow_descriptors"]
+__all__ = ["SiftFlowParams", "SiftFlowResult", "sift_flow", "sift_flow_descriptors",
+           "matchability_from_cost"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class SiftFlowParams:
     - ``n_iterations`` (30) / ``n_top_iterations`` (60): BP iterations at the finest / top level.
     - ``data_threshold`` (None): truncation t of the data term: None (Liu's code), "median" or a
       number (same units as the L1 distance of two ×255 SIFT descriptors).
+    - ``top_hierarchy`` (2): multigrid BP levels at the top level (Liu's ``nHierarchy``; the finer
+      pyramid level ℓ uses ``n_levels − 1 − ℓ``).
     """
 
     cell_size: int = 3
@@ -78,7 +90,8 @@ class SiftFlowParams:
     top_hierarchy: int = 2
 
     def __post_init__(self):
-        if self.cell_size < 1 or self.n_levels < 1 or self.window < 0 or self.top_window < 0:
+        if (self.cell_size < 1 or self.n_levels < 1 or self.window < 0 or self.top_window < 0
+                or self.top_hierarchy < 0):
             raise ValueError(f"invalid SiftFlowParams: {self}")
         if self.n_iterations < 1 or self.n_top_iterations < 1:
             raise ValueError(f"SiftFlowParams: iteration counts must be ≥ 1: {self}")
@@ -100,7 +113,9 @@ class SiftFlowResult:
     - ``cost``: ``(H_a, W_a)`` float32, the (untruncated) L1 distance between the ×255 SIFT
       descriptors of p in a and of its match in b (lower = better; a matchability baseline).
       Matches outside b get the level's default score (median of all candidate costs).
-    - ``energy``: energies after every BP iteration, coarsest level first, finest last.
+    - ``energy``: per level (coarsest first, finest last) the energy of the starting flow (zero at
+      the top, the upsampled coarser flow below), then the energy after every BP iteration. The
+      flow of each level is the lowest-energy one of these.
     - ``energy_per_level``: the same split by level (coarsest first).
     - ``level_shapes``: ``(H, W)`` of each level, coarsest first.
     """
@@ -114,13 +129,7 @@ class SiftFlowResult:
 
 def _downsample(img: np.ndarray) -> np.ndarray:
     """Gaussian σ = 0.67 (5 taps), then 2×2 averaging (edge replicated for odd sizes)."""
-    sm = ndimage.gaussian_filter(img, sigma=(0.67, 0.67, 0), truncate=2.0 / 0.67, mode="nearest")
-    h, w = sm.shape[:2]
-    if h % 2:
-        sm = np.concatenate([sm, sm[-1:]], axis=0)
-    if w % 2:
-        sm = np.concatenate([sm, sm[:, -1:]], axis=1)
-    return 0.25 * (sm[0::2, 0::2] + sm[1::2, 0::2] + sm[0::2, 1::2] + sm[1::2, 1::2])
+    return _bp.downsample(np.ascontiguousarray(img, dtype=np.float32))
 
 
 def _upsample_flow(flow: np.ndarray, shape) -> np.ndarray:
@@ -173,8 +182,8 @@ def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
     pyr_b = [np.ascontiguousarray(sift_b, dtype=np.float32)]
     n_levels = params.n_levels
     while len(pyr_a) < n_levels and min(pyr_a[-1].shape[:2]) >= 8:
-        pyr_a.append(_downsample(pyr_a[-1]).astype(np.float32))
-        pyr_b.append(_downsample(pyr_b[-1]).astype(np.float32))
+        pyr_a.append(_downsample(pyr_a[-1]))
+        pyr_b.append(_downsample(pyr_b[-1]))
     n_levels = len(pyr_a)
     iters = np.round(np.linspace(params.n_iterations, params.n_iterations * 0.6,
                                  max(n_levels, 1))).astype(int)
@@ -209,7 +218,7 @@ def _resize(img: np.ndarray, shape) -> np.ndarray:
 
 
 def sift_flow(image_a, image_b, params: SiftFlowParams | None = None) -> SiftFlowResult:
-    """SIFT flow from image a to image b: ``flow_ab`` ``(2, H_a, W_a)`` and the per-pixel match cost.
+    """SIFT flow from image a to image b: ``flow_ab`` ``(2, H_a, W_a)`` and the per-pixel cost.
 
     ``image_a``, ``image_b``: numpy ``H×W×3`` (or ``H×W``) uint8, or float on [0, 1]; PIL images and
     channel-first ``3×H×W`` arrays/tensors are accepted too. The flow is integer-valued (discrete
@@ -240,3 +249,19 @@ def sift_flow(image_a, image_b, params: SiftFlowParams | None = None) -> SiftFlo
         qy = (yy + res.flow[1] + 0.5) * (hb / ha) - 0.5
         res.flow = np.stack([qx - xx, qy - yy]).astype(np.float32)
     return res
+
+
+def matchability_from_cost(cost: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """A matchability baseline from SIFT flow's per-pixel cost: ``exp(−cost / scale)`` in (0, 1].
+
+    ``scale`` defaults to the median of ``cost`` (so half the pixels score above ``e^{-1}``); the
+    result is ``(H, W)`` float32. Lower matching cost → higher matchability.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.size == 0 or not np.all(np.isfinite(cost)):
+        raise ValueError("cost must be a non-empty finite array")
+    if scale is None:
+        scale = float(np.median(cost))
+    if not scale > 0:
+        scale = 1.0
+    return np.exp(-cost / scale).astype(np.float32)

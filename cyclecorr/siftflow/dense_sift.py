@@ -1,20 +1,23 @@
 """Dense SIFT: one 128-d SIFT descriptor per pixel (the "SIFT image" of SIFT flow).
 
 Follows the construction of Liu et al.'s dense SIFT used by SIFT flow (TPAMI 2011, ``mexDenseSIFT``
-with ``cellsize = 3``, ``gridspacing = 1``), written from the description, not copied:
+/ ``ImageFeature::imSIFT`` with ``cellsize = 3``, ``gridspacing = 1``, boundary included), written
+here from its description:
 
-1. Gradients ``(I_x, I_y)`` of every colour channel with the 5-tap derivative ``[1, -8, 0, 8, -1]/12``
-   (edges replicated); per pixel the channel with the largest magnitude is kept (colour images).
-2. The gradient orientation ``θ = atan2(I_y, I_x)`` is soft-binned into 8 orientation bins
-   (linear interpolation between the two nearest bin centres ``2πk/8``), weighted by the magnitude.
-3. Each orientation plane is pooled over a cell with a separable triangular kernel of half-width
-   ``cell_size`` (weights ``cell_size + 1 − |i|``, normalised to sum 1).
-4. The descriptor of pixel ``p = (x, y)`` concatenates the pooled histograms of a 4×4 grid of cells
-   centred at ``(x + i·c, y + j·c)``, ``i, j ∈ {−1, 0, 1, 2}`` (``c = cell_size``; coordinates
-   clamped to the image), i.e. a 4c×4c patch whose centre sits at ``p + c/2``, the same for both
-   images so that it biases no flow.
-5. ``v ← v / (‖v‖₂ + ε)``, clipped at 0.2, renormalised, and scaled by 255 (the value range of
-   Liu's uint8 SIFT images, for which the published energy parameters ``α = 2·255`` etc. are set).
+1. Gradients ``(I_x, I_y)`` of every colour channel with the 5-tap derivative
+   ``[1, -8, 0, 8, -1]/12`` (edges replicated); per pixel the channel with the largest magnitude
+   ``m`` is kept (colour images).
+2. Orientation energy in 8 bands ``θ_k = 2πk/8``: ``e_k = m · max(cos(θ − θ_k), 0)^9`` (Liu's
+   "alpha = 9" decay, a smooth soft binning).
+3. Each band is pooled over a cell with Liu's separable box kernel of ``2c + 1`` taps
+   (``c = cell_size``): weights ``0.25, 1, …, 1, 0.25`` at offsets ``−c … +1`` (c ones in between),
+   i.e. a box of width ``c + 1`` centred at offset −1, zero elsewhere.
+4. The descriptor of pixel ``p = (x, y)`` concatenates the pooled bands at the 4×4 cell positions
+   ``(x + i·c, y + j·c)``, ``i, j ∈ {−1, 0, 1, 2}`` (coordinates clamped to the image): a 4c×4c
+   patch, the same geometry for both images, so it biases no flow.
+5. ``v ← min(255 · v / (‖v‖₂ + ε), 255)`` with ``ε = 0.01`` (Liu stores this as uint8; here it
+   stays float32, not rounded). Flat regions get small descriptors, textured ones norm ≈ 255 — the
+   scale for which the published energy parameters ``α = 2·255`` etc. are set.
 
 Invariances: adding a constant to the image changes no gradient, so the descriptors are exactly
 unchanged (as long as nothing saturates); multiplying it by a constant changes them only through ε.
@@ -68,7 +71,7 @@ def as_float_image(image, name: str = "image") -> np.ndarray:
 
 
 def dense_sift(image, cell_size: int = 3, n_orientations: int = 8, eps: float = 0.01,
-               clip: float = 0.2) -> np.ndarray:
+               orientation_power: int = 9) -> np.ndarray:
     """Dense SIFT image of ``image``: ``(H, W, 16·n_orientations)`` float32, values in [0, 255].
 
     ``image``: see :func:`as_float_image` (uint8, or float on [0, 1]). Formulas in the module
@@ -85,33 +88,31 @@ def dense_sift(image, cell_size: int = 3, n_orientations: int = 8, eps: float = 
     gx = np.take_along_axis(gx, best, axis=2)[:, :, 0]
     gy = np.take_along_axis(gy, best, axis=2)[:, :, 0]
     mag = np.sqrt(gx * gx + gy * gy)
-    theta = np.mod(np.arctan2(gy, gx), 2 * np.pi)
-    pos = theta / (2 * np.pi / n_orientations)
-    b0 = np.floor(pos).astype(np.int64)
-    frac = pos - b0
-    b0 %= n_orientations
-    b1 = (b0 + 1) % n_orientations
-    hist = np.zeros((h, w, n_orientations))
-    rows, cols = np.indices((h, w))
-    np.add.at(hist, (rows, cols, b0), mag * (1.0 - frac))
-    np.add.at(hist, (rows, cols, b1), mag * frac)
-    # cell pooling: separable triangular kernel of half-width cell_size
-    k = cell_size + 1.0 - np.abs(np.arange(-cell_size, cell_size + 1, dtype=np.float64))
-    k /= k.sum()
-    hist = ndimage.correlate1d(hist, k, axis=0, mode="nearest")
-    hist = ndimage.correlate1d(hist, k, axis=1, mode="nearest")
+    safe = np.where(mag > 0, mag, 1.0)
+    ux, uy = gx / safe, gy / safe
+    bands = np.empty((h, w, n_orientations), np.float32)
+    for k in range(n_orientations):
+        t = 2 * np.pi * k / n_orientations
+        c = np.maximum(ux * np.cos(t) + uy * np.sin(t), 0.0)
+        bands[:, :, k] = c ** orientation_power * mag
+    # Liu's cell kernel: taps at offsets -c..c, weights 0.25, 1 (c times), 0.25, then zeros
+    k = np.zeros(2 * cell_size + 1, np.float32)
+    k[0] = k[cell_size + 1] = 0.25
+    k[1:cell_size + 1] = 1.0
+    bands = ndimage.correlate1d(bands, k, axis=0, mode="nearest")
+    bands = ndimage.correlate1d(bands, k, axis=1, mode="nearest")
     # gather the 4x4 grid of cells
     offs = np.array([-1, 0, 1, 2]) * cell_size
-    desc = np.empty((h, w, 4, 4, n_orientations))
+    desc = np.empty((h, w, 4, 4, n_orientations), np.float32)
     ys = np.arange(h)
     xs = np.arange(w)
     for j, dy in enumerate(offs):
         yy = np.clip(ys + dy, 0, h - 1)
         for i, dx in enumerate(offs):
             xx = np.clip(xs + dx, 0, w - 1)
-            desc[:, :, j, i, :] = hist[yy][:, xx]
+            desc[:, :, j, i, :] = bands[yy][:, xx]
     desc = desc.reshape(h, w, -1)
-    desc /= np.linalg.norm(desc, axis=2, keepdims=True) + eps
-    np.minimum(desc, clip, out=desc)
-    desc /= np.linalg.norm(desc, axis=2, keepdims=True) + eps
-    return (desc * 255.0).astype(np.float32)
+    norm = np.sqrt(np.einsum("ijk,ijk->ij", desc, desc, dtype=np.float64))
+    desc *= (255.0 / (norm + eps))[:, :, None].astype(np.float32)
+    np.minimum(desc, np.float32(255.0), out=desc)
+    return desc
