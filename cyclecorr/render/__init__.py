@@ -16,7 +16,8 @@ from .correspondence import (Correspondence, Keypoints, correspondence_between,
                              project_keypoints, synthetic_correspondence, visibility)
 from .mesh import (SOURCE_CONVENTIONS, Mesh, MeshError, axes_rotation, detect_source,
                    list_meshes, load_mesh)
-from .renderer import Light, Renderer, RenderResult, default_renderer, random_light, render_view
+from .renderer import (Light, Renderer, RenderResult, crop_intrinsics, default_renderer,
+                       random_light, render_view)
 
 __all__ = [
     "CropTransform", "Viewpoint", "look_at_rotation", "project_points",
@@ -24,5 +25,6 @@ __all__ = [
     "synthetic_correspondence", "visibility",
     "SOURCE_CONVENTIONS", "Mesh", "MeshError", "axes_rotation", "detect_source", "list_meshes",
     "load_mesh",
-    "Light", "Renderer", "RenderResult", "default_renderer", "random_light", "render_view",
+    "Light", "Renderer", "RenderResult", "crop_intrinsics", "default_renderer", "random_light",
+    "render_view",
 ]

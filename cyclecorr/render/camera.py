@@ -203,16 +203,22 @@ class CropTransform:
         ys = (np.arange(self.height) + 0.5) * (self.y1 - self.y0) / self.height + self.y0
         return np.meshgrid(xs, ys)
 
-    def crop_image(self, image: np.ndarray, order: int = 1, fill: float = 0.0) -> np.ndarray:
+    def crop_image(self, image: np.ndarray, order: int = 1, fill: float | None = 0.0
+                   ) -> np.ndarray:
         """Resample ``image`` (H×W or H×W×C) into the crop frame.
 
-        ``order`` 1 = bilinear, 0 = nearest; pixels outside the source are ``fill``. The dtype
-        is kept (uint8 is rounded and clipped).
+        ``order`` 1 = bilinear, 0 = nearest; pixels outside the source are ``fill``, or the
+        nearest border pixel when ``fill`` is None. The dtype is kept (uint8 is rounded and
+        clipped).
         """
         img = np.asarray(image)
         if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
             raise ValueError(f"crop_image expects an H×W or H×W×C image, got shape {img.shape}")
         xs, ys = self.source_grid()
+        if fill is None:
+            xs = np.clip(xs, 0, img.shape[1] - 1)
+            ys = np.clip(ys, 0, img.shape[0] - 1)
+            fill = 0.0
         out = _sample(img.astype(np.float32) if img.dtype != np.float64 else img, xs, ys,
                       order, fill)
         if img.dtype == np.uint8:

@@ -3,15 +3,15 @@
 Canonical frame (the PASCAL3D+ CAD frame, used by the whole project):
 
 - **z up**, the object's **front towards −y** (so a PASCAL3D+ viewpoint with azimuth 0 looks at
-  the front), right-handed (the object's right-hand side, as seen from the front, is −x... see
-  the note below);
+  the front), right-handed;
 - centred on the axis-aligned bounding-box centre;
 - **bounding-box diagonal = 1** (the PASCAL3D+ models already have diagonal 1, so PASCAL3D+
   distances can be used unchanged).
 
-Note on "left/right": we only fix *up* and *front*; the third axis follows from a proper
-rotation (no mirroring). The PASCAL3D+ keypoint names are kept as given (its car models put
-``left_front_wheel`` at x < 0).
+Only *up* and *front* are fixed; the third axis follows from a proper rotation (no mirroring),
+so seen from the front (azimuth 0) canonical +x is on the image's right. PASCAL3D+ keypoint
+names are kept as given (its car models put ``left_front_wheel`` at x < 0, i.e. on the image's
+left in a frontal view).
 
 Every source's axis convention lives in :data:`SOURCE_CONVENTIONS`, the single table of
 conventions (``up``/``front`` name the source's axes that become canonical +z / −y):
@@ -26,8 +26,9 @@ gsnet         −y          +z         ApolloCar3D/gsnet car OBJs (y axis down)
 obj           +y          +z         any other Wavefront OBJ (Sweet Home 3D furniture; y up)
 ============  ==========  =========  ============================================================
 
-The fronts were checked visually (renders at azimuth 0 show the front of cars, the seat front of
-chairs, the nose of aeroplanes). ``load_mesh(..., up=..., front=...)`` overrides the table.
+The fronts were checked visually on every model of the shared data (renders at azimuth 0 show
+the front of cars, the seat of chairs, the nose of aeroplanes; gsnet cars' side mirrors are in
+the front half). ``load_mesh(..., up=..., front=...)`` overrides the table.
 """
 from __future__ import annotations
 

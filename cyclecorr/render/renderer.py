@@ -1,6 +1,8 @@
 """Rendering a mesh from a viewpoint: RGB, mask, depth and per-pixel 3D surface point.
 
-How a view is made (:meth:`Renderer.render`):
+Two backends (see :class:`Renderer`): ``raster`` (default: numba z-buffer drawn directly into
+the cropped frame, exact geometry, no OpenGL) and ``gl`` (pyrender/OpenGL). How a ``gl`` view is
+made:
 
 1. The mesh is drawn once, by OpenGL through pyrender (headless: ``PYOPENGL_PLATFORM=osmesa``
    on CPU — the default set here when the variable is unset — or ``egl`` on GPU machines), into a
@@ -16,8 +18,10 @@ How a view is made (:meth:`Renderer.render`):
    ``X = Rᵀ X_cam + C`` (canonical frame). Depth is interpolated bilinearly in 1/z where the four
    neighbours lie on one surface, else taken from the nearest pixel.
 
-The GL context is created lazily, on the first render, and again in a forked child (a context is
-never shared across a fork): worker processes can each render with their own context.
+The GL context is created lazily, on the first render: create :class:`Renderer` objects (or
+nothing) in the parent, fork or spawn workers, and each worker makes its own context. A process
+forked *after* its parent created a context refuses to render with a clear error (OSMesa and
+EGL state does not survive a fork and can deadlock); use the ``spawn`` start method there.
 """
 from __future__ import annotations
 
@@ -73,11 +77,14 @@ class RenderResult:
         mask: (H, W) bool object mask.
         depth: (H, W) float32 camera-frame z of the surface (0 on background).
         points: (H, W, 3) float32 canonical-frame surface point (NaN on background).
-        crop: viewport → cropped frame transform.
+        crop: transform from the full image of ``viewpoint`` (pixels of the camera
+            ``viewpoint.intrinsics()``, the PASCAL3D+ photo frame) to the cropped frame.
         viewpoint: the viewpoint rendered.
-        K: (3, 3) intrinsics of the viewport render (pixel centres at integers).
-        R, C: world→camera rotation (3, 3) and camera centre (3,).
-        depth_full: (V, V) float32 viewport depth (0 on background), used for visibility tests.
+        K: (3, 3) intrinsics of the cropped frame: ``x = K[0,0]·X/Z + K[0,2]``,
+            ``y = K[1,1]·Y/Z + K[1,2]`` (``K[0,0] ≠ K[1,1]`` when the box is not square).
+        R, C: world→camera rotation (3, 3) and camera centre (3,): ``X_cam = R (X − C)``.
+        depth_buffer, K_buffer: the depth image the view was rendered into (0 on background)
+            and its intrinsics, used for visibility tests (the GL viewport, or the crop itself).
     """
 
     rgb: np.ndarray
@@ -89,50 +96,89 @@ class RenderResult:
     K: np.ndarray
     R: np.ndarray
     C: np.ndarray
-    depth_full: np.ndarray = field(repr=False)
+    depth_buffer: np.ndarray = field(repr=False)
+    K_buffer: np.ndarray = field(repr=False)
+
+    def _proj(self, points, K):
+        pc = (np.asarray(points, np.float64).reshape(-1, 3) - self.C) @ self.R.T
+        z = pc[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = K[0, 0] * pc[:, 0] / z + K[0, 2]
+            y = K[1, 1] * pc[:, 1] / z + K[1, 2]
+        return np.stack([x, y], 1), z
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Canonical points (N, 3) → (cropped-frame xy (N, 2), camera z (N,))."""
-        pc = (np.asarray(points, np.float64).reshape(-1, 3) - self.C) @ self.R.T
-        z = pc[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = self.K[0, 0] * pc[:, 0] / z + self.K[0, 2]
-            y = self.K[1, 1] * pc[:, 1] / z + self.K[1, 2]
-        return self.crop.apply(np.stack([x, y], 1)), z
+        return self._proj(points, self.K)
 
-    def project_viewport(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Canonical points (N, 3) → (viewport xy (N, 2), camera z (N,))."""
-        pc = (np.asarray(points, np.float64).reshape(-1, 3) - self.C) @ self.R.T
-        z = pc[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = self.K[0, 0] * pc[:, 0] / z + self.K[0, 2]
-            y = self.K[1, 1] * pc[:, 1] / z + self.K[1, 2]
-        return np.stack([x, y], 1), z
+    def project_buffer(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical points (N, 3) → (``depth_buffer`` pixel xy (N, 2), camera z (N,))."""
+        return self._proj(points, self.K_buffer)
+
+
+def crop_intrinsics(crop: CropTransform, K_img: np.ndarray) -> np.ndarray:
+    """Intrinsics of the cropped frame given the full image's ``K_img`` (zero skew):
+    ``fx' = fx·sx``, ``cx' = (cx − x0)·sx − 0.5`` and likewise for y."""
+    sx, sy = crop.scale
+    return np.array([[K_img[0, 0] * sx, 0.0, (K_img[0, 2] - crop.x0) * sx - 0.5],
+                     [0.0, K_img[1, 1] * sy, (K_img[1, 2] - crop.y0) * sy - 0.5],
+                     [0.0, 0.0, 1.0]])
 
 
 def _ensure_gl_platform():
+    """Headless default: PyOpenGL reads ``PYOPENGL_PLATFORM`` once, when OpenGL is first
+    imported, so it is set (to ``osmesa``, unless already set or a display exists) before that."""
     if "PYOPENGL_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["PYOPENGL_PLATFORM"] = "osmesa"
 
 
+_ensure_gl_platform()
+
+# the process that created a GL context (a forked child of it must not create another)
+_GL_PID: int | None = None
+
+
 class Renderer:
-    """Reusable renderer holding one lazily created GL context and a fixed viewport.
+    """Reusable renderer: per-mesh caches, and (``gl`` backend) one lazily created GL context.
+
+    Backends:
+        ``raster`` (default; ``$CYCLECORR_RENDER_BACKEND`` overrides): the numba z-buffer
+            rasteriser of :mod:`cyclecorr.render.raster`, drawing straight into the cropped
+            frame. Depth and surface points are exact at every pixel centre (perspective-correct
+            1/z), the box is the exact extent of the projected model, shading is Lambert +
+            ambient with UV textures (nearest texel). No OpenGL, no context, fork-safe.
+        ``gl``: OpenGL through pyrender (OSMesa headless on CPU, EGL on GPU machines via
+            ``PYOPENGL_PLATFORM``), PBR shading, drawn into a fixed square viewport and resampled
+            into the crop (see the module docstring).
 
     Args:
-        viewport: side of the square GL framebuffer in pixels (renders are cropped from it).
-        fill: fraction of the viewport the projected model (plus margin) spans.
-        cache_size: how many meshes stay uploaded to the GL context.
+        viewport: side of the square GL framebuffer in pixels (``gl`` only).
+        fill: fraction of the viewport the projected model (plus margin) spans (``gl`` only).
+        cache_size: how many meshes stay cached (GL buffers / shading tables).
+        backend: ``"raster"`` or ``"gl"``.
+        antialias: ``raster`` only: the RGB image is drawn at ``antialias``× the resolution and
+            box-filtered down (1 = off); mask, depth and points are always exact pixel-centre
+            samples at the output resolution.
 
-    One instance per process; module-level functions use :func:`default_renderer`. Safe to
-    construct before forking: nothing touches OpenGL until the first render, and a child
-    process that inherited an instance makes its own context.
+    One instance per process; module-level functions use :func:`default_renderer`. The
+    ``raster`` backend is fork-safe. With ``gl``, construct before forking but render only in
+    the workers: nothing touches OpenGL until the first render, and a process forked after its
+    parent made a context refuses to render with a clear error (use ``spawn`` there).
     """
 
-    def __init__(self, viewport: int = 256, fill: float = 0.92, cache_size: int = 8):
+    def __init__(self, viewport: int = 256, fill: float = 0.92, cache_size: int = 8,
+                 backend: str | None = None, antialias: int = 1):
         if viewport < 16:
             raise ValueError(f"viewport must be ≥ 16 pixels, got {viewport}")
         if not 0.1 <= fill <= 1.0:
             raise ValueError(f"fill must be in [0.1, 1], got {fill}")
+        backend = backend or os.environ.get("CYCLECORR_RENDER_BACKEND", "raster")
+        if backend not in ("gl", "raster"):
+            raise ValueError(f"backend must be 'gl' or 'raster', got {backend!r}")
+        self.backend = backend
+        if int(antialias) < 1:
+            raise ValueError(f"antialias must be an integer ≥ 1, got {antialias}")
+        self.antialias = int(antialias)
         self.viewport = int(viewport)
         self.fill = float(fill)
         self.cache_size = int(cache_size)
@@ -140,16 +186,23 @@ class Renderer:
         self._gl = None
         self._scene = None
         self._meshes: OrderedDict = OrderedDict()
+        self._shading: OrderedDict = OrderedDict()
 
     # -- GL state ---------------------------------------------------------------------------
     def _context(self):
+        global _GL_PID
         if self._gl is None or self._pid != os.getpid():
+            if _GL_PID is not None and _GL_PID != os.getpid():
+                raise RuntimeError(
+                    f"process {os.getpid()} was forked from process {_GL_PID}, which had already "
+                    "created an OpenGL context; GL state does not survive a fork (OSMesa/EGL "
+                    "can deadlock). Render only in the workers (create Renderer objects, but "
+                    "do not render, before forking) or use the 'spawn' start method.")
             _ensure_gl_platform()
             import pyrender
 
-            if self._gl is not None and self._pid == os.getpid():
-                self._gl.delete()
             self._gl = pyrender.OffscreenRenderer(self.viewport, self.viewport)
+            _GL_PID = os.getpid()
             self._pid = os.getpid()
             self._scene = pyrender.Scene(bg_color=(0.0, 0.0, 0.0, 0.0),
                                          ambient_light=(0.35, 0.35, 0.35))
@@ -248,8 +301,7 @@ class Renderer:
         import pyrender
 
         gl = self._context()
-        node = self._mesh_node(mesh)
-        del node
+        self._mesh_node(mesh)
         V = self.viewport
         cam = pyrender.IntrinsicsCamera(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2] + 0.5,
                                         cy=K[1, 2] + 0.5, znear=znear, zfar=zfar)
@@ -300,6 +352,9 @@ class Renderer:
 
         Returns:
             :class:`RenderResult` with rgb, mask, depth, points and the crop transform.
+
+        The box is the rendered mask's extent in the GL viewport (``gl`` backend) or the exact
+        extent of the projected model (``raster`` backend), enlarged by ``margin``.
         """
         if not isinstance(mesh, Mesh):
             raise TypeError(f"render expects a cyclecorr.render.Mesh, got {type(mesh).__name__}")
@@ -308,6 +363,9 @@ class Renderer:
             raise ValueError(f"size must be positive, got {size}")
         if not (math.isfinite(margin) and margin > -0.5):
             raise ValueError(f"margin must be a finite number > -0.5, got {margin}")
+        light = light or Light()
+        if self.backend == "raster":
+            return self._render_raster(mesh, viewpoint, W, H, light, background, margin, rgb)
         K, R, C, zn, zf = self.frame(mesh, viewpoint, margin)
         color, depth = self.render_depth_rgb(mesh, K, R, C, zn, zf, light, rgb)
         fg = depth > 0
@@ -315,18 +373,18 @@ class Renderer:
             raise RuntimeError(f"the model {mesh.source or '<array mesh>'} is not visible "
                                f"from {viewpoint}")
         ys, xs = np.nonzero(fg)
-        crop = CropTransform.from_pixel_box(xs.min(), ys.min(), xs.max(), ys.max(), W, H,
-                                            scale=1.0 + margin)
-        return self._finish(mesh, viewpoint, crop, K, R, C, color, depth, background, rgb)
+        crop_v = CropTransform.from_pixel_box(xs.min(), ys.min(), xs.max(), ys.max(), W, H,
+                                              scale=1.0 + margin)
+        return self._finish(viewpoint, crop_v, K, R, C, color, depth, background, rgb)
 
-    def _finish(self, mesh, viewpoint, crop, K, R, C, color, depth, background, rgb):
-        W, H = crop.width, crop.height
-        gx, gy = crop.source_grid()
+    def _finish(self, viewpoint, crop_v, Kv, R, C, color, depth, background, rgb):
+        W, H = crop_v.width, crop_v.height
+        gx, gy = crop_v.source_grid()
         d_crop = _sample_depth(depth, gx, gy)
         mask = d_crop > 0
         # points along the exact ray of each output pixel
-        xc = (gx - K[0, 2]) / K[0, 0]
-        yc = (gy - K[1, 2]) / K[1, 1]
+        xc = (gx - Kv[0, 2]) / Kv[0, 0]
+        yc = (gy - Kv[1, 2]) / Kv[1, 1]
         pc = np.stack([xc * d_crop, yc * d_crop, d_crop], -1)
         pts = pc @ R + C  # (R^T X_cam)^T = X_cam^T R
         pts = pts.astype(np.float32)
@@ -341,8 +399,113 @@ class Renderer:
             img = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         else:
             img = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
-        return RenderResult(img, mask, d_crop.astype(np.float32), pts, crop, viewpoint, K, R, C,
-                            depth)
+        # the viewport is a similarity of the viewpoint's image frame: x_img = (x_v − cx_v)·k + cx
+        K_img = viewpoint.intrinsics()
+        k = K_img[0, 0] / Kv[0, 0]
+        crop = CropTransform((crop_v.x0 - Kv[0, 2]) * k + K_img[0, 2],
+                             (crop_v.y0 - Kv[1, 2]) * k + K_img[1, 2],
+                             (crop_v.x1 - Kv[0, 2]) * k + K_img[0, 2],
+                             (crop_v.y1 - Kv[1, 2]) * k + K_img[1, 2], W, H)
+        return RenderResult(img, mask, d_crop.astype(np.float32), pts, crop, viewpoint,
+                            crop_intrinsics(crop, K_img), R, C, depth, Kv)
+
+    def _mesh_shading(self, mesh: Mesh):
+        from .raster import MeshShading
+
+        key = id(mesh)
+        entry = self._shading.get(key)
+        if entry is not None and entry[0]() is mesh:
+            self._shading.move_to_end(key)
+            return entry[1]
+        sh = MeshShading(mesh)
+        self._shading[key] = (weakref.ref(mesh), sh)
+        while len(self._shading) > 2 * self.cache_size:
+            self._shading.popitem(last=False)
+        return sh
+
+    def _used_vertices(self, mesh: Mesh) -> np.ndarray:
+        key = ("used", id(mesh))
+        entry = self._shading.get(key)
+        if entry is not None and entry[0]() is mesh:
+            return entry[1]
+        used = np.unique(mesh.faces)
+        self._shading[key] = (weakref.ref(mesh), used)
+        while len(self._shading) > 2 * self.cache_size:
+            self._shading.popitem(last=False)
+        return used
+
+    def _render_raster(self, mesh, viewpoint, W, H, light, background, margin, rgb):
+        from .raster import rasterize, shade, surface, to_camera
+
+        R = viewpoint.rotation
+        C = viewpoint.center
+        pc, zmin = to_camera(mesh.vertices, R, C)
+        if zmin <= 1e-6 * max(1.0, float(viewpoint.distance)):
+            raise ValueError(
+                f"viewpoint {viewpoint} puts the camera inside or behind the model "
+                f"{mesh.source or '<array mesh>'} (nearest vertex depth {zmin:.4g}); "
+                "increase the distance")
+        z = pc[:, 2]
+        K_img = viewpoint.intrinsics()
+        iz = 1.0 / z
+        un = pc[:, 0] * iz
+        vn = pc[:, 1] * iz
+        # the exact extent of the projected model (vertices not used by faces are ignored)
+        if len(mesh.faces) * 3 < len(pc):
+            used = self._used_vertices(mesh)
+            un, vn = un[used], vn[used]
+        x0 = K_img[0, 0] * un.min() + K_img[0, 2]
+        x1 = K_img[0, 0] * un.max() + K_img[0, 2]
+        y0 = K_img[1, 1] * vn.min() + K_img[1, 2]
+        y1 = K_img[1, 1] * vn.max() + K_img[1, 2]
+        if not (x1 > x0 and y1 > y0):
+            raise RuntimeError(f"the model {mesh.source or '<array mesh>'} projects to a "
+                               f"degenerate box from {viewpoint}")
+        s = 1.0 + margin
+        cxb, cyb, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * s / 2, (y1 - y0) * s / 2
+        crop = CropTransform(cxb - hw, cyb - hh, cxb + hw, cyb + hh, W, H)
+        K = crop_intrinsics(crop, K_img)
+        xs = K[0, 0] * pc[:, 0] * iz + K[0, 2]
+        ys = K[1, 1] * pc[:, 1] * iz + K[1, 2]
+        fid, zinv = rasterize(xs, ys, iz, mesh.faces, H, W)
+        mask = fid >= 0
+        bg = _background(background, H, W)
+        want = bool(rgb and mask.any())
+        ss = self.antialias
+        if want:
+            sh = self._mesh_shading(mesh)
+            d = np.asarray(light.direction, np.float64)
+            n = np.linalg.norm(d)
+            if not np.isfinite(n) or n == 0:
+                raise ValueError(f"light direction must be a non-zero finite vector, got {d}")
+            ldir = R.T @ (d / n)
+        else:
+            sh, ldir = None, np.zeros(3)
+
+        def draw(fid_, zinv_, K_, bg_, with_rgb):
+            depth_, pts_, img_ = surface(fid_, zinv_, K_, R, C, sh, ldir, light.intensity,
+                                         light.ambient, light.color, bg_, with_rgb)
+            if with_rgb and (sh.tex_id >= 0).any():
+                img_[fid_ >= 0] = shade(sh, fid_, pts_, C, ldir, float(light.intensity),
+                                        float(light.ambient), light.color, mesh.vertices,
+                                        mesh.faces) * 255.0
+            return depth_, pts_, img_
+
+        depth, pts, img = draw(fid, zinv, K, bg, want and ss == 1)
+        if want and ss > 1:
+            # supersampled colour: the same crop box on an (ss·H)×(ss·W) grid, box-filtered
+            crop_s = CropTransform(crop.x0, crop.y0, crop.x1, crop.y1, W * ss, H * ss)
+            Ks = crop_intrinsics(crop_s, K_img)
+            fid_s, zinv_s = rasterize(Ks[0, 0] * pc[:, 0] * iz + Ks[0, 2],
+                                      Ks[1, 1] * pc[:, 1] * iz + Ks[1, 2], iz, mesh.faces,
+                                      H * ss, W * ss)
+            bg_s = np.repeat(np.repeat(bg, ss, 0), ss, 1)
+            img_s = draw(fid_s, zinv_s, Ks, bg_s, True)[2]
+            img = img_s.reshape(H, ss, W, ss, 3).mean(axis=(1, 3))
+        pts = pts.astype(np.float32)
+        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        return RenderResult(img, mask, depth.astype(np.float32), pts, crop, viewpoint, K, R, C,
+                            depth.astype(np.float32), K)
 
 
 def _background(background, H, W) -> np.ndarray:
@@ -355,36 +518,64 @@ def _background(background, H, W) -> np.ndarray:
         if bg.shape[:2] == (H, W):
             return bg.astype(np.float32)
         cr = CropTransform(-0.5, -0.5, bg.shape[1] - 0.5, bg.shape[0] - 0.5, W, H)
-        return cr.crop_image(bg.astype(np.float32))
+        return cr.crop_image(bg.astype(np.float32), fill=None)
     raise ValueError(f"background must be an (r, g, b) colour or an H×W×3 image, "
                      f"got shape {bg.shape}")
 
 
 def _sample_depth(depth: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                   rel_tol: float = 0.01) -> np.ndarray:
-    """Depth at float positions: foreground where the nearest pixel is foreground; bilinear in
-    1/z where the four neighbours are foreground and within ``rel_tol`` of each other, else the
-    nearest pixel's depth. 0 on background."""
+    """Depth at float positions (pixel centres at integers), 0 on background.
+
+    A position is foreground where its nearest pixel is. Its depth is bilinear in 1/z where the
+    four surrounding pixels lie on one surface (depths within ``rel_tol``), which is exact on
+    planes. Elsewhere (silhouettes, creases) 1/z is extrapolated from the nearest pixel with
+    the finite-difference gradient of 1/z over its neighbours on the same surface (one-sided
+    where only one side is), also exact on planes; with no such neighbour, the nearest pixel's
+    depth is used.
+    """
     Hs, Ws = depth.shape
-    xi = np.clip(np.rint(xs).astype(np.int64), 0, Ws - 1)
-    yi = np.clip(np.rint(ys).astype(np.int64), 0, Hs - 1)
-    inside = (xs > -0.5) & (xs < Ws - 0.5) & (ys > -0.5) & (ys < Hs - 0.5)
-    near = np.where(inside, depth[yi, xi], 0.0)
+    d = depth.astype(np.float64)
+    inv = np.zeros_like(d)
+    np.divide(1.0, d, out=inv, where=d > 0)
+    xn = np.rint(xs).astype(np.int64)
+    yn = np.rint(ys).astype(np.int64)
+    inside = (xn >= 0) & (xn < Ws) & (yn >= 0) & (yn < Hs)
+    xn, yn = np.clip(xn, 0, Ws - 1), np.clip(yn, 0, Hs - 1)
+    dn = np.where(inside, d[yn, xn], 0.0)
+    fg = dn > 0
+    # gradient extrapolation from the nearest pixel
+    inv_n = inv[yn, xn]
+    out_inv = inv_n.copy()
+    for axis, (px, py) in enumerate(((1, 0), (0, 1))):
+        vals, oks = [], []
+        for sgn in (1, -1):
+            xi, yi = xn + sgn * px, yn + sgn * py
+            okb = (xi >= 0) & (xi < Ws) & (yi >= 0) & (yi < Hs)
+            dv = d[np.clip(yi, 0, Hs - 1), np.clip(xi, 0, Ws - 1)]
+            ok = okb & (dv > 0) & (np.abs(dv - dn) <= rel_tol * dn)
+            vals.append(np.where(ok, inv[np.clip(yi, 0, Hs - 1), np.clip(xi, 0, Ws - 1)], 0.0))
+            oks.append(ok)
+        g = np.where(oks[0] & oks[1], (vals[0] - vals[1]) / 2,
+                     np.where(oks[0], vals[0] - inv_n, np.where(oks[1], inv_n - vals[1], 0.0)))
+        off = (xs - xn) if axis == 0 else (ys - yn)
+        out_inv = out_inv + g * off
+    # bilinear where the 2×2 neighbourhood is one surface
     x0 = np.clip(np.floor(xs).astype(np.int64), 0, Ws - 2)
     y0 = np.clip(np.floor(ys).astype(np.int64), 0, Hs - 2)
     fx = np.clip(xs - x0, 0.0, 1.0)
     fy = np.clip(ys - y0, 0.0, 1.0)
-    d00 = depth[y0, x0]
-    d01 = depth[y0, x0 + 1]
-    d10 = depth[y0 + 1, x0]
-    d11 = depth[y0 + 1, x0 + 1]
-    stack = np.stack([d00, d01, d10, d11])
-    lo, hi = stack.min(0), stack.max(0)
+    d00, d01, d10, d11 = d[y0, x0], d[y0, x0 + 1], d[y0 + 1, x0], d[y0 + 1, x0 + 1]
+    lo = np.minimum(np.minimum(d00, d01), np.minimum(d10, d11))
+    hi = np.maximum(np.maximum(d00, d01), np.maximum(d10, d11))
     smooth = (lo > 0) & (hi - lo <= rel_tol * lo)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = ((1 - fy) * ((1 - fx) / d00 + fx / d01) + fy * ((1 - fx) / d10 + fx / d11))
-        interp = 1.0 / inv
-    out = np.where(smooth & (near > 0), interp, near)
+    bil = ((1 - fy) * ((1 - fx) * inv[y0, x0] + fx * inv[y0, x0 + 1])
+           + fy * ((1 - fx) * inv[y0 + 1, x0] + fx * inv[y0 + 1, x0 + 1]))
+    out_inv = np.where(smooth, bil, out_inv)
+    out = np.zeros_like(out_inv)
+    ok = fg & (out_inv > 0)
+    out[ok] = 1.0 / out_inv[ok]
+    out[fg & ~ok] = dn[fg & ~ok]
     return out.astype(np.float32)
 
 
