@@ -80,8 +80,14 @@ class DataConfig:
     - ``stage1_pairs``: number of (r1, r2)-style real pairs sampled from the training quartets for
       stage 1 (paper: "randomly sampled image pairs from the training quartets"); their SIFT-flow
       targets are cached in ``sift_cache`` (default ``<run>/siftflow``). The pair list is a pure
-      function of ``seed``. ``stage1_pair_source``: ``"real"`` (r1 of one quartet with r2 of
-      another random quartet, as the paper) or ``"quartet"`` (r1, r2 of one quartet).
+      function of ``seed``. ``stage1_pair_source``: ``"quartet"`` (default: the real pair r1, r2
+      of a quartet — two cars at nearby viewpoints, the pairs stage 2 decodes, and where SIFT flow
+      is meaningful; quartets drawn without repetition) or ``"random"`` (r1 of one quartet with
+      r2 of another: any two real images). The paper's "randomly sampled image pairs from the
+      training quartets" fits both readings.
+    - ``stage1_targets``: ``"siftflow"`` (paper) or ``"ground_truth"`` (regress the renderer's
+      s1→s2 flow on render pairs instead; the paper found SIFT-flow initialisation better; useful
+      for smoke tests and the demo, where no SIFT flow is computed).
     - ``synthetic_size``: number of quartets when ``quartets == "synthetic"``.
     - ``val_fraction``: share of quartets held out for synthetic-ground-truth validation (never
       trained on); ``val_count`` caps it.
@@ -90,7 +96,8 @@ class DataConfig:
 
     quartets: str = "synthetic"
     stage1_pairs: int = 1000
-    stage1_pair_source: str = "real"
+    stage1_pair_source: str = "quartet"
+    stage1_targets: str = "siftflow"
     sift_cache: str = ""
     sift_workers: int = 2
     synthetic_size: int = 256
@@ -151,7 +158,8 @@ class RuntimeConfig:
     """``threads``: ``torch.set_num_threads`` (0 = leave torch's default; env
     ``CYCLECORR_THREADS`` overrides); ``device``: ``"auto"`` (CUDA when present), ``"cpu"``,
     ``"cuda"``; ``channels_last``: memory format of the network; ``deterministic``: request
-    deterministic kernels (slower on CUDA)."""
+    deterministic kernels on CUDA (slower; CPU kernels are deterministic for a fixed thread
+    count, which exact resume needs: resume with the same ``threads``)."""
 
     threads: int = 0
     device: str = "auto"
@@ -195,9 +203,12 @@ class TrainConfig:
                 raise ValueError(f"{st_name}.optim.lr must be positive, got {st.optim.lr}")
         if self.stage1_reduction not in ("sum", "mean"):
             raise ValueError(f"stage1_reduction must be 'sum' or 'mean', got {self.stage1_reduction!r}")
-        if self.data.stage1_pair_source not in ("real", "quartet"):
-            raise ValueError("data.stage1_pair_source must be 'real' or 'quartet', got "
+        if self.data.stage1_pair_source not in ("quartet", "random"):
+            raise ValueError("data.stage1_pair_source must be 'quartet' or 'random', got "
                              f"{self.data.stage1_pair_source!r}")
+        if self.data.stage1_targets not in ("siftflow", "ground_truth"):
+            raise ValueError("data.stage1_targets must be 'siftflow' or 'ground_truth', got "
+                             f"{self.data.stage1_targets!r}")
         if not 0 <= self.augment.hflip <= 1:
             raise ValueError(f"augment.hflip must be in [0, 1], got {self.augment.hflip}")
         if self.logging.checkpoint_every < 1:

@@ -27,7 +27,6 @@ __all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler"
            "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate"]
 
 QUARTET_KEYS = ("s1", "s2", "r1", "r2", "flow_s1s2", "match_s1s2")
-_MIX = 0x9E3779B97F4A7C15
 
 
 def _seed(*parts: int) -> int:
@@ -293,22 +292,27 @@ class SyntheticQuartets(torch.utils.data.Dataset):
 
 # --------------------------------------------------------------------------- stage-1 pairs
 
-def sample_stage1_pairs(n_items: int, n_pairs: int, seed: int, source: str = "real"
+def sample_stage1_pairs(n_items: int, n_pairs: int, seed: int, source: str = "quartet"
                         ) -> list[tuple[int, str, int, str]]:
     """A fixed list of ``(quartet_i, key_a, quartet_j, key_b)`` image pairs for stage 1.
 
-    ``source="real"``: r1 of one quartet with r2 of another (random) quartet; ``"quartet"``: r1
-    and r2 of one quartet. Pure function of the arguments.
+    ``source="quartet"``: r1 and r2 of one quartet, quartets in a seeded random order without
+    repetition (cycling when ``n_pairs > n_items``); ``"random"``: r1 of one quartet with r2 of
+    another random quartet. Pure function of the arguments.
     """
+    if source not in ("quartet", "random"):
+        raise ValueError(f"source must be 'quartet' or 'random', got {source!r}")
+    if n_items < 1:
+        raise ValueError("no quartets to draw stage-1 pairs from")
     g = torch.Generator().manual_seed(_seed(seed, n_items, n_pairs, 4))
     out = []
-    for k in range(n_pairs):
+    if source == "quartet" or n_items == 1:
+        perm = torch.randperm(n_items, generator=g).tolist()
+        return [(perm[k % n_items], "r1", perm[k % n_items], "r2") for k in range(n_pairs)]
+    for _ in range(n_pairs):
         i = int(torch.randint(n_items, (), generator=g))
-        if source == "quartet" or n_items == 1:
-            j = i
-        else:
-            j = int(torch.randint(n_items - 1, (), generator=g))
-            j = j + 1 if j >= i else j
+        j = int(torch.randint(n_items - 1, (), generator=g))
+        j = j + 1 if j >= i else j
         out.append((i, "r1", j, "r2"))
     return out
 

@@ -1,0 +1,82 @@
+"""``cyclecorr train``: stage 1 (SIFT-flow imitation) then stage 2 (3D-guided cycle) in one run
+folder, resumable, with a progress bar, a JSONL log, TensorBoard events and cycle pictures."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Presets: paper (the paper's schedule; GPU), cpu (about an hour on 2 CPU cores), demo, "
+        "smoke (seconds). Override any field with --set, e.g. --set stage2.batch_size=6 "
+        "net.width=0.5. Several GPUs/machines: torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="run folder: config.json, last.json + checkpoints/, final.safetensors, "
+                             "log.jsonl, tb/, pictures/")
+    parser.add_argument("--preset", "--config", dest="preset", default=None, metavar="NAME|FILE",
+                        help="preset name or JSON file (default: cpu; with --resume: the run's "
+                             "own config.json)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE", help="override config fields (dotted keys)")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="quartet folder written by `cyclecorr prepare` (sets data.quartets; "
+                             "'synthetic' for procedural quartets)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration and exit")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from cyclecorr.train.config import load_config
+    from cyclecorr.train.loop import train
+
+    out = Path(args.out)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.quartets={args.data}")
+    if args.threads is not None:
+        overrides.append(f"runtime.threads={args.threads}")
+    if args.device:
+        overrides.append(f"runtime.device={args.device}")
+    preset = args.preset
+    if preset is None:
+        preset = str(out / "config.json") if args.resume and (out / "config.json").is_file() \
+            else "cpu"
+    cfg = load_config(preset, overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    progress = not args.no_progress
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 talks
+        res = train(cfg, out, resume=args.resume, progress=False)
+        return 0
+    what = "resuming" if args.resume else "training"
+    print(f"{what} preset {cfg.name!r}: stage 1 {cfg.stage1.iterations} it × {cfg.stage1.batch_size} "
+          f"pairs, stage 2 {cfg.stage2.iterations} it × {cfg.stage2.batch_size} quartets, "
+          f"network width {cfg.net.width} at {cfg.net.image_size}px; data: {cfg.data.quartets}")
+    print(f"writing to {out} (log.jsonl, checkpoints, final.safetensors)")
+    from cyclecorr.train.loop import TrainingInterrupted
+
+    try:
+        res = train(cfg, out, resume=args.resume, progress=progress)
+    except TrainingInterrupted as e:
+        import sys
+
+        print(f"cyclecorr train: {e}", file=sys.stderr)
+        return 130
+    if res.final_model is not None:
+        print(f"final model: {res.final_model}")
+        if res.validation:
+            keys = [k for k in ("cycle_epe", "direct_epe", "direct_pck", "real_pck@0.1")
+                    if k in res.validation]
+            print("last validation: " + ", ".join(f"{k} {res.validation[k]:.4g}" for k in keys))
+    return 0

@@ -1,0 +1,170 @@
+"""Training checkpoints: model + optimiser + progress, written atomically, resumable exactly.
+
+A run folder holds::
+
+    config.json                    the resolved TrainConfig
+    last.json                      pointer to the newest complete checkpoint (written last, atomically)
+    last.safetensors               a copy of the newest model (loadable by cyclecorr.checkpoint.load_model)
+    checkpoints/stage{S}-{step:08d}.safetensors        model weights (+ metadata)
+    checkpoints/stage{S}-{step:08d}.optim.safetensors  Adam state, flattened (tensors only)
+    final.safetensors              the model at the end of the last stage
+    log.jsonl, tb/, pictures/      logs
+
+``last.json`` is only replaced after both tensor files of its checkpoint are on disk, so a kill at
+any moment leaves the previous checkpoint intact; it records the SHA-256 of both files, the stage,
+the completed iterations, the configuration, the data manifest hash and the code version. Nothing
+here executes code on load (safetensors + JSON).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cyclecorr.checkpoint import atomic_write_bytes, file_sha256, save_model
+
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_checkpoint",
+           "flatten_optimizer", "unflatten_optimizer", "code_version"]
+
+FORMAT = "cyclecorr-train-checkpoint/1"
+
+
+def code_version() -> str:
+    """``cyclecorr.__version__`` plus the git commit (and ``-dirty``) when run from a checkout."""
+    from cyclecorr import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty",
+                              "--abbrev=12"], capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            return f"{__version__}+git.{rev.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimiser's ``state_dict`` into tensors (``state.<param>.<name>``) and JSON."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{k}"] = v.detach().to("cpu").contiguous().reshape(v.shape)
+            else:
+                scalars[f"{pid}.{k}"] = v
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of :func:`flatten_optimizer` → an optimiser ``state_dict``."""
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: ``stage`` (1 or 2) and ``step`` = iterations completed in that stage."""
+
+    stage: int = 1
+    step: int = 0
+    model_file: str = ""
+    optim_file: str = ""
+    pointer: dict | None = None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, net, optimizer, stage: int, step: int,
+                    config: dict, manifest_sha256: str, extra: dict | None = None,
+                    keep: int = 2) -> Path:
+    """Write a checkpoint of (net, optimizer) after ``step`` iterations of ``stage``; atomic.
+
+    Returns the model file's path. Older step checkpoints beyond ``keep`` are removed (after the
+    new pointer is in place).
+    """
+    run = Path(run_dir)
+    ck = run / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    stem = f"stage{stage}-{step:08d}"
+    model_path = ck / f"{stem}.safetensors"
+    optim_path = ck / f"{stem}.optim.safetensors"
+    version = code_version()
+    meta = {"stage": stage, "step": step, "train_config": config,
+            "data_manifest_sha256": manifest_sha256, "code_version": version,
+            **(extra or {})}
+    save_model(model_path, net, meta)
+    tensors, ometa = flatten_optimizer(optimizer)
+    tmp = optim_path.with_name(optim_path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"cyclecorr_optim": json.dumps(ometa)})
+    os.replace(tmp, optim_path)
+    pointer = {"format": FORMAT, "stage": stage, "step": step,
+               "model_file": str(model_path.relative_to(run)),
+               "optim_file": str(optim_path.relative_to(run)),
+               "model_sha256": file_sha256(model_path), "optim_sha256": file_sha256(optim_path),
+               "data_manifest_sha256": manifest_sha256, "code_version": version,
+               "config": config, **(extra or {})}
+    atomic_write_bytes(run / "last.json", json.dumps(pointer, indent=1, sort_keys=True).encode())
+    # convenience copy for load_model / Matcher (the pointer above is the source of truth)
+    save_model(run / "last.safetensors", net, meta)
+    # prune older step checkpoints
+    olds = sorted(p for p in ck.glob("stage*-*.safetensors") if not p.name.endswith(".optim.safetensors"))
+    olds = [p for p in olds if p != model_path]
+    for p in olds[:max(0, len(olds) - (keep - 1))]:
+        for q in (p, p.with_name(p.name.replace(".safetensors", ".optim.safetensors"))):
+            if q.exists():
+                q.unlink()
+    return model_path
+
+
+def load_checkpoint_pointer(run_dir: str | os.PathLike) -> dict | None:
+    """The ``last.json`` of a run folder (validated), or None when the run has no checkpoint."""
+    p = Path(run_dir) / "last.json"
+    if not p.is_file():
+        return None
+    try:
+        ptr = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: corrupt checkpoint pointer ({e})") from e
+    if ptr.get("format") != FORMAT:
+        raise ValueError(f"{p}: unknown checkpoint format {ptr.get('format')!r} (want {FORMAT})")
+    for key in ("model", "optim"):
+        f = Path(run_dir) / ptr[f"{key}_file"]
+        if not f.is_file():
+            raise FileNotFoundError(f"{p}: names {f}, which is missing")
+        if file_sha256(f) != ptr[f"{key}_sha256"]:
+            raise ValueError(f"{f}: SHA-256 differs from the one recorded in {p} (corrupt file)")
+    return ptr
+
+
+def restore_checkpoint(run_dir: str | os.PathLike, ptr: dict, net, optimizer=None) -> None:
+    """Load the weights (and optimiser state) named by a pointer into ``net`` / ``optimizer``."""
+    from safetensors import safe_open
+
+    run = Path(run_dir)
+    state = load_file(str(run / ptr["model_file"]))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{run / ptr['model_file']}: weights do not fit the configured network "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if optimizer is not None:
+        path = run / ptr["optim_file"]
+        with safe_open(str(path), framework="pt") as f:
+            ometa = json.loads((f.metadata() or {})["cyclecorr_optim"])
+        tensors = load_file(str(path))
+        optimizer.load_state_dict(unflatten_optimizer(tensors, ometa))

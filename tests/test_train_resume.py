@@ -1,0 +1,123 @@
+"""Exact resume after SIGKILL, and DDP(2 processes, gloo, CPU) = one process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cyclecorr.train.config import load_config
+from cyclecorr.train.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+# stage 1: 4 iterations, stage 2: 8; checkpoints every 3 iterations, validation off
+OVERRIDES = ["stage1.iterations=4", "stage2.iterations=8", "logging.checkpoint_every=3",
+             "logging.log_every=1", "augment.hflip=0.5", "augment.color_jitter=0.1"]
+
+KILL_SCRIPT = r"""
+import os, signal, sys
+from cyclecorr.train.config import load_config
+from cyclecorr.train.loop import train
+cfg = load_config("smoke", {overrides!r})
+def on_step(stage, step):
+    if (stage, step) == ({kill_stage}, {kill_step}):
+        os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no flush: a hard kill
+train(cfg, sys.argv[1], on_step=on_step)
+"""
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def _assert_same(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, float((a[k] - b[k]).abs().max()))
+
+
+@pytest.mark.parametrize("kill_at,pointer,norm", [
+    ((2, 5), (2, 3), "none"),    # mid stage 2: 2 iterations after the checkpoint are redone
+    ((2, 1), (1, 4), "batch"),   # just after the stage boundary, with batch-norm buffers
+])
+def test_resume_after_sigkill_reaches_same_weights(tmp_path, kill_at, pointer, norm):
+    overrides = OVERRIDES + [f"net.norm={norm}"]
+    cfg = load_config("smoke", overrides)
+    ref = train(cfg, tmp_path / "ref")
+    run = tmp_path / "killed"
+    script = KILL_SCRIPT.format(overrides=overrides, kill_stage=kill_at[0], kill_step=kill_at[1])
+    env = {**os.environ, "CYCLECORR_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script, str(run)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ptr = json.loads((run / "last.json").read_text())
+    assert (ptr["stage"], ptr["step"]) == pointer  # the last checkpoint before the kill
+    assert not (run / "final.safetensors").exists()
+    res = train(cfg, run, resume=True)
+    _assert_same(_weights(ref.final_model), _weights(res.final_model), atol=1e-6)
+    # the log holds each training record once (records after the checkpoint were redone)
+    steps = [json.loads(x)["global_step"] for x in (run / "log.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps == list(range(1, 13))
+
+
+def test_resume_of_finished_run_is_a_no_op_and_data_change_is_refused(tmp_path):
+    cfg = load_config("smoke", ["stage1.iterations=2", "stage2.iterations=2"])
+    first = train(cfg, tmp_path / "r")
+    w = _weights(first.final_model)
+    again = train(cfg, tmp_path / "r", resume=True)
+    _assert_same(w, _weights(again.final_model), atol=0)
+    other = load_config("smoke", ["stage1.iterations=2", "stage2.iterations=2",
+                                  "data.synthetic_size=20"])
+    with pytest.raises(ValueError, match="another configuration"):
+        train(other, tmp_path / "r", resume=True)
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    """2 gloo processes, each with half of the global batch = 1 process with all of it.
+
+    Adam's eps is raised to 1e-3 here: right after the zero-initialised output layers the hidden
+    layers' gradients are ~1e-10, and with eps=1e-8 Adam turns them into ±lr steps, so a
+    last-bit difference of float summation order (1 vs 2 partial sums) becomes a 1e-3 weight
+    difference. With eps=1e-3 the update is a smooth function of the gradient and the
+    comparison tests DDP itself (measured: max weight difference 3e-8)."""
+    from cyclecorr.train.launch import run_local_ddp
+
+    cfg = load_config("smoke", ["stage1.iterations=3", "stage2.iterations=3",
+                                "logging.checkpoint_every=2", "augment.hflip=0.5",
+                                "stage1.optim.eps=1e-3", "stage2.optim.eps=1e-3"])
+    single = train(cfg, tmp_path / "one")
+    final = run_local_ddp(cfg, tmp_path / "two", nprocs=2)
+    assert final.is_file()
+    _assert_same(_weights(single.final_model), _weights(final), atol=1e-6)
+    ptr = json.loads((tmp_path / "two" / "last.json").read_text())
+    assert (ptr["stage"], ptr["step"]) == (2, 3)
+    log = (tmp_path / "two" / "log.jsonl").read_text()
+    assert '"world_size": 2' in log
+
+
+def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(tmp_path):
+    from cyclecorr.train.loop import TrainingInterrupted
+
+    cfg = load_config("smoke", ["logging.checkpoint_every=100"])
+    before = signal.getsignal(signal.SIGTERM)
+
+    def on_step(stage, step):
+        if (stage, step) == (1, 2):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(cfg, tmp_path / "r", on_step=on_step)
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+    ptr = json.loads((tmp_path / "r" / "last.json").read_text())
+    # the signal came after iteration 2 had finished: iteration 3 runs, then a checkpoint
+    assert (ptr["stage"], ptr["step"]) == (1, 3)  # written although not due (every 100)
+    res = train(cfg, tmp_path / "r", resume=True)
+    assert res.final_model.is_file() and res.stages_done == [1, 2]
