@@ -487,7 +487,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                 if optimizer is None or st.reset_optimizer or restore_optim:
                     optimizer = torch.optim.Adam(net.parameters(), lr=st.optim.lr,
                                                  betas=tuple(st.optim.betas), eps=st.optim.eps,
-                                                 weight_decay=st.optim.weight_decay)
+                                                 weight_decay=st.optim.weight_decay,
+                                                 fused=True)  # one kernel per step (CPU and CUDA)
                     if restore_optim and ptr is not None:
                         restore_checkpoint(run, ptr, net, optimizer)
                 ptr = None  # consumed
