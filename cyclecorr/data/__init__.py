@@ -3,6 +3,24 @@
 Conventions: numpy images ``H×W×3`` uint8; keypoints ``(N, 2)`` (x, y) **0-based** (1-based
 MATLAB/VOC annotations are converted once, in the loaders); masks ``H×W`` bool; flows ``(2, H, W)``
 (channel 0 = x, 1 = y, pixels, ``flow_ab(p) = q − p``); tensors ``(3, H, W)`` float in [0, 1].
+
+Loaders (:mod:`cyclecorr.data.datasets`, lazy sequences of :class:`Sample` / :class:`PairSample`):
+``PFWillow``, ``FlowWebCars``, ``TSSPairs``, ``ImageFolder`` (with ``boxes.tsv`` /
+``models.tsv``), ``VOCDetection``, ``Pascal3D``, and ``list_shapenet`` for ShapeNetCore meshes.
+
+The paper's crop: ``crop_sample(sample, size=128, box=None, scale=1.0, flip=False)``
+(:mod:`cyclecorr.data.samples`), ``flip_sample`` (left/right keypoint and part swap).
+
+Retrieval (:mod:`cyclecorr.data.retrieval`): ``hog_descriptor``, ``build_bank``,
+``estimate_viewpoints``, ``nearest_models``.
+
+Quartets (:mod:`cyclecorr.data.quartets`): ``prepare_quartets`` (the ``cyclecorr prepare``
+command), ``QuartetDataset(folder)``, ``OnTheFlyQuartetDataset(folder)``, ``PairDataset``,
+``verify_quartets``.
+
+>>> from cyclecorr.data import FlowWebCars, crop_sample
+>>> s = crop_sample(FlowWebCars("../shared/data/real/flowweb-car")[0])   # 128×128, box = mask
+>>> s.image.shape, s.keypoints[s.visible]                                # 0-based (x, y)
 """
 from cyclecorr.data.io import DataError, read_image, read_mask, load_mat, read_flo, write_flo
 from cyclecorr.data.samples import (Sample, PairSample, crop_sample, flip_sample, mask_box,

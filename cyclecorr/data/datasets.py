@@ -259,12 +259,14 @@ class ImageFolder(_Seq):
     listed files are items, and each gets ``bbox = (xmin − 1 − crop_x0, ymin − 1 − crop_y0,
     xmax − 1 − crop_x0, ymax − 1 − crop_y0)`` (0-based inclusive, in the crop) and
     ``meta["pose"]`` (VOC coarse tag, '' / 'Unspecified' when unknown), ``meta["truncated"]``,
-    ``meta["difficult"]`` (None where 'NA').
+    ``meta["difficult"]`` (None where 'NA'). A ``models.tsv`` (columns ``image``, then one
+    label column, e.g. ``real/ikea-chair``'s IKEA model names) adds ``meta["model"]``.
     """
 
     def __init__(self, root):
         self.root = _require_dir(root, "image")
         tsv = self.root / "boxes.tsv"
+        self.labels = _read_labels_tsv(self.root / "models.tsv")
         self.boxes: dict[str, dict] = {}
         if tsv.exists():
             self.boxes = _read_boxes_tsv(tsv)
@@ -289,6 +291,8 @@ class ImageFolder(_Seq):
             h, w = image.shape[:2]
             x0, y0, x1, y1 = bbox
             bbox = (max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1))
+        if path.name in self.labels:
+            meta["model"] = self.labels[path.name]
         return Sample(image=image, bbox=bbox, path=path, meta=meta)
 
     def pose(self, i: int) -> str:
@@ -296,6 +300,22 @@ class ImageFolder(_Seq):
         row = self.boxes.get(self.items[i].name)
         p = (row or {}).get("pose", "") or ""
         return "" if p in ("Unspecified", "NA") else p
+
+
+def _read_labels_tsv(tsv: Path) -> dict[str, str]:
+    """``image<TAB>label`` rows (with a header line) → {image: label}; {} when absent."""
+    if not tsv.exists():
+        return {}
+    out = {}
+    lines = tsv.read_text().splitlines()
+    for ln, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise DataError(f"{tsv}:{ln}: expected 'image<TAB>label', got {line[:60]!r}")
+        out[parts[0]] = parts[1]
+    return out
 
 
 def _flag(v: str):
@@ -433,6 +453,11 @@ def _field(rec, name):
     return v
 
 
+def _str(v) -> str:
+    a = np.asarray(v).reshape(-1) if v is not None else np.zeros(0)
+    return str(a[0]) if a.size else ""
+
+
 def _scalar(v, default=None):
     if v is None:
         return default
@@ -486,7 +511,7 @@ class Pascal3D(_Seq):
                 if keep is not None and mat.stem not in keep:
                     continue
                 for k, obj in enumerate(self._objects(mat)):
-                    if str(_field(obj, "class")) != category:
+                    if _str(_field(obj, "class")) != category:
                         continue
                     if skip_truncated and _scalar(_field(obj, "truncated"), 0):
                         continue
@@ -516,10 +541,10 @@ class Pascal3D(_Seq):
         mat, k = item
         rec = self._record(mat)
         obj = list(rec["objects"].reshape(-1))[k]
-        fn = _field(rec, "filename")
-        if fn is None:
+        fn = _str(_field(rec, "filename"))
+        if not fn:
             raise DataError(f"{mat}: record has no filename")
-        img_path = self.root / "Images" / mat.parent.name / str(fn)
+        img_path = self.root / "Images" / mat.parent.name / fn
         image = read_image(img_path)
         bb = np.asarray(_field(obj, "bbox"), dtype=np.float64).reshape(-1)
         if bb.size != 4 or not np.isfinite(bb).all():

@@ -120,7 +120,8 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def _pil_crop(arr: np.ndarray, tf: CropTransform, mode_float: bool) -> np.ndarray:
-    """Antialiased bilinear crop+resize with PIL; outside the source = 0."""
+    """Antialiased bilinear crop+resize with PIL; output pixels whose centre falls outside the
+    source image are 0 (the source is edge-padded first so the filter never reads zeros)."""
     from PIL import Image
 
     h, w = arr.shape[:2]
@@ -131,16 +132,24 @@ def _pil_crop(arr: np.ndarray, tf: CropTransform, mode_float: bool) -> np.ndarra
     pt = max(0, math.ceil(-by0) + 2)
     pr = max(0, math.ceil(bx1 - w) + 2)
     pb = max(0, math.ceil(by1 - h) + 2)
-    if pl or pt or pr or pb:
+    padded = bool(pl or pt or pr or pb)
+    if padded:
         pad = [(pt, pb), (pl, pr)] + ([(0, 0)] if arr.ndim == 3 else [])
-        arr = np.pad(arr, pad)
+        arr = np.pad(arr, pad, mode="edge")
     box = (bx0 + pl, by0 + pt, bx1 + pl, by1 + pt)
     size = (int(tf.width), int(tf.height))
     if mode_float:
         im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
-        return np.asarray(im.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32)
-    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
-    return np.asarray(im.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+        out = np.asarray(im.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32)
+    else:
+        im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
+        out = np.asarray(im.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    if padded:
+        xs, ys = tf.source_grid()
+        outside = (xs < -0.5) | (xs > w - 0.5) | (ys < -0.5) | (ys > h - 0.5)
+        out = out.copy()
+        out[outside] = 0
+    return out
 
 
 def crop_array(arr: np.ndarray, tf: CropTransform) -> np.ndarray:
@@ -263,4 +272,6 @@ def image_to_tensor(image: np.ndarray):
     """``H×W×3`` uint8 → ``(3, H, W)`` float32 torch tensor in [0, 1]."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    out = np.empty((3,) + np.shape(image)[:2], np.float32)
+    np.multiply(np.moveaxis(np.asarray(image, dtype=np.uint8), 2, 0), np.float32(1 / 255), out=out)
+    return torch.from_numpy(out)

@@ -1,0 +1,247 @@
+"""Quartet preparation end to end on a small slice of the shared car data: the cached ground truth
+is the renderer's, a killed-and-resumed (or machine-split) preparation equals an uninterrupted
+one, datasets read back tensors of the documented shapes, errors name the file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyclecorr.data import DataError
+from cyclecorr.data.quartets import (OnTheFlyQuartetDataset, PairDataset, QuartetConfig,
+                                     QuartetDataset, prepare_quartets, verify_quartets)
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = dict(azimuth_step=45.0, elevations=(0, 20), k=2, max_azimuth_gap=90.0, shard_size=4)
+N_QUARTETS = 14  # 4 shards: 4, 4, 4, 2
+
+
+@pytest.fixture(scope="module")
+def inputs(data_dir, tmp_path_factory):
+    """20 FlowWeb car photos as an unlabelled folder, 3 gsnet cars, a shared bank cache."""
+    root = tmp_path_factory.mktemp("quartet-inputs")
+    cad = root / "cad"
+    cad.mkdir()
+    for i in (0, 1, 2):
+        os.symlink(data_dir / "cad" / "car" / "gsnet" / f"{i}.obj", cad / f"{i}.obj")
+    return {"real": [str(data_dir / "real" / "flowweb-car")], "cad": [str(cad)],
+            "bank": str(root / "banks")}
+
+
+@pytest.fixture(scope="module")
+def prepared(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quartets") / "full"
+    summary = prepare_quartets(inputs["real"], inputs["cad"], out, N_QUARTETS,
+                               QuartetConfig(**CFG), workers=1, progress=False,
+                               log=lambda *_: None, bank_cache=inputs["bank"])
+    return out, summary
+
+
+def test_prepare_writes_manifest_and_reads_back(prepared):
+    out, summary = prepared
+    assert summary["quartets_made"] == N_QUARTETS and summary["real_crops"] == 20
+    man = json.loads((out / "manifest.json").read_text())
+    assert [s["count"] for s in man["shards"]] == [4, 4, 4, 2]
+    assert len(man["models"]) == 3 and man["config"]["k"] == 2
+    assert verify_quartets(out) == 2 + 4
+    ds = QuartetDataset(out, verify=True)
+    assert len(ds) == N_QUARTETS
+    for i in (0, 5, N_QUARTETS - 1):
+        q = ds[i]
+        for k in ("s1", "s2", "r1", "r2"):
+            assert q[k].shape == (3, 128, 128) and 0 <= q[k].min() and q[k].max() <= 1
+        assert q["flow_s1s2"].shape == (2, 128, 128) and q["match_s1s2"].shape == (1, 128, 128)
+        assert set(q["match_s1s2"].unique().tolist()) <= {0.0, 1.0}
+        # validity rule: enough of s1's object is matchable, only on the object
+        m, fg = q["match_s1s2"], q["mask_s1"]
+        assert (m <= fg).all() and m.sum() >= 0.2 * fg.sum()
+        assert q["r1_index"] != q["r2_index"]
+    with pytest.raises(IndexError):
+        ds[N_QUARTETS]
+
+
+def test_cached_quartets_reproduce_renderer(prepared):
+    """Every cached quartet equals a fresh render + synthetic_correspondence of its model."""
+    from cyclecorr.render import Viewpoint, load_mesh, synthetic_correspondence
+
+    out, _ = prepared
+    ds = QuartetDataset(out)
+    cfg = ds.manifest["config"]
+    for i in range(len(ds)):
+        q = ds.raw(i)
+        mesh = load_mesh(ds.models[int(q["model_index"])])
+        va = Viewpoint(*map(float, q["viewpoint_s1"]), distance=cfg["distance"])
+        vb = Viewpoint(*map(float, q["viewpoint_s2"]), distance=cfg["distance"])
+        gt = synthetic_correspondence(mesh, va, vb, size=128)
+        np.testing.assert_array_equal(q["s1"], gt.view_a.rgb)
+        np.testing.assert_array_equal(q["s2"], gt.view_b.rgb)
+        np.testing.assert_array_equal(q["match_s1s2"], gt.matchability.astype(np.uint8))
+        m = gt.matchability > 0
+        err = np.abs(q["flow_s1s2"].astype(np.float32) - gt.flow)[:, m]
+        assert err.max() <= 0.07  # float16 storage of |flow| < 128 px
+        # the real crops are those of the retrieval's r1, r2
+        assert q["r1"].shape == (128, 128, 3)
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "cyclecorr.commands.prepare_cmd", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            **kw)
+
+
+def _cli_args(inputs, out):
+    return ["--real", *inputs["real"], "--cad", *inputs["cad"], "--out", str(out),
+            "--quartets", str(N_QUARTETS), "--workers", "1", "--quiet",
+            "--azimuth-step", "45", "--elevations", "0", "20", "--k", "2",
+            "--max-azimuth-gap", "90", "--shard-size", "4", "--bank-cache", inputs["bank"]]
+
+
+def test_killed_and_resumed_equals_uninterrupted(prepared, inputs, tmp_path):
+    full, _ = prepared
+    out = tmp_path / "resumed"
+    proc = _cli(_cli_args(inputs, out))
+    first = out / "shards" / "quartets-00000.safetensors"
+    t0 = time.time()
+    while not first.exists() and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert first.exists(), proc.stdout.read().decode()[-2000:]
+    assert not (out / "manifest.json").exists()  # it was really interrupted
+    # resume through the command line as a user would
+    proc = _cli(_cli_args(inputs, out))
+    log = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert "already complete" in log and "manifest.json" in log
+    assert json.loads((out / "manifest.json").read_text()) == \
+        json.loads((full / "manifest.json").read_text())
+
+
+def test_shard_split_equals_uninterrupted(prepared, inputs, tmp_path):
+    full, _ = prepared
+    out = tmp_path / "split"
+    kw = dict(config=QuartetConfig(**CFG), workers=1, progress=False, log=lambda *_: None,
+              bank_cache=inputs["bank"])
+    s0 = prepare_quartets(inputs["real"], inputs["cad"], out, N_QUARTETS, shard="0/2", **kw)
+    assert s0["missing_shards"] == [1, 3] and not (out / "manifest.json").exists()
+    s1 = prepare_quartets(inputs["real"], inputs["cad"], out, N_QUARTETS, shard="1/2", **kw)
+    assert "manifest" in s1 and s1["shards_made"] == 2
+    assert (out / "manifest.json").read_bytes() == (full / "manifest.json").read_bytes()
+
+
+def test_on_the_fly_and_pair_datasets(prepared):
+    out, _ = prepared
+    otf = OnTheFlyQuartetDataset(out, length=4, seed=3)
+    a, b = otf[1], otf[1]
+    assert set(QuartetDataset(out)[0]) <= set(a) | {"index"}
+    assert a["s1"].shape == (3, 128, 128) and a["flow_s1s2"].shape == (2, 128, 128)
+    assert (a["s1"] == b["s1"]).all() and (a["flow_s1s2"] == b["flow_s1s2"]).all()
+    assert a["match_s1s2"].sum() >= 0.2 * a["mask_s1"].sum()
+    pairs = PairDataset(out, length=10, seed=1)
+    p = pairs[3]
+    assert p["src"].shape == p["tgt"].shape == (3, 128, 128) and p["src_index"] != p["tgt_index"]
+    assert (pairs[3]["src"] == p["src"]).all()
+
+
+def test_random_light_option(inputs, tmp_path):
+    """light="random": s1/s2 share a random light; geometry (mask, ground truth) is unchanged."""
+    from cyclecorr.render import Viewpoint, load_mesh, render_view
+
+    out = tmp_path / "lit"
+    prepare_quartets(inputs["real"], inputs["cad"], out, 0, QuartetConfig(**CFG, light="random"),
+                     workers=1, progress=False, log=lambda *_: None, bank_cache=inputs["bank"])
+    otf = OnTheFlyQuartetDataset(out, length=2)
+    q = otf[0]
+    mesh = load_mesh(otf_models(out)[q["model_index"]])
+    ref = render_view(mesh, Viewpoint(*q["viewpoint_s1"].tolist()), size=128)
+    assert (q["mask_s1"][0].numpy() > 0.5).tolist() == ref.mask.tolist()
+    s1 = (q["s1"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.abs(s1.astype(int) - ref.rgb).max() > 10  # another light than the default one
+
+
+def otf_models(folder):
+    return json.loads((Path(folder) / "plan.json").read_text())["models"]
+
+
+def test_require_pose_uses_only_tagged_crops(inputs, data_dir, tmp_path):
+    """require_pose: r1, r2 come only from crops with a VOC pose tag (here 2 of 4 crops)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    src = data_dir / "real" / "voc2007" / "car"
+    rows = (src / "boxes.tsv").read_text().splitlines()
+    header, body = rows[0], rows[1:]
+    col = header.split("\t").index("pose")
+    tagged = [r for r in body if r.split("\t")[col] in ("Frontal", "Rear")][:2]
+    untagged = [r for r in body if r.split("\t")[col] in ("", "Unspecified")][:2]
+    for r in tagged + untagged:
+        name = r.split("\t")[0]
+        (real / name).write_bytes((src / name).read_bytes())
+    (real / "boxes.tsv").write_text("\n".join([header] + tagged + untagged) + "\n")
+    out = tmp_path / "o"
+    cfg = QuartetConfig(**{**CFG, "max_azimuth_gap": 180.0, "k": 3, "min_matchable": 0.0},
+                        require_pose=True)
+    prepare_quartets([str(real)], inputs["cad"], out, 4, cfg, progress=False,
+                     log=lambda *_: None, bank_cache=inputs["bank"])
+    ds = QuartetDataset(out)
+    used = {int(ds.raw(i)[k]) for i in range(len(ds)) for k in ("r1_index", "r2_index")}
+    assert used == {0, 1}  # the two tagged crops come first in boxes.tsv order
+
+
+def test_pair_dataset_from_folders(data_dir):
+    pairs = PairDataset([data_dir / "real" / "voc2007" / "car"], length=5)
+    assert pairs.n == 1044
+    p = pairs[0]
+    assert p["src"].shape == (3, 128, 128) and 0 <= p["src"].min() <= p["src"].max() <= 1
+
+
+def test_corrupt_real_image_is_skipped_and_named(inputs, data_dir, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("001.jpg", "002.jpg", "003.jpg"):
+        (real / name).write_bytes((data_dir / "real" / "flowweb-car" / name).read_bytes())
+    (real / "004.jpg").write_bytes(b"\xff\xd8 truncated")
+    logs = []
+    s = prepare_quartets([str(real)], inputs["cad"], tmp_path / "o", 0, QuartetConfig(**CFG),
+                         progress=False, log=logs.append, bank_cache=inputs["bank"])
+    assert s["real_crops"] == 3
+    assert any("skipping" in m and "004.jpg" in m for m in logs)
+
+
+def test_errors_name_the_file(prepared, inputs, tmp_path):
+    with pytest.raises(DataError, match="empty folder"):
+        prepare_quartets([str(tmp_path)], inputs["cad"], tmp_path / "o", 1, progress=False,
+                         log=lambda *_: None, bank_cache=inputs["bank"])
+    empty_cad = tmp_path / "nocad"
+    empty_cad.mkdir()
+    with pytest.raises(DataError, match="nocad"):
+        prepare_quartets(inputs["real"], [str(empty_cad)], tmp_path / "o", 1, progress=False,
+                         log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        QuartetDataset(tmp_path)
+    # a modified shard is caught by the checksum
+    out, _ = prepared
+    bad = tmp_path / "copy"
+    bad.mkdir()
+    for f in ("manifest.json", "plan.json", "real_crops.safetensors", "retrieval.safetensors"):
+        (bad / f).write_bytes((out / f).read_bytes())
+    (bad / "shards").mkdir()
+    for p in sorted((out / "shards").iterdir()):
+        (bad / "shards" / p.name).write_bytes(p.read_bytes())
+    p = bad / "shards" / "quartets-00002.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="quartets-00002"):
+        verify_quartets(bad)
+    # other parameters in an existing folder are refused, naming what differs
+    with pytest.raises(DataError, match="config"):
+        prepare_quartets(inputs["real"], inputs["cad"], bad, N_QUARTETS,
+                         QuartetConfig(**{**CFG, "k": 3}), progress=False, log=lambda *_: None,
+                         bank_cache=inputs["bank"])
