@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -207,19 +208,29 @@ def compute_sift_flow_batch(pairs: Sequence[tuple[ImageLike, ImageLike]], out_di
                 sift_flow(_warm, _warm[::-1].copy(), params)
                 _JOBS = jobs
                 try:
-                    with ctx.Pool(n) as pool:
+                    with ctx.Pool(n, initializer=_default_signals) as pool:
                         for _ in pool.imap_unordered(_work_index, range(len(jobs))):
                             bar.update(1)
                 finally:
                     _JOBS = []
             else:
-                with ctx.Pool(n) as pool:
+                with ctx.Pool(n, initializer=_default_signals) as pool:
                     for _ in pool.imap_unordered(_work, jobs):
                         bar.update(1)
     finally:
         bar.close()
     _write_index(out / "index.json", index, size, params)
     return paths
+
+
+def _default_signals() -> None:
+    """Pool initializer: restore the default SIGTERM/SIGINT handlers in forked workers.
+
+    A caller (the training loop) may have installed a graceful-stop handler for SIGTERM; a forked
+    worker inherits it, swallows the pool's terminate() and the parent's join() then waits forever.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _write_index(path: Path, entries, size, params) -> None:
