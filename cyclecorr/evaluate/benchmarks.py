@@ -74,7 +74,7 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"image must be H×W×3, got {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+    t = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float()
     if arr.dtype == np.uint8:
         t = t / 255.0
     if tuple(t.shape[-2:]) == (size, size):
@@ -102,7 +102,7 @@ def all_ordered_pairs(n: int) -> list[tuple[int, int]]:
 
 
 def predict_pairs(method, images: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]],
-                  batch_size: int = 32, progress: bool = False, desc: str = "pairs"):
+                  batch_size: int = 16, progress: bool = False, desc: str = "pairs"):
     """Yield ``(k, flow (2,S,S), matchability (1,S,S) or None)`` for every pair ``k`` = (src, tgt)
     index into ``images`` (already resized ``(3, S, S)`` tensors), batched."""
     bar = _tqdm(range(0, len(pairs), batch_size), progress, desc=desc,
@@ -143,7 +143,7 @@ def method_protocol(method) -> dict:
 def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
                                alphas: Iterable[float] = (0.1,), reference: str = "image",
                                resolution: str = "original", groups: Sequence[str] | None = None,
-                               set_name: str = "custom", batch_size: int = 32,
+                               set_name: str = "custom", batch_size: int = 16,
                                progress: bool = False, seed: int | None = None,
                                extra_protocol: dict | None = None) -> dict:
     """Keypoint-transfer PCK of ``method`` on ordered pairs of ``samples``.
@@ -230,7 +230,7 @@ _REF_TEXT = {
 
 
 def evaluate_pck_pf_willow(method, root=None, alphas=(0.05, 0.1, 0.15), classes=None,
-                           limit: int | None = None, batch_size: int = 32,
+                           limit: int | None = None, batch_size: int = 16,
                            progress: bool = False, samples_by_class: dict | None = None) -> dict:
     """PF-WILLOW, standard protocol: all 90 ordered pairs per class, PCK with L = max side of the
     target's keypoint box, α ∈ {0.05, 0.1, 0.15}, original pixels (method run at S×S on whole
@@ -297,22 +297,22 @@ def matchability_ground_truth(mask_a: np.ndarray, labels_a: np.ndarray,
     return label, evaluated
 
 
-def _warp_nearest(labels_b: torch.Tensor, flow: torch.Tensor) -> np.ndarray:
-    """``out(p) = labels_b(round(p + flow(p)))``, 0 outside b. ``labels_b`` (H, W) int tensor."""
+def _warp_nearest(labels_b: np.ndarray, flow) -> np.ndarray:
+    """``out(p) = labels_b(round(p + flow(p)))``, 0 outside b (``labels_b`` ``H×W``, flow ``(2, h, w)``)."""
+    labels_b = np.asarray(labels_b)
+    f = flow.numpy() if isinstance(flow, torch.Tensor) else np.asarray(flow)
     h, w = labels_b.shape
-    s_h, s_w = flow.shape[-2:]
-    ys, xs = torch.meshgrid(torch.arange(s_h, dtype=flow.dtype), torch.arange(s_w, dtype=flow.dtype),
-                            indexing="ij")
-    qx = torch.round(xs + flow[0]).long()
-    qy = torch.round(ys + flow[1]).long()
+    s_h, s_w = f.shape[-2:]
+    qx = np.rint(np.arange(s_w)[None, :] + f[0]).astype(np.int64)
+    qy = np.rint(np.arange(s_h)[:, None] + f[1]).astype(np.int64)
     inside = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-    out = torch.zeros(s_h, s_w, dtype=labels_b.dtype)
+    out = np.zeros((s_h, s_w), labels_b.dtype)
     out[inside] = labels_b[qy[inside], qx[inside]]
-    return out.numpy()
+    return out
 
 
 def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15), pairs=None,
-                         size: int | None = None, batch_size: int = 32, progress: bool = False,
+                         size: int | None = None, batch_size: int = 16, progress: bool = False,
                          set_name: str = "flowweb-car", seed: int | None = None,
                          tasks=("pck", "matchability", "segmentation")) -> dict:
     """The paper's evaluation on FlowWeb/PASCAL cars, every ordered pair, at ``S × S``.
@@ -371,10 +371,10 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
             if lab[ev].any() and not lab[ev].all():
                 pair_ap.append(average_precision(sc, lab[ev]))
         if "segmentation" in tasks:
-            warped = _warp_nearest(torch.from_numpy(labels[j]), flow)
+            warped = _warp_nearest(labels[j], flow)
             ignore = masks[i] & (labels[i] == 0)
             seg.add(warped, labels[i], range(1, len(names) + 1), ignore=ignore)
-            wm = _warp_nearest(torch.from_numpy(masks[j].astype(np.int32)), flow) > 0
+            wm = _warp_nearest(masks[j], flow)
             obj_ious.append(iou(wm, masks[i]))
     out: dict = {"n_pairs": len(pairs), "n_images": len(samples)}
     if "pck" in tasks:
@@ -476,7 +476,7 @@ def evaluate_tss(method, pairs: Sequence, *, threshold: float = 5.0, batch_size:
 
 # ----------------------------------------------------------------------------- synthetic renders
 def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
-                       flow_threshold: float = 5.0, batch_size: int = 32, progress: bool = False,
+                       flow_threshold: float = 5.0, batch_size: int = 16, progress: bool = False,
                        set_name: str = "synthetic", seed: int | None = None,
                        generation: dict | None = None) -> dict:
     """Keypoint transfer, matchability and dense flow on rendered CAD pairs

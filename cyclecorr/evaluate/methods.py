@@ -16,7 +16,7 @@ Implementations:
 - :class:`SiftFlowMethod`: SIFT flow (Liu et al., TPAMI 2011, :mod:`cyclecorr.siftflow`, published
   parameters) per pair; its matchability is a fixed monotone map of the SIFT match cost ``c``
   (L1 distance of the ×255 descriptors): ``m = 2^(−c / c_half)``, so ``m = 1`` at ``c = 0``,
-  ``m = 0.5`` at ``c = c_half`` (default 4000: about the median match cost of 128×128 object
+  ``m = 0.5`` at ``c = c_half`` (default 1700: about the median match cost of 128×128 car
   pairs) and decreasing; average precision depends only on the order, so ``c_half`` only moves
   the accuracy at 0.5;
 - :class:`NetworkMethod`: a :class:`~cyclecorr.model.CorrespondenceNet` from a model file (its
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ZeroFlow", "SiftFlowMethod", "NetworkMethod", "predict_in_batches", "make_method"]
+__all__ = ["ZeroFlow", "SiftFlowMethod", "NetworkMethod", "predict_in_batches", "make_method",
+           "dense_match"]
 
 
 def _check_pair(src: torch.Tensor, tgt: torch.Tensor, size: int | None = None) -> None:
@@ -67,7 +68,7 @@ class SiftFlowMethod:
 
     name = "siftflow"
 
-    def __init__(self, size: int = 128, params=None, c_half: float = 4000.0):
+    def __init__(self, size: int = 128, params=None, c_half: float = 1700.0):
         from cyclecorr.siftflow import SiftFlowParams
 
         self.size = size
@@ -156,7 +157,7 @@ class NetworkMethod:
                 out["matchability"].float().cpu().contiguous())
 
 
-def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size: int = 32):
+def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size: int = 16):
     """Run ``method.predict_batch`` on ``(N, 3, S, S)`` stacks in chunks; returns the concatenation
     (matchability ``None`` when the method has none)."""
     flows, mats = [], []
@@ -187,3 +188,27 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
         name, path = spec.split("=", 1)
         return NetworkMethod.from_file(path, name=name.strip(), device=device)
     raise ValueError(f"unknown method {spec!r}: use zero, siftflow, model, model:PATH or NAME=PATH")
+
+
+def dense_match(method, image_a: np.ndarray, image_b: np.ndarray) -> dict:
+    """Run ``method`` on two images of any size (resized to ``S × S``, aspect not kept, like
+    :class:`cyclecorr.matcher.Matcher`) and express the result in the original pixels.
+
+    Returns ``{"flow": (H_a, W_a, 2) float32 (q − p, into b's pixels), "matchability": (H_a, W_a)
+    float32 or None}`` (flow by :func:`cyclecorr.geometry.resample_flow`, matchability bilinearly
+    resized)."""
+    import torch.nn.functional as F
+
+    from cyclecorr.evaluate.benchmarks import resize_image
+    from cyclecorr.geometry import resample_flow
+
+    size = int(method.size)
+    a = np.asarray(image_a)
+    b = np.asarray(image_b)
+    flow, mat = method.predict_batch(resize_image(a, size)[None], resize_image(b, size)[None])
+    f = resample_flow(flow.float(), a.shape[:2], b.shape[:2])[0].permute(1, 2, 0).numpy()
+    m = None
+    if mat is not None:
+        m = F.interpolate(mat.float(), size=a.shape[:2], mode="bilinear",
+                          align_corners=False)[0, 0].clamp(0, 1).numpy()
+    return {"flow": np.ascontiguousarray(f, np.float32), "matchability": m}

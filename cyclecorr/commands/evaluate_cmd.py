@@ -1,0 +1,142 @@
+"""``cyclecorr evaluate``: run methods (baselines and models) on benchmark sets and write
+``DIR/results.json`` (every number with its protocol) and ``DIR/results.md`` (tables).
+
+    cyclecorr evaluate --model PATH|shipped --methods zero,siftflow,model \\
+        --sets flowweb-car,pf-willow,tss,synthetic-car --out DIR [--data ROOT] [--limit N]
+
+Methods: ``zero`` (zero flow), ``siftflow`` (SIFT flow, published parameters), ``model`` (the
+``--model`` file), ``NAME=PATH`` (another model file under a row name, e.g.
+``stage1=runs/stage1/model.safetensors``).
+Sets: ``flowweb-car``, ``pf-willow``, ``tss``, ``synthetic-car``, ``synthetic-chair``,
+``synthetic-aeroplane``, ``shape2image-car`` (a retrieved CAD render's mask carried onto the FlowWeb
+cars), ``embedding-car`` (the feature-embedding picture; needs a model).
+``--limit N``: first N images per set (per class for PF-WILLOW; N pairs for TSS/synthetic).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
+        "synthetic-aeroplane", "shape2image-car", "embedding-car")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="shipped",
+                        help="model file for the 'model' method, or 'shipped' (default)")
+    parser.add_argument("--methods", default="zero,siftflow,model",
+                        help="comma list: zero, siftflow, model, NAME=PATH (default: %(default)s)")
+    parser.add_argument("--sets", default="flowweb-car,pf-willow,tss",
+                        help=f"comma list of {', '.join(SETS)}, or all (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--data", default=None,
+                        help="data root holding real/ and cad/ (default: the shared data folder)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="quick run: first N images per set/class (N pairs for tss/synthetic)")
+    parser.add_argument("--synthetic-pairs", type=int, default=40,
+                        help="rendered pairs per synthetic set (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of synthetic pairs (default 0)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="pairs per forward pass (default 16: fastest on CPU)")
+    parser.add_argument("--device", default="auto")
+
+
+def _split(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from cyclecorr.evaluate import benchmarks as B
+    from cyclecorr.evaluate import datasets as D
+    from cyclecorr.evaluate.methods import NetworkMethod, make_method
+    from cyclecorr.evaluate.report import write_results
+
+    sets = _split(args.sets)
+    if sets == ["all"]:
+        sets = list(SETS)
+    bad = [s for s in sets if s not in SETS]
+    if bad or not sets:
+        raise ValueError(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
+    if args.limit is not None and args.limit < 2:
+        raise ValueError(f"--limit must be ≥ 2, got {args.limit}")
+    specs = _split(args.methods)
+    if not specs:
+        raise ValueError("--methods is empty")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"data folder not found: {args.data}")
+    methods = [make_method(s, model=args.model, device=args.device) for s in specs]
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two methods share a row name: {names} (use NAME=PATH)")
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    cmd = (f"cyclecorr evaluate --model {args.model} --methods {args.methods} --sets {args.sets} "
+           f"--out {args.out}" + (f" --data {args.data}" if args.data else "")
+           + (f" --limit {args.limit}" if args.limit else "") + f" --seed {args.seed}")
+    results = {"command": cmd, "seed": args.seed, "limit": args.limit,
+               "methods": {m.name: m.describe() for m in methods}, "sets": {},
+               "versions": {"torch": torch.__version__, "numpy": np.__version__}}
+    print(f"cyclecorr evaluate: methods {names} on sets {sets}; writing to {out}")
+    lim = args.limit
+    for set_name in sets:
+        t0 = time.perf_counter()
+        res = {}
+        if set_name == "flowweb-car":
+            samples = D.load_flowweb_car(args.data, limit=lim)
+            for m in methods:
+                res[m.name] = B.evaluate_flowweb_car(m, samples, batch_size=args.batch_size,
+                                                     progress=True, seed=args.seed)
+        elif set_name == "pf-willow":
+            by_class = D.load_pf_willow(args.data, limit=lim)
+            for m in methods:
+                res[m.name] = B.evaluate_pck_pf_willow(m, samples_by_class=by_class, limit=lim,
+                                                       batch_size=args.batch_size, progress=True)
+                res[m.name]["protocol"]["seed"] = args.seed
+        elif set_name == "tss":
+            pairs = D.load_tss(args.data, limit=lim)
+            for m in methods:
+                res[m.name] = B.evaluate_tss(m, pairs, progress=True, seed=args.seed)
+        elif set_name.startswith("synthetic-"):
+            cat = set_name.split("-", 1)[1]
+            n = min(args.synthetic_pairs, lim) if lim else args.synthetic_pairs
+            pairs = D.make_synthetic_pairs(args.data, cat, n_pairs=n, seed=args.seed, progress=True)
+            gen = {"category": cat, "n_pairs": n, "seed": args.seed,
+                   "models": "cad/pascal3d PASCAL3D+ CAD, even pairs same model, odd pairs "
+                             "different models", "viewpoints": "azimuth U[0,360), target "
+                             "azimuth +-U(0,45), elevation U[0,30], distance 2.5"}
+            for m in methods:
+                res[m.name] = B.evaluate_synthetic(m, pairs, batch_size=args.batch_size,
+                                                   progress=True, set_name=set_name,
+                                                   seed=args.seed, generation=gen)
+        elif set_name == "shape2image-car":
+            from cyclecorr.evaluate.shape_transfer import (build_template_bank,
+                                                           evaluate_shape_to_image)
+
+            samples = D.load_flowweb_car(args.data, limit=lim)
+            bank = build_template_bank(args.data, "car", progress=True)
+            for m in methods:
+                res[m.name] = evaluate_shape_to_image(m, samples, bank, progress=True,
+                                                      seed=args.seed)
+        elif set_name == "embedding-car":
+            nets = [m for m in methods if isinstance(m, NetworkMethod)]
+            if not nets:
+                if args.sets.strip() == "all":
+                    print("  embedding-car: skipped (needs a model method)")
+                    continue
+                raise ValueError("set embedding-car needs a model method (model or NAME=PATH)")
+            from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
+
+            for m in nets:
+                res[m.name] = feature_embedding_pictures(m, args.data, out, n=lim or 120,
+                                                         seed=args.seed)
+        results["sets"][set_name] = res
+        print(f"  {set_name}: done in {time.perf_counter() - t0:.1f} s")
+        write_results(results, out)  # keep partial results if a later set fails
+    j, md = write_results(results, out)
+    print(f"cyclecorr evaluate: wrote {j} and {md}")
+    print(md.read_text())
+    return 0

@@ -1,0 +1,141 @@
+"""``cyclecorr match``: dense correspondence between two images (or a folder of pairs), written as
+pictures (flow colours, target warped onto the source, matchability heat map, transferred
+keypoints or grid) plus the raw flow, and one HTML page ``DIR/index.html`` showing them.
+
+    cyclecorr match SRC TGT --out DIR [--model PATH|shipped] [--method model|siftflow|zero]
+                                      [--keypoints FILE] [--grid N]
+    cyclecorr match FOLDER --out DIR   # FOLDER/pairs.txt ("src tgt" per line, paths relative to
+                                       # FOLDER), else every sub-folder holding exactly two images
+                                       # (sorted names: first → second, e.g. TSS image1/image2)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="PATH",
+                        help="SRC TGT (two images), or one FOLDER of pairs")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--model", default="shipped",
+                        help="model file (.safetensors) or 'shipped' (the car model in the package)")
+    parser.add_argument("--method", default="model", choices=("model", "siftflow", "zero"),
+                        help="what computes the correspondence (default: the model)")
+    parser.add_argument("--keypoints", default=None,
+                        help="text file of source keypoints, one 'x y' per line (0-based pixels); "
+                             "single-pair mode only; default: a grid")
+    parser.add_argument("--grid", type=int, default=10, help="grid points per side (default 10)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+
+
+def _read_keypoints(path: Path):
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"keypoint file not found: {path}")
+    try:
+        k = np.loadtxt(path, dtype=np.float64, ndmin=2, comments="#", delimiter=None)
+    except ValueError as e:
+        raise ValueError(f"{path}: malformed keypoint file, expected 'x y' per line ({e})") from e
+    if k.shape[1] != 2 or not np.isfinite(k).all():
+        raise ValueError(f"{path}: expected 2 finite numbers (x y) per line, got shape {k.shape}")
+    return k
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in _IMAGE_EXT
+
+
+def find_pairs(folder: Path) -> list[tuple[Path, Path, str]]:
+    """Pairs of a folder: ``pairs.txt`` lines "src tgt" (relative to the folder), else sub-folders
+    holding exactly two images (sorted: first → second). Returns ``(src, tgt, name)``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    lst = folder / "pairs.txt"
+    pairs = []
+    if lst.is_file():
+        for n, line in enumerate(lst.read_text().splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            f = line.replace(",", " ").split()
+            if len(f) != 2:
+                raise ValueError(f"{lst}:{n}: expected 'src tgt', got {line!r}")
+            a, b = folder / f[0], folder / f[1]
+            pairs.append((a, b, f"{Path(f[0]).stem}-{Path(f[1]).stem}"))
+        if not pairs:
+            raise ValueError(f"{lst}: no pairs listed")
+        return pairs
+    for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        imgs = sorted(p for p in sub.iterdir() if _is_image(p))
+        imgs = [p for p in imgs if not p.stem.lower().startswith(("mask", "flow"))]
+        if len(imgs) == 2:
+            pairs.append((imgs[0], imgs[1], sub.relative_to(folder).as_posix().replace("/", "_")))
+    if not pairs:
+        raise ValueError(f"{folder}: no pairs found (give a pairs.txt with 'src tgt' lines, or "
+                         f"sub-folders holding exactly two images)")
+    return pairs
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from cyclecorr.data.io import read_image
+    from cyclecorr.evaluate.methods import dense_match, make_method
+    from cyclecorr.viz.report import write_html_page, write_pair_pictures
+
+    out = Path(args.out)
+    ins = [Path(p) for p in args.inputs]
+    if len(ins) == 2:
+        for p in ins:
+            if not p.exists():
+                raise FileNotFoundError(f"image not found: {p}")
+        pairs = [(ins[0], ins[1], f"{ins[0].stem}-{ins[1].stem}")]
+    elif len(ins) == 1:
+        if not ins[0].exists():
+            raise FileNotFoundError(f"folder not found: {ins[0]}")
+        if not ins[0].is_dir():
+            raise ValueError(f"{ins[0]}: one PATH must be a folder of pairs (or give SRC TGT)")
+        pairs = find_pairs(ins[0])
+        if args.keypoints:
+            raise ValueError("--keypoints works with a single pair (SRC TGT) only")
+    else:
+        raise ValueError(f"give SRC TGT or one FOLDER, got {len(ins)} paths")
+    if args.grid < 1:
+        raise ValueError(f"--grid must be ≥ 1, got {args.grid}")
+    kps = _read_keypoints(Path(args.keypoints)) if args.keypoints else None
+    # read every image first: a missing or corrupt file fails before any work
+    images = {}
+    for a, b, _ in pairs:
+        for p in (a, b):
+            if p not in images:
+                images[p] = read_image(p)
+    if kps is not None:
+        h, w = images[pairs[0][0]].shape[:2]
+        if ((kps < -0.5) | (kps > np.array([w - 0.5, h - 0.5]))).any():
+            raise ValueError(f"{args.keypoints}: keypoints outside the {w}×{h} source image")
+    method = make_method(args.method, model=args.model, device=args.device)
+    print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
+    entries = []
+    from tqdm import tqdm
+
+    used = set()
+    for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
+        while name in used:
+            name += "_"
+        used.add(name)
+        res = dense_match(method, images[a], images[b])
+        e = write_pair_pictures(out / name, images[a], images[b], res["flow"], res["matchability"],
+                                keypoints_a=kps, grid=args.grid, title=f"{a.name} → {b.name}")
+        e["stats"].update(source=str(a), target=str(b))
+        entries.append(e)
+    desc = method.describe()
+    header = f"method: {desc.get('name')}" + (f", model sha256 {desc['sha256'][:16]}…"
+                                              if "sha256" in desc else "")
+    page = write_html_page(out / "index.html", entries, title="cyclecorr match", header=header)
+    print(f"cyclecorr match: wrote {len(entries)} pair folder(s) and {page}")
+    return 0

@@ -1,0 +1,183 @@
+"""Result files: one JSON with every number and protocol, and a Markdown table per set.
+
+Layout of the results dict written by ``cyclecorr evaluate``::
+
+    {"sets": {set_name: {method_name: <benchmark dict with "protocol">}},
+     "methods": {method_name: method.describe()}, "command": "...", "seed": 0, "versions": {...}}
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+__all__ = ["headline", "markdown_report", "write_results", "HEADLINE_COLUMNS"]
+
+
+def _get(d, *keys):
+    for k in keys:
+        if d is None:
+            return None
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _set_kind(set_name: str) -> str:
+    for kind in ("pf-willow", "flowweb", "tss", "synthetic", "shape2image", "embedding"):
+        if set_name.startswith(kind):
+            return kind
+    return "custom"
+
+
+#: column label → path into a benchmark dict, per kind of set
+HEADLINE_COLUMNS = {
+    "pf-willow": [
+        ("PCK@0.05", ("pck", "mean_over_groups", "per_pair", "0.05")),
+        ("PCK@0.10", ("pck", "mean_over_groups", "per_pair", "0.1")),
+        ("PCK@0.15", ("pck", "mean_over_groups", "per_pair", "0.15")),
+    ],
+    "flowweb": [
+        ("PCK@0.05", ("pck", "per_keypoint", "0.05")),
+        ("PCK@0.10", ("pck", "per_keypoint", "0.1")),
+        ("PCK@0.15", ("pck", "per_keypoint", "0.15")),
+        ("match AP", ("matchability", "ap")),
+        ("match acc@0.5", ("matchability", "accuracy@0.5")),
+        ("match positives (chance AP)", ("matchability", "positive_fraction")),
+        ("part mIoU", ("segmentation", "mean_part_iou")),
+        ("object IoU", ("segmentation", "object_iou")),
+    ],
+    "tss": [
+        ("acc@5px (orig.)", ("mean", "accuracy")),
+        ("acc@5px (max side 100)", ("mean", "accuracy_max_side_100")),
+        ("mean EPE (px)", ("mean", "mean_epe")),
+    ],
+    "synthetic": [
+        ("PCK@0.05", ("pck", "per_keypoint", "0.05")),
+        ("PCK@0.10", ("pck", "per_keypoint", "0.1")),
+        ("PCK@0.10 cross-model", ("pck_cross_model", "per_keypoint", "0.1")),
+        ("match AP", ("matchability", "ap")),
+        ("match acc@0.5", ("matchability", "accuracy@0.5")),
+        ("match positives (chance AP)", ("matchability", "positive_fraction")),
+        ("flow acc@5px", ("flow", "accuracy")),
+    ],
+    "shape2image": [("object IoU", ("object_iou",))],
+    "embedding": [
+        ("renders: NN azimuth error (deg)", ("synthetic_nn_azimuth_error_deg",)),
+        ("VOC pose 5-NN accuracy", ("voc_pose_knn5_accuracy",)),
+        ("VOC pose chance", ("voc_pose_chance",)),
+    ],
+    "custom": [("PCK@0.10", ("pck", "all", "per_keypoint", "0.1"))],
+}
+
+_PROTOCOL_LINE = {
+    "pf-willow": "all 90 ordered pairs per class; L = max side of the target's keypoint box; "
+                 "original pixels (method at 128×128 on whole images); mean over classes of per-pair PCK",
+    "flowweb": "all ordered pairs; whole crops resized to 128×128; PCK per keypoint at α·128 "
+               "(keypoints annotated in both); matchability: source pixel on the object whose part is "
+               "visible in the target; part/object masks of the target carried by the flow (IoU)",
+    "tss": "method at 128×128 on whole images, flow resampled to original pixels; fraction of "
+           "foreground pixels of image 1 with error ≤ 5 px (and at max side 100); mean over pairs",
+    "synthetic": "rendered PASCAL3D+ CAD pairs (128×128 crops); PCK per keypoint at α·128 on named "
+                 "3D keypoints visible in both; matchability and flow vs the renderer's exact ground "
+                 "truth (same-model pairs)",
+    "shape2image": "FlowWeb cars at 128×128; template = nearest PASCAL3D+ car render in HOG space "
+                   "(5 models × 12 azimuths × 2 elevations); its mask read at round(p + F(p)) vs the "
+                   "real mask (IoU, mean over images); zero flow = retrieval alone",
+    "embedding": "t-SNE of L2-normalised encoder codes; renders of PASCAL3D+ cars at evenly spaced "
+                 "azimuths (nearest neighbour in feature space: mean azimuth difference, chance ≈ 90°) "
+                 "and VOC 2007 car crops with pose tags (leave-one-out 5-NN tag accuracy)",
+    "custom": "",
+}
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def headline(set_name: str, result: dict) -> dict:
+    """``{column: value}`` of a benchmark dict (see :data:`HEADLINE_COLUMNS`)."""
+    return {label: _get(result, *path) for label, path in HEADLINE_COLUMNS[_set_kind(set_name)]}
+
+
+def markdown_report(results: dict) -> str:
+    """Markdown: one table per set (rows = methods), the protocol line and method descriptions."""
+    lines = ["# cyclecorr evaluation", ""]
+    if results.get("command"):
+        lines += [f"Command: `{results['command']}`", ""]
+    for set_name, by_method in results.get("sets", {}).items():
+        kind = _set_kind(set_name)
+        cols = [c for c, _ in HEADLINE_COLUMNS[kind]]
+        lines += [f"## {set_name}", ""]
+        first = next(iter(by_method.values()), {}) or {}
+        n = first.get("n_pairs")
+        n_img = first.get("n_images") if kind == "shape2image" else None
+        proto = _PROTOCOL_LINE[kind]
+        lines += [f"Protocol: {proto}" + (f"; {n} pairs" if n else "")
+                  + (f"; {n_img} images" if n_img else "") + ".", ""]
+        lines += ["| method | " + " | ".join(cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for m, r in by_method.items():
+            h = headline(set_name, r)
+            lines.append(f"| {m} | " + " | ".join(_fmt(h[c]) for c in cols) + " |")
+        if kind == "embedding":
+            lines.append("")
+            for m, r in by_method.items():
+                for label, f in (r.get("files") or {}).items():
+                    lines.append(f"![{m} {label}]({f})")
+        if kind == "pf-willow":
+            classes = [g for g in (first.get("pck") or {}) if g not in ("all", "mean_over_groups")]
+            if classes:
+                lines += ["", "Per class, PCK@0.10 (per pair):", "",
+                          "| method | " + " | ".join(classes) + " |",
+                          "|---|" + "---|" * len(classes)]
+                for m, r in by_method.items():
+                    lines.append(f"| {m} | " + " | ".join(
+                        _fmt(_get(r, "pck", c, "per_pair", "0.1")) for c in classes) + " |")
+        if kind == "tss":
+            groups = list((first.get("groups") or {}).keys())
+            if groups:
+                lines += ["", "Per group, acc@5px (original resolution):", "",
+                          "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+                for m, r in by_method.items():
+                    lines.append(f"| {m} | " + " | ".join(
+                        _fmt(_get(r, "groups", g, "accuracy")) for g in groups) + " |")
+        lines.append("")
+    methods = results.get("methods", {})
+    if methods:
+        lines += ["## Methods", ""]
+        for m, d in methods.items():
+            extra = ", ".join(f"{k}={d[k]}" for k in ("sha256", "stage", "step", "path") if k in d)
+            lines.append(f"- **{m}**: {d.get('kind', '')}" + (f" ({extra})" if extra else ""))
+        lines.append("")
+    if "seed" in results:
+        lines += [f"Seed: {results['seed']}. Full protocol of every number: results.json.", ""]
+    return "\n".join(lines)
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if hasattr(o, "item") and callable(o.item) and getattr(o, "size", 1) == 1:
+        o = o.item()
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, (str, int, float, bool)) or o is None:
+        return o
+    return str(o)
+
+
+def write_results(results: dict, out_dir) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir`` (created); returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    j = out / "results.json"
+    md = out / "results.md"
+    j.write_text(json.dumps(_jsonable(results), indent=2, sort_keys=False) + "\n")
+    md.write_text(markdown_report(results))
+    return j, md

@@ -1,0 +1,70 @@
+"""Benchmark functions on the real shared data (skipped where it is absent)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cyclecorr.evaluate import (ZeroFlow, evaluate_flowweb_car, evaluate_keypoint_transfer,
+                                evaluate_pck_pf_willow, evaluate_tss, flow_accuracy,
+                                load_flowweb_car, load_pf_willow, load_tss)
+
+
+def test_flowweb_identity_pairs_are_perfect(data_dir):
+    s = load_flowweb_car(data_dir, limit=3)
+    assert len(s) == 3 and s[0].parts
+    r = evaluate_flowweb_car(ZeroFlow(), s, pairs=[(0, 0), (1, 1), (2, 2)], alphas=(0.01,))
+    assert r["pck"]["per_keypoint"]["0.01"] == 1.0
+    assert r["pck"]["n_keypoints"] == sum(int(x.visible.sum()) for x in s)
+    assert r["segmentation"]["object_iou"] == 1.0
+    assert all(v == 1.0 for v in r["segmentation"]["part_iou"].values())
+    assert "128x128" in r["protocol"]["resolution"]
+
+
+def test_flowweb_zero_flow_all_pairs(data_dir):
+    s = load_flowweb_car(data_dir, limit=4)
+    r = evaluate_flowweb_car(ZeroFlow(), s, tasks=("pck", "segmentation"))
+    assert r["n_pairs"] == 12
+    p = r["pck"]["per_keypoint"]
+    assert 0.0 < p["0.05"] <= p["0.1"] <= p["0.15"] < 1.0
+    assert 0.0 < r["segmentation"]["object_iou"] < 1.0
+
+
+def test_pf_willow_zero_flow_matches_closed_form(data_dir):
+    by_class = load_pf_willow(data_dir, classes=["car(G)"], limit=3)
+    r = evaluate_pck_pf_willow(ZeroFlow(), samples_by_class=by_class, alphas=(0.1,))
+    assert r["n_pairs"] == 6
+    # zero flow at 128×128 between resized images: q = (p + 0.5)·(W_b/W_a) − 0.5 (same in y)
+    s = by_class["car(G)"]
+    fractions = []
+    for i in range(3):
+        for j in range(3):
+            if i == j:
+                continue
+            (ha, wa), (hb, wb) = s[i].image.shape[:2], s[j].image.shape[:2]
+            q = (s[i].keypoints + 0.5) * np.array([wb / wa, hb / ha]) - 0.5
+            gt = s[j].keypoints
+            span = gt.max(0) - gt.min(0)
+            err = np.linalg.norm(q - gt, axis=1)
+            fractions.append(np.mean(err <= 0.1 * span.max()))
+    assert r["pck"]["car(G)"]["per_pair"]["0.1"] == pytest.approx(np.mean(fractions), abs=1e-9)
+    assert r["protocol"]["reference_length"].startswith("max(w, h) of the target's annotated")
+
+
+def test_pf_willow_identity_pairs_perfect_in_original_pixels(data_dir):
+    s = load_pf_willow(data_dir, classes=["duck(S)"], limit=2)["duck(S)"]
+    r = evaluate_keypoint_transfer(ZeroFlow(), s, pairs=[(0, 0), (1, 1)], alphas=(0.001,),
+                                   reference="keypoint-box")
+    assert r["pck"]["all"]["per_keypoint"]["0.001"] == 1.0
+
+
+def test_tss_zero_flow_matches_closed_form(data_dir):
+    pairs = load_tss(data_dir, limit=1)
+    r = evaluate_tss(ZeroFlow(), pairs)
+    p = pairs[0]
+    (ha, wa), (hb, wb) = p.image_a.shape[:2], p.image_b.shape[:2]
+    ys, xs = np.mgrid[0:ha, 0:wa].astype(np.float64)
+    flow = np.stack([(xs + 0.5) * wb / wa - 0.5 - xs, (ys + 0.5) * hb / ha - 0.5 - ys])
+    expect = flow_accuracy(flow, p.flow_ab, p.mask_a, 5.0)["accuracy"]
+    got = next(iter(r["pairs"].values()))["accuracy"]
+    assert got == pytest.approx(expect, abs=1e-6)
+    assert r["protocol"]["threshold_px"] == 5.0

@@ -1,0 +1,161 @@
+"""``cyclecorr match`` and ``cyclecorr evaluate`` end to end (small inputs, a fresh model file)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclecorr.checkpoint import save_model
+from cyclecorr.cli import main
+from cyclecorr.model import CorrespondenceNet
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    net = CorrespondenceNet()
+    # non-zero output layers so that flow and matchability are not constant
+    for head in (net.flow_decoder, net.match_decoder):
+        last = [m for m in head if isinstance(m, torch.nn.Conv2d)][-1]
+        torch.nn.init.normal_(last.weight, std=0.01)
+    p = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_model(p, net, {"stage": 2, "step": 1})
+    return p
+
+
+def _img(path, h, w, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+EXPECTED = ["source.png", "target.png", "flow.png", "warped.png", "matchability.png",
+            "warped_masked.png", "transfer.png", "flow.flo", "matchability.npy", "transfer.txt"]
+
+
+def test_match_odd_sizes_writes_everything(tmp_path, model_file):
+    a = _img(tmp_path / "a.png", 37, 53, 0)
+    b = _img(tmp_path / "b.jpg", 61, 45, 1)
+    kp = tmp_path / "kps.txt"
+    kp.write_text("# x y\n3 4\n50.5 30\n")
+    out = tmp_path / "out"
+    rc = main(["match", str(a), str(b), "--out", str(out), "--model", str(model_file),
+               "--keypoints", str(kp)])
+    assert rc == 0
+    d = out / "a-b"
+    for f in EXPECTED:
+        assert (d / f).is_file(), f
+    with Image.open(d / "flow.png") as im:
+        assert im.size == (53, 37)
+    assert np.load(d / "matchability.npy").shape == (37, 53)
+    t = np.loadtxt(d / "transfer.txt")
+    assert t.shape == (2, 4)
+    np.testing.assert_allclose(t[:, :2], [[3, 4], [50.5, 30]])
+    assert "a-b/flow.png" in (out / "index.html").read_text()
+
+
+def test_match_folder_of_pairs(tmp_path):
+    src = tmp_path / "pairs"
+    (src / "p1").mkdir(parents=True)
+    (src / "p2").mkdir()
+    _img(src / "p1" / "image1.png", 20, 31, 2)
+    _img(src / "p1" / "image2.png", 25, 19, 3)
+    _img(src / "p1" / "mask1.png", 20, 31, 4)  # masks are not images to match
+    _img(src / "p2" / "x.png", 33, 17, 5)
+    _img(src / "p2" / "y.png", 17, 33, 6)
+    out = tmp_path / "out"
+    assert main(["match", str(src), "--out", str(out), "--method", "zero"]) == 0
+    assert (out / "p1" / "flow.png").is_file() and (out / "p2" / "transfer.png").is_file()
+    assert not (out / "p1" / "matchability.png").exists()  # zero flow has no matchability
+    # a pairs.txt list
+    (src / "pairs.txt").write_text("p1/image1.png p2/y.png\n")
+    assert main(["match", str(src), "--out", str(tmp_path / "o2"), "--method", "zero"]) == 0
+    assert (tmp_path / "o2" / "image1-y" / "warped.png").is_file()
+
+
+def test_match_bad_inputs_exit_nonzero(tmp_path, capsys, model_file):
+    a = _img(tmp_path / "a.png", 30, 30, 0)
+    rc = main(["match", str(a), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"),
+               "--method", "zero"])
+    assert rc == 2 and "missing.png" in capsys.readouterr().err
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    rc = main(["match", str(a), str(bad), "--out", str(tmp_path / "o"), "--method", "zero"])
+    assert rc == 2 and "corrupt.jpg" in capsys.readouterr().err
+    kp = tmp_path / "k.txt"
+    kp.write_text("1 2 3\n")
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--method", "zero",
+               "--keypoints", str(kp)])
+    assert rc == 2 and "k.txt" in capsys.readouterr().err
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"),
+               "--model", str(tmp_path / "nomodel.safetensors")])
+    assert rc == 2 and "nomodel.safetensors" in capsys.readouterr().err
+    rc = main(["match", str(tmp_path / "nofolder"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "nofolder" in capsys.readouterr().err
+
+
+def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--model", str(model_file), "--methods", "zero,model",
+               "--sets", "flowweb-car,tss", "--limit", "2", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    fw = res["sets"]["flowweb-car"]
+    assert set(fw) == {"zero", "model"}
+    assert fw["model"]["protocol"]["method"]["sha256"] == res["methods"]["model"]["sha256"]
+    assert fw["zero"]["n_pairs"] == 2 and fw["model"]["matchability"]["ap"] is not None
+    assert res["sets"]["tss"]["zero"]["n_pairs"] == 2
+    md = (out / "results.md").read_text()
+    assert "## flowweb-car" in md and "| zero |" in md and "| model |" in md
+
+
+def test_evaluate_command_bad_arguments(tmp_path, capsys):
+    rc = main(["evaluate", "--methods", "zero", "--sets", "nope", "--out", str(tmp_path)])
+    assert rc == 2 and "nope" in capsys.readouterr().err
+    rc = main(["evaluate", "--methods", "zero", "--sets", "flowweb-car", "--data",
+               str(tmp_path / "nodata"), "--out", str(tmp_path)])
+    assert rc == 2 and "nodata" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "real" / "flowweb-car").mkdir(parents=True)
+    rc = main(["evaluate", "--methods", "zero", "--sets", "flowweb-car", "--data", str(empty),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "flowweb-car" in capsys.readouterr().err
+
+
+def test_network_method_matches_matcher(model_file):
+    from cyclecorr.checkpoint import file_sha256
+    from cyclecorr.evaluate.methods import NetworkMethod, dense_match, make_method
+    from cyclecorr.matcher import Matcher
+
+    m = make_method("stage1=" + str(model_file), device="cpu")
+    assert isinstance(m, NetworkMethod) and m.name == "stage1"
+    assert m.describe()["sha256"] == file_sha256(model_file)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (41, 67, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (59, 33, 3), dtype=np.uint8)
+    ours = dense_match(m, a, b)
+    ref = Matcher.from_checkpoint(model_file, device="cpu").match(a, b)
+    assert ours["flow"].shape == (41, 67, 2) and ours["matchability"].shape == (41, 67)
+    np.testing.assert_allclose(ours["flow"], ref["flow"], atol=1e-3)
+    np.testing.assert_allclose(ours["matchability"], ref["matchability"], atol=1e-4)
+    with pytest.raises(ValueError, match="unknown method"):
+        make_method("raft")
+
+
+def test_evaluate_embedding_picture(tmp_path, data_dir, model_file):
+    out = tmp_path / "emb"
+    rc = main(["evaluate", "--model", str(model_file), "--methods", "model",
+               "--sets", "embedding-car", "--limit", "8", "--out", str(out)])
+    assert rc == 0
+    r = json.loads((out / "results.json").read_text())["sets"]["embedding-car"]["model"]
+    for f in r["files"].values():
+        with Image.open(out / f) as im:
+            assert im.size[0] > 300
+    assert 0.0 <= r["synthetic_nn_azimuth_error_deg"] <= 180.0
+    assert 0.0 <= r["voc_pose_knn5_accuracy"] <= 1.0
+    assert "![model synthetic]" in (out / "results.md").read_text()
+    rc = main(["evaluate", "--methods", "zero", "--sets", "embedding-car", "--out", str(out)])
+    assert rc == 2
