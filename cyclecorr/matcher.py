@@ -69,7 +69,8 @@ class Matcher:
     def __init__(self, net: CorrespondenceNet, meta: dict | None = None,
                  device: str | torch.device = "auto"):
         self.device = resolve_device(device)
-        self.net = net.to(self.device).eval()
+        # channels-last convolutions are ~1.8x faster on CPU (bench/evaluate.py)
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.meta = meta or {}
         self.size = net.config.image_size
 
@@ -88,12 +89,14 @@ class Matcher:
                           align_corners=False, antialias=True)
         return t.clamp(0, 1), hw
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         """Network output on already-resized ``(B, 3, S, S)`` batches in [0, 1] (see the model)."""
-        return self.net(src.to(self.device), tgt.to(self.device))
+        cl = torch.channels_last
+        out = self.net(src.to(self.device, memory_format=cl), tgt.to(self.device, memory_format=cl))
+        return {k: v.contiguous() for k, v in out.items()}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def match(self, src, tgt) -> dict[str, np.ndarray]:
         """Dense correspondence from ``src`` to ``tgt`` (images of any size).
 

@@ -1,0 +1,74 @@
+"""Matcher and model files: round trip, shapes for any image size, flow in original pixels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cyclecorr import Matcher
+from cyclecorr.checkpoint import load_model, read_metadata, save_model
+from cyclecorr.model import CorrespondenceNet, NetConfig
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    net = CorrespondenceNet(NetConfig(width=0.25, image_size=64))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    path = tmp_path / "m.safetensors"
+    save_model(path, net, {"step": 7, "stage": 2})
+    return path, net
+
+
+def test_model_file_round_trip(model_file):
+    path, net = model_file
+    loaded, meta = load_model(path)
+    assert meta["step"] == 7 and meta["net"]["width"] == 0.25 and len(meta["sha256"]) == 64
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = net.eval()(x, x.flip(0)), loaded(x, x.flip(0))
+    assert torch.allclose(a["flow"], b["flow"]) and torch.allclose(a["matchability"], b["matchability"])
+
+
+def test_not_a_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        read_metadata(bad)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        Matcher.from_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("hw_src,hw_tgt", [((37, 53), (80, 61)), ((64, 64), (64, 64))])
+def test_match_shapes_any_size(model_file, hw_src, hw_tgt):
+    m = Matcher.from_checkpoint(model_file[0], device="cpu")
+    rng = np.random.RandomState(0)
+    src = rng.randint(0, 255, hw_src + (3,)).astype(np.uint8)
+    tgt = rng.randint(0, 255, hw_tgt + (3,)).astype(np.uint8)
+    out = m.match(src, tgt)
+    assert out["flow"].shape == hw_src + (2,) and out["flow"].dtype == np.float32
+    assert out["matchability"].shape == hw_src
+    assert np.all((out["matchability"] >= 0) & (out["matchability"] <= 1))
+    kps = m.transfer_keypoints(src, tgt, [[3.0, 4.0], [20.5, 10.25]])
+    assert kps.shape == (2, 2) and np.all(np.isfinite(kps))
+
+
+def test_zero_network_flow_maps_relative_positions():
+    """An untrained network predicts zero flow at its own resolution; in original pixels that is
+    the map between relative positions of the two images."""
+    net = CorrespondenceNet(NetConfig(width=0.25, image_size=32))
+    m = Matcher(net, device="cpu")
+    out = m.match(np.zeros((20, 40, 3), np.uint8), np.zeros((60, 10, 3), np.uint8))
+    ys, xs = np.mgrid[0:20, 0:40]
+    qx, qy = xs + out["flow"][..., 0], ys + out["flow"][..., 1]
+    assert np.allclose((qx + 0.5) / 10, (xs + 0.5) / 40, atol=1e-5)
+    assert np.allclose((qy + 0.5) / 60, (ys + 0.5) / 20, atol=1e-5)
+
+
+def test_bad_image_rejected(model_file):
+    m = Matcher.from_checkpoint(model_file[0], device="cpu")
+    with pytest.raises(ValueError, match="H×W×3"):
+        m.match(np.zeros((10, 10, 5), np.uint8), np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        m.match(np.full((10, 10, 3), np.nan, np.float32), np.zeros((10, 10, 3), np.float32))
