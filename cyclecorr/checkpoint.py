@@ -10,36 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cyclecorr._io import atomic_path, atomic_write_bytes
 from cyclecorr.model import CorrespondenceNet, NetConfig
 
 __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "atomic_write_bytes",
            "shipped_model_path"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -63,17 +46,8 @@ def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | N
     net = _unwrap(model)
     info = {"net": net.config.to_dict(), **(meta or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"cyclecorr": json.dumps(info, sort_keys=True)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cyclecorr": json.dumps(info, sort_keys=True)})
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

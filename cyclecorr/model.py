@@ -27,7 +27,7 @@ Choices the paper leaves open (all options of :class:`NetConfig`, defaults marke
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

@@ -114,7 +114,7 @@ def test_tiny_network_fits_one_affine_quartet():
     def A(tx, ty, sc=1.0):
         return torch.tensor([[sc, 0.0, tx], [0.0, sc, ty]])
 
-    f1, f2, f3 = affine_flow(A(1.0, 0.5), s, s), affine_flow(A(-0.5, 1.0), s, s), affine_flow(A(0.5, -0.5), s, s)
+    f1, f2 = affine_flow(A(1.0, 0.5), s, s), affine_flow(A(-0.5, 1.0), s, s)
     r1 = warp(base, -f1, "border")
     batch = {"s1": base, "r1": r1, "r2": warp(r1, -f2, "border"), "s2": base.roll(1, -1),
              "flow_s1s2": affine_flow(A(1.0, 1.0), s, s), "match_s1s2": torch.ones(1, 1, s, s)}

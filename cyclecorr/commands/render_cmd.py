@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from cyclecorr._io import atomic_path, atomic_write_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,9 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _save_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def _check_image(gt) -> np.ndarray:
@@ -135,14 +135,11 @@ def run(args: argparse.Namespace) -> int:
         if args.pairs:
             for k in range(len(views) // 2):
                 gt = correspondence_between(views[2 * k], views[2 * k + 1])
-                tmp = folder / f"pair_{k:02d}.tmp.npz"
-                np.savez_compressed(tmp, flow=gt.flow, matchability=gt.matchability)
-                os.replace(tmp, folder / f"pair_{k:02d}.npz")
+                with atomic_path(folder / f"pair_{k:02d}.npz") as tmp:
+                    np.savez_compressed(tmp, flow=gt.flow, matchability=gt.matchability)
                 _save_png(folder / f"pair_{k:02d}_check.png", _check_image(gt))
-        tmp = folder / "views.json.tmp"
-        tmp.write_text(json.dumps({"model": str(path), "kind": mesh.kind, "views": meta},
-                                  indent=1))
-        os.replace(tmp, folder / "views.json")
+        atomic_write_bytes(folder / "views.json", json.dumps(
+            {"model": str(path), "kind": mesh.kind, "views": meta}, indent=1).encode())
         done += 1
     print(f"done: {done} rendered, {skipped} already there, {failed} unreadable; "
           f"output in {args.out}", file=sys.stderr)

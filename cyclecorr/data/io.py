@@ -9,10 +9,11 @@ Conventions: numpy images are ``H×W×3`` uint8 RGB; flows returned here are ``(
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cyclecorr._io import atomic_write_bytes
 
 __all__ = ["DataError", "read_image", "read_mask", "load_mat", "read_flo", "write_flo",
            "atomic_write_bytes", "IMAGE_SUFFIXES"]
@@ -156,15 +157,3 @@ def write_flo(path, flow: np.ndarray) -> None:
     payload = (np.array([_FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
                + hw2.astype("<f4").tobytes())
     atomic_write_bytes(path, payload)
-
-
-def atomic_write_bytes(path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -30,7 +30,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from cyclecorr.evaluate.metrics import (IoUAccumulator, PCKAccumulator, accuracy,
                                         average_precision, flow_accuracy, iou, pck_pair,
                                         reference_length)
-from cyclecorr.geometry import resample_flow, sample, transfer_keypoints
+from cyclecorr.geometry import resample_flow, transfer_keypoints
 
 __all__ = [
     "resize_image",

@@ -19,7 +19,6 @@ Synthetic pairs (:func:`make_synthetic_pairs`), seeded and deterministic:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 

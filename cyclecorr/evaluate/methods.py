@@ -24,7 +24,6 @@ Implementations:
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 

@@ -80,7 +80,6 @@ def evaluate_shape_to_image(method, samples: Sequence, bank: TemplateBank | None
     ``samples``: objects with ``image`` (``H×W×3`` uint8, an object crop) and ``mask``.
     Returns ``{"object_iou": mean over images, "per_image": [...], "protocol": {...}}``.
     """
-    import torch
 
     from cyclecorr.evaluate.benchmarks import (_warp_nearest, method_protocol, resize_image,
                                                resize_labels)

@@ -302,7 +302,6 @@ class Renderer:
 
         gl = self._context()
         self._mesh_node(mesh)
-        V = self.viewport
         cam = pyrender.IntrinsicsCamera(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2] + 0.5,
                                         cy=K[1, 2] + 0.5, znear=znear, zfar=zfar)
         pose = np.eye(4)

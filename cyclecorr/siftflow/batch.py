@@ -20,11 +20,12 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import numpy as np
+
+from cyclecorr._io import atomic_path, atomic_write_bytes
 
 from cyclecorr.siftflow.core import SiftFlowParams, SiftFlowResult, sift_flow
 
@@ -93,15 +94,8 @@ def pair_key(a: ImageLike, b: ImageLike, size: int | None = 128,
 
 
 def _save_atomic(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_sift_flow(path) -> SiftFlowResult:
@@ -235,10 +229,7 @@ def _default_signals() -> None:
 
 def _write_index(path: Path, entries, size, params) -> None:
     data = {"size": size, "params": params.to_dict(), "pairs": entries}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
 
 def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None):

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cyclecorr.checkpoint import atomic_write_bytes, file_sha256, save_model
+from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr.checkpoint import file_sha256, save_model
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_checkpoint",
            "flatten_optimizer", "unflatten_optimizer", "code_version"]
@@ -110,9 +111,8 @@ def save_checkpoint(run_dir: str | os.PathLike, net, optimizer, stage: int, step
             **(extra or {})}
     save_model(model_path, net, meta)
     tensors, ometa = flatten_optimizer(optimizer)
-    tmp = optim_path.with_name(optim_path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"cyclecorr_optim": json.dumps(ometa)})
-    os.replace(tmp, optim_path)
+    with atomic_path(optim_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cyclecorr_optim": json.dumps(ometa)})
     pointer = {"format": FORMAT, "stage": stage, "step": step,
                "model_file": str(model_path.relative_to(run)),
                "optim_file": str(optim_path.relative_to(run)),

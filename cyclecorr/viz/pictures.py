@@ -5,10 +5,11 @@ Agg backend (no display needed).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cyclecorr._io import atomic_path
 
 __all__ = ["warp_image", "heatmap", "blend", "grid_points", "draw_correspondences",
            "save_png", "side_by_side"]
@@ -171,8 +172,6 @@ def save_png(path, image) -> Path:
     if a.dtype != np.uint8:
         raise ValueError(f"{path}: save_png needs uint8, got {a.dtype}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(a).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(a).save(tmp, format="PNG")
     return path

@@ -1,0 +1,39 @@
+"""Atomic file writes, shared by every room: long jobs never leave a half-written file behind.
+
+``with atomic_path(p) as tmp:`` yields a temporary path in ``p``'s folder (same file ending, so
+writers that look at the suffix — PIL, numpy — behave) and renames it onto ``p`` only when the
+block succeeds; on any error the temporary file is removed and ``p`` is untouched.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_bytes"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (fsynced temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
