@@ -202,6 +202,10 @@ def test_smoke_run_writes_everything_and_refuses_overwrite(tmp_path):
     assert res.stages_done == [1, 2] and res.final_model == run / "final.safetensors"
     net, meta = load_model(res.final_model)
     assert meta["train_config"]["name"] == "smoke" and len(meta["data_manifest_sha256"]) == 64
+    # each stage's end model is kept (the stage-1 row of the evaluation needs it)
+    for stage in (1, 2):
+        _, m = load_model(run / f"stage{stage}.safetensors")
+        assert m["stage"] == stage and m["step"] == cfg.to_dict()[f"stage{stage}"]["iterations"]
     recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     train_recs = [r for r in recs if "loss" in r]
     assert [r["global_step"] for r in train_recs] == [2, 4, 6, 8, 10, 12]

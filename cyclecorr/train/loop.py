@@ -646,6 +646,10 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
             if is_ck and dist.main:
                 save_checkpoint(run, net, optimizer, stage, step, cfg_dict, manifest,
                                 keep=cfg.logging.keep_checkpoints)
+                if step == st.iterations:  # each stage's end model survives checkpoint pruning
+                    save_model(run / f"stage{stage}.safetensors", net,
+                               {"stage": stage, "step": step, "train_config": cfg_dict,
+                                "data_manifest_sha256": manifest})
             if dist.world > 1 and is_ck:
                 import torch.distributed as dist_
 
