@@ -72,3 +72,20 @@ def test_bad_image_rejected(model_file):
         m.match(np.zeros((10, 10, 5), np.uint8), np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(ValueError, match="NaN"):
         m.match(np.full((10, 10, 3), np.nan, np.float32), np.zeros((10, 10, 3), np.float32))
+
+
+def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
+    import os
+
+    from cyclecorr._io import atomic_path, atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.json", b"{}")
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    mode = os.stat(tmp_path / "a.json").st_mode & 0o777
+    assert mode & 0o044  # readable by others (not mkstemp's 0600), umask permitting
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "b.npz") as tmp:
+            assert tmp.suffix == ".npz"  # writers that look at the ending keep working
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
