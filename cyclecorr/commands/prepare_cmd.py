@@ -18,7 +18,7 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prepare`` options on ``parser``."""
-    from cyclecorr.data.quartets import QuartetConfig
+    from cyclecorr.data.quartet_config import QuartetConfig
 
     d = QuartetConfig()
     parser.add_argument("--category", default=d.category, help="object category (default: car)")

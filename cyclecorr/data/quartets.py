@@ -47,12 +47,13 @@ import json
 import os
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from cyclecorr.data.io import DataError, atomic_write_bytes
+from cyclecorr.data.quartet_config import QuartetConfig
 from cyclecorr.data.samples import crop_sample
 
 __all__ = ["QuartetConfig", "prepare_quartets", "QuartetDataset", "OnTheFlyQuartetDataset",
@@ -64,44 +65,6 @@ MANIFEST = "manifest.json"
 REAL_FILE = "real_crops.safetensors"
 RETRIEVAL_FILE = "retrieval.safetensors"
 PLAN_FILE = "plan.json"
-
-
-@dataclass
-class QuartetConfig:
-    """Parameters of a quartet preparation (all recorded in the manifest)."""
-
-    category: str = "car"
-    size: int = 128
-    k: int = 20
-    azimuth_step: float = 15.0
-    elevations: tuple = (0, 10, 20, 30)
-    distance: float = 2.5
-    k_vp: int = 3
-    use_pose_tags: bool = True
-    max_azimuth_gap: float = 45.0
-    max_elevation_gap: float = 20.0
-    min_matchable: float = 0.2
-    shard_size: int = 64
-    seed: int = 0
-    light: str = "default"
-    background: tuple = (0, 0, 0)
-    require_pose: bool = False
-
-    def __post_init__(self):
-        self.elevations = tuple(float(e) for e in self.elevations)
-        if self.size < 16:
-            raise ValueError(f"size must be ≥ 16, got {self.size}")
-        if self.k < 1:
-            raise ValueError(f"k must be ≥ 1, got {self.k}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be ≥ 1, got {self.shard_size}")
-        if not 0.0 <= self.min_matchable <= 1.0:
-            raise ValueError(f"min_matchable must be in [0, 1], got {self.min_matchable}")
-        if self.light not in ("default", "random"):
-            raise ValueError(f"light must be 'default' or 'random', got {self.light!r}")
-        self.background = tuple(int(c) for c in self.background)
-        if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
-            raise ValueError(f"background must be 3 values in 0..255, got {self.background}")
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
