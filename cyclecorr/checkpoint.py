@@ -20,7 +20,7 @@ from cyclecorr._io import atomic_path, atomic_write_bytes
 from cyclecorr.model import CorrespondenceNet, NetConfig
 
 __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "atomic_write_bytes",
-           "shipped_model_path"]
+           "shipped_model_path", "unwrap_model"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -34,7 +34,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain network inside DistributedDataParallel / ``torch.compile`` wrappers."""
     # DistributedDataParallel / torch.compile wrappers must not leak into key names
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or getattr(model, "_orig_mod")
@@ -43,7 +44,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | None = None) -> None:
     """Save ``model``'s weights and configuration (plus ``meta``) to ``path`` atomically."""
-    net = _unwrap(model)
+    net = unwrap_model(model)
     info = {"net": net.config.to_dict(), **(meta or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:

@@ -166,13 +166,17 @@ class CorrespondenceNet(nn.Module):
         self._check("images", images)
         return self.encoder((images - self.mean) / self.std)
 
-    def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Fuse two codes by concatenation and decode flow and matchability (see class doc)."""
-        fused = torch.cat((code_src, code_tgt), dim=1)
-        flow = self.flow_decoder(fused)
+    def decode_flow(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> torch.Tensor:
+        """Fuse two codes by concatenation and decode only the flow, ``(B, 2, S, S)`` pixels."""
+        flow = self.flow_decoder(torch.cat((code_src, code_tgt), dim=1))
         if self.config.flow_scale != 1.0:
             flow = flow * self.config.flow_scale
-        logits = self.match_decoder(fused)
+        return flow
+
+    def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fuse two codes by concatenation and decode flow and matchability (see class doc)."""
+        flow = self.decode_flow(code_src, code_tgt)
+        logits = self.match_decoder(torch.cat((code_src, code_tgt), dim=1))
         return {"flow": flow, "matchability": torch.sigmoid(logits),
                 "matchability_logits": logits}
 

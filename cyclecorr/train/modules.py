@@ -53,7 +53,5 @@ class FlowModule(nn.Module):
         net._check("tgt", tgt)
         codes = net.encode(torch.cat((src, tgt)))
         a, b = codes.chunk(2)
-        flow = self.flow_decoder(torch.cat((a, b), dim=1))
-        if net.config.flow_scale != 1.0:
-            flow = flow * net.config.flow_scale
-        return {"flow": flow}
+        # net.flow_decoder is self.flow_decoder (shared parameters), so DDP sees its gradients
+        return {"flow": net.decode_flow(a, b)}

@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from cyclecorr.checkpoint import unwrap_model
 from cyclecorr.losses import CycleLossConfig, cycle_loss, truncated_flow_loss
-from cyclecorr.model import CorrespondenceNet
 
 __all__ = ["cycle_predictions", "cycle_step_loss", "stage1_step_loss"]
-
-
-def _net(model) -> CorrespondenceNet:
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
 
 
 def cycle_predictions(model, s1, r1, r2, s2) -> dict[str, torch.Tensor]:
@@ -31,22 +25,18 @@ def cycle_predictions(model, s1, r1, r2, s2) -> dict[str, torch.Tensor]:
     network: the encoder and decoders are called through ``model`` when it is wrapped by DDP so
     gradients are synchronised (DDP wraps ``forward``; see ``CycleModule``).
     """
-    b = s1.shape[0]
     from cyclecorr.train.modules import CycleModule  # the DDP-friendly 4-encode/3-decode view
 
     if isinstance(getattr(model, "module", model), CycleModule):
         return model(s1, r1, r2, s2)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # DDP around the plain network: go through its forward so gradients are synchronised
+        b = s1.shape[0]
         out = model(torch.cat((s1, r1, r2)), torch.cat((r1, r2, s2)))
-    else:
-        net = _net(model) if not hasattr(model, "_orig_mod") else model._orig_mod
-        codes = net.encode(torch.cat((s1, r1, r2, s2)))
-        c_s1, c_r1, c_r2, c_s2 = codes.split(b)
-        out = net.decode(torch.cat((c_s1, c_r1, c_r2)), torch.cat((c_r1, c_r2, c_s2)))
-    flow = out["flow"].split(b)
-    match = out["matchability"].split(b)
-    return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
-            "match_r1r2": match[1]}
+        flow = out["flow"].split(b)
+        return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
+                "match_r1r2": out["matchability"].split(b)[1]}
+    return CycleModule(unwrap_model(model))(s1, r1, r2, s2)
 
 
 def cycle_step_loss(model, batch: dict, config: CycleLossConfig | None = None
