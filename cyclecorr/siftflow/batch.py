@@ -26,6 +26,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr.data.io import read_image as load_image  # one image reader for the package
 
 from cyclecorr.siftflow.core import SiftFlowParams, SiftFlowResult, sift_flow
 
@@ -33,20 +34,6 @@ __all__ = ["compute_sift_flow_batch", "load_sift_flow", "pair_key", "load_image"
            "sift_flow_tensors"]
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Callable[[], np.ndarray]]
-
-
-def load_image(path) -> np.ndarray:
-    """Read an image file as ``H×W×3`` uint8; raise ``ValueError`` naming the file if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image not found: {p}")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {p}: {e}") from e
 
 
 def _materialise(item: ImageLike, size: int | None, what: str) -> tuple[np.ndarray, tuple]:
