@@ -18,15 +18,11 @@ __all__ = ["flow_to_rgb", "cycle_picture"]
 
 
 def flow_to_rgb(flow: torch.Tensor, max_norm: float | None = None) -> np.ndarray:
-    """``(2, H, W)`` flow → ``H×W×3`` float RGB in [0, 1] (hue: direction, saturation: length)."""
-    from matplotlib.colors import hsv_to_rgb
+    """``(2, H, W)`` flow → ``H×W×3`` float RGB in [0, 1], in the package's one colour code
+    (:func:`cyclecorr.viz.flow_to_color`, Middlebury wheel)."""
+    from cyclecorr.viz.flow_color import flow_to_color
 
-    f = flow.detach().float().cpu().numpy()
-    mag = np.hypot(f[0], f[1])
-    m = max_norm if max_norm else max(float(mag.max()), 1e-6)
-    hue = (np.arctan2(f[1], f[0]) / (2 * np.pi)) % 1.0
-    hsv = np.stack([hue, np.clip(mag / m, 0, 1), np.ones_like(mag)], -1)
-    return hsv_to_rgb(hsv)
+    return flow_to_color(flow.detach().float().cpu().numpy(), max_norm).astype(np.float64) / 255.0
 
 
 def _img(t: torch.Tensor) -> np.ndarray:
