@@ -98,6 +98,8 @@ def main(argv=None):
         torch.set_num_threads(cfg.runtime.threads)
     workers = cfg.data.workers if args.workers is None else args.workers
     trainset, _, _ = build_quartets(cfg)
+    if not cfg.runtime.deterministic:
+        torch.backends.cudnn.benchmark = True  # as the training loop does on CUDA
     devices = [args.device] if args.device != "all" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     info = {"preset": args.preset, "width": cfg.net.width, "image_size": cfg.net.image_size,

@@ -29,6 +29,7 @@ __all__ = [
     "matchability_loss",
     "cycle_loss",
     "compose_cycle",
+    "leg_magnitudes",
 ]
 
 _EPS = 1e-6
@@ -44,6 +45,14 @@ class CycleLossConfig:
         reduction: ``"sum"`` (paper) or ``"mean"``.
         match_grad_to_flow: let the matchability loss back-propagate into ``F_s1r1``.
         padding: out-of-image policy when reading a flow during composition.
+        leg_weight: weight of an optional prior (not in the paper; 0 = off) that the two
+            synthetic–real legs are small: ``leg_weight · (Σ_p ~M(p) min(‖F_s1r1(p)‖², T²) +
+            Σ_p min(‖F_r2s2(p)‖², T²))``, same reduction as the flow loss. s1 is rendered from
+            r1's viewpoint and s2 from r2's, so those flows only carry shape differences; without
+            the prior the cycle admits a shortcut where ``F_r1r2 ≈ 0`` and the two
+            synthetic–real legs carry the whole viewpoint change (the network tells renders from
+            photos), which fits the cycle without learning real-to-real matching
+            (docs/RESULTS.md, "the synthetic-leg shortcut").
     """
 
     truncation: float = 15.0
@@ -51,12 +60,15 @@ class CycleLossConfig:
     reduction: str = "sum"
     match_grad_to_flow: bool = False
     padding: str = "border"
+    leg_weight: float = 0.0
 
     def __post_init__(self):
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
         if self.truncation <= 0:
             raise ValueError(f"truncation must be positive, got {self.truncation}")
+        if self.leg_weight < 0:
+            raise ValueError(f"leg_weight must be ≥ 0, got {self.leg_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,8 +174,10 @@ def cycle_loss(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: torc
         flow_s1s2_gt: ``(B, 2, H, W)`` renderer flow; match_s1s2_gt: ``(B, 1, H, W)`` in {0, 1}.
 
     Returns:
-        ``(loss, metrics)``: metrics ``loss``, ``loss_flow``, ``loss_match`` and those of the two
-        component losses.
+        ``(loss, metrics)``: metrics ``loss``, ``loss_flow``, ``loss_match`` (``loss_leg`` when
+        ``leg_weight > 0``), those of the two component losses and the mean flow magnitude of
+        each leg, ``leg_s1r1``, ``leg_r1r2``, ``leg_r2s2`` (pixels; a collapsing ``leg_r1r2``
+        signals the synthetic-leg shortcut, see :class:`CycleLossConfig`).
     """
     cfg = config or CycleLossConfig()
     flow_cyc, match_cyc = compose_cycle(flow_s1r1, flow_r1r2, flow_r2s2, match_r1r2,
@@ -172,7 +186,23 @@ def cycle_loss(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: torc
                                          cfg.truncation, cfg.reduction)
     l_match, m_match = matchability_loss(match_cyc, match_s1s2_gt, cfg.reduction)
     loss = l_flow + cfg.match_weight * l_match
+    extra = {}
+    if cfg.leg_weight > 0:
+        zero = torch.zeros_like(flow_s1r1)
+        l_a, _ = truncated_flow_loss(flow_s1r1, zero, match_s1s2_gt, cfg.truncation, cfg.reduction)
+        l_b, _ = truncated_flow_loss(flow_r2s2, zero, None, cfg.truncation, cfg.reduction)
+        l_leg = l_a + l_b
+        loss = loss + cfg.leg_weight * l_leg
+        extra["loss_leg"] = float(l_leg.detach())
     metrics = {"loss": float(loss.detach()), "loss_flow": float(l_flow.detach()),
-               "loss_match": float(l_match.detach()),
-               **m_flow, **m_match}
+               "loss_match": float(l_match.detach()), **extra,
+               **m_flow, **m_match, **leg_magnitudes(flow_s1r1, flow_r1r2, flow_r2s2)}
     return loss, metrics
+
+
+@torch.no_grad()
+def leg_magnitudes(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: torch.Tensor
+                   ) -> dict:
+    """Mean end-point magnitude (pixels, over all pixels) of each of the three predicted legs."""
+    return {f"leg_{k}": float(f.detach().norm(dim=1).mean())
+            for k, f in (("s1r1", flow_s1r1), ("r1r2", flow_r1r2), ("r2s2", flow_r2s2))}

@@ -245,3 +245,28 @@ def test_errors_name_the_file(prepared, inputs, tmp_path):
         prepare_quartets(inputs["real"], inputs["cad"], bad, N_QUARTETS,
                          QuartetConfig(**{**CFG, "k": 3}), progress=False, log=lambda *_: None,
                          bank_cache=inputs["bank"])
+
+
+def test_cycle_legs_script_on_an_untrained_network(prepared, tmp_path, capsys):
+    """The untrained network predicts zero flow: every leg is 0 and the cycle's error is the
+    renderer flow's magnitude (the zero flow's error)."""
+    import importlib.util
+
+    from cyclecorr.checkpoint import save_model
+    from cyclecorr.model import CorrespondenceNet, NetConfig
+
+    out, _ = prepared
+    save_model(tmp_path / "zero.safetensors", CorrespondenceNet(NetConfig(width=0.125)))
+    spec = importlib.util.spec_from_file_location("cycle_legs", REPO / "scripts" / "cycle_legs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--data", str(out), "--count", "4", str(tmp_path / "zero.safetensors")]) == 0
+    text = capsys.readouterr().out
+    head = text.splitlines()[0]
+    mag = float(head.split("|s1s2| ")[1].split(" px")[0])
+    assert mag > 1.0  # the quartets do move
+    row = [c.strip() for c in text.splitlines()[-1].strip("|").split("|")]
+    assert row[0] == "zero.safetensors"
+    legs = [float(x) for x in row[1:5]]
+    assert legs == [0.0, 0.0, 0.0, 0.0]
+    assert float(row[5]) == pytest.approx(mag, abs=0.01)  # cycle EPE = zero-flow EPE

@@ -84,13 +84,18 @@ def test_matchability_bce_hand_computed():
     assert m["match_acc"] == 1.0
 
 
-def test_cycle_composition_of_translations():
-    b, h, w = 1, 20, 20
-
+def _const_flow(b, h, w):
+    """A maker of constant (B, 2, H, W) flows: ``const(dx, dy)``."""
     def const(dx, dy):
         f = torch.zeros(b, 2, h, w)
         f[:, 0], f[:, 1] = dx, dy
         return f
+    return const
+
+
+def test_cycle_composition_of_translations():
+    b, h, w = 1, 20, 20
+    const = _const_flow(b, h, w)
 
     flow, match = compose_cycle(const(1, 0), const(2, 1), const(-1, 1), torch.ones(b, 1, h, w))
     assert torch.allclose(flow[..., 5:15, 5:15], const(2, 2)[..., 5:15, 5:15])
@@ -100,3 +105,25 @@ def test_cycle_composition_of_translations():
                                const(2, 2), gt_match,
                                CycleLossConfig(reduction="mean", match_weight=0.0))
     assert metrics["epe"] < 0.2  # only the border rows/columns differ (border padding)
+
+
+def test_leg_prior_adds_the_hand_computed_term_and_legs_are_reported():
+    b, h, w = 2, 8, 8
+    const = _const_flow(b, h, w)
+    match = torch.ones(b, 1, h, w)
+    gt_match = torch.zeros(b, 1, h, w)
+    gt_match[..., :4] = 1  # half the pixels of s1 are matchable
+    args = (const(3, 4), const(0, 0), const(-1, 0), match, const(2, 4), gt_match)
+    base, m0 = cycle_loss(*args, CycleLossConfig(reduction="sum"))
+    loss, m1 = cycle_loss(*args, CycleLossConfig(reduction="sum", leg_weight=0.5))
+    # s1→r1: |(3,4)|² = 25 on the 32 matchable pixels; r2→s2: |(−1,0)|² = 1 on all 64 pixels
+    assert m1["loss_leg"] == pytest.approx(25 * 32 + 1 * 64)
+    assert float(loss - base) == pytest.approx(0.5 * (25 * 32 + 64), rel=1e-5)
+    assert "loss_leg" not in m0
+    assert m0["leg_s1r1"] == pytest.approx(5.0) and m0["leg_r1r2"] == 0.0
+    assert m0["leg_r2s2"] == pytest.approx(1.0)
+    # truncation caps the prior too (T = 2 → at most 4 per pixel)
+    _, m2 = cycle_loss(*args, CycleLossConfig(reduction="sum", leg_weight=1.0, truncation=2.0))
+    assert m2["loss_leg"] == pytest.approx(4 * 32 + 1 * 64)
+    with pytest.raises(ValueError, match="leg_weight"):
+        CycleLossConfig(leg_weight=-1)

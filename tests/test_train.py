@@ -273,3 +273,50 @@ def test_quartets_resampled_to_the_network_size_stay_consistent():
     err = ((warp(small["s2"][None], small["flow_s1s2"][None]) - small["s1"][None]).abs() * m)
     still = ((small["s2"][None] - small["s1"][None]).abs() * m)
     assert float(err.sum()) < 0.3 * float(still.sum())
+
+
+def test_render_background_replaced_only_off_the_object_and_deterministic():
+    from cyclecorr.train.data import AugmentedDataset, render_background_mask
+
+    q = SyntheticQuartets(2, 32, seed=3)[0]
+    s1 = torch.zeros(3, 32, 32)
+    s1[:, 8:24, 10:20] = 0.4  # the object; the rest is the renders' black background
+    q = {**q, "s1": s1, "s2": s1.clone()}
+    ds = AugmentedDataset([q], seed=0, keys=tuple(q), render_background=1.0)
+    a, again = ds[(0, 5, 0)], ds[(0, 5, 0)]
+    obj = ~render_background_mask(s1)
+    assert torch.equal(a["s1"] * obj, s1 * obj)  # object pixels untouched
+    assert float(a["s1"][~obj.expand(3, -1, -1)].std()) > 0.05  # textured background
+    assert not torch.equal(a["s1"], a["s2"])  # each render its own texture
+    assert torch.equal(a["s1"], again["s1"])  # a pure function of (seed, step, position)
+    assert not torch.equal(a["s1"], ds[(0, 6, 0)]["s1"])
+    for k in ("r1", "r2", "flow_s1s2", "match_s1s2"):
+        assert torch.equal(a[k], q[k])
+    off = AugmentedDataset([q], seed=0, keys=tuple(q), render_background=0.0)[(0, 5, 0)]
+    assert torch.equal(off["s1"], s1)
+
+
+def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
+    from cyclecorr.checkpoint import load_model, save_model
+    from cyclecorr.train.loop import train
+
+    cfg = load_config("smoke")
+    torch.manual_seed(11)
+    src = CorrespondenceNet(cfg.net)
+    for p in src.parameters():
+        p.data.normal_(0, 0.01)
+    save_model(tmp_path / "init.safetensors", src)
+    zero = load_config("smoke", [f"init={tmp_path / 'init.safetensors'}", "stage1.iterations=0",
+                                 "stage2.iterations=0"])
+    res = train(zero, tmp_path / "run0")
+    net, _ = load_model(res.final_model)
+    for (k, a), b in zip(src.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(a, b), k
+    bad = load_config("smoke", [f"init={tmp_path / 'missing.safetensors'}"])
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        train(bad, tmp_path / "run1")
+    other = CorrespondenceNet(NetConfig(width=0.25, image_size=32))
+    save_model(tmp_path / "wide.safetensors", other)
+    wrong = load_config("smoke", [f"init={tmp_path / 'wide.safetensors'}"])
+    with pytest.raises(ValueError, match="do not fit"):
+        train(wrong, tmp_path / "run2")

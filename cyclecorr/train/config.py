@@ -111,11 +111,15 @@ class AugmentConfig:
     """Data augmentation (the paper mentions none). ``hflip``: probability of a horizontal flip of
     a whole training item (both images of a pair, or all four of a quartet, with the flow's x
     negated and the fields mirrored). ``color_jitter``: amplitude of a random per-image brightness /
-    contrast change applied to real images only (0 = off). Random draws are a pure function of
+    contrast change applied to real images only (0 = off). ``render_background``: probability of
+    replacing the black background of the renders (s1, s2; the render pairs of a ground-truth
+    stage 1) by random colour textures, so a render cannot be told from a photo by its empty
+    background (not in the paper; 0 = off). Random draws are a pure function of
     (seed, step, item index), so resume is exact without saving RNG state."""
 
     hflip: float = 0.5
     color_jitter: float = 0.0
+    render_background: float = 0.0
 
 
 @dataclass
@@ -169,11 +173,17 @@ class RuntimeConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (see the module docstring)."""
+    """Everything a training run depends on (see the module docstring).
+
+    ``init``: a model file (safetensors, as written by training) whose weights the network starts
+    from instead of a random initialisation; with ``stage1.iterations=0`` this fine-tunes an
+    existing model with the cycle only. Empty: random initialisation (seeded).
+    """
 
     name: str = "custom"
     seed: int = 0
     category: str = "car"
+    init: str = ""
     net: NetConfig = field(default_factory=NetConfig)
     loss: CycleLossConfig = field(default_factory=CycleLossConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(batch_size=40))

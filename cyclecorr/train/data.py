@@ -123,18 +123,43 @@ def _jitter(img: torch.Tensor, g: torch.Generator, amp: float) -> torch.Tensor:
     return ((img - m) * c + m + b).clamp(0, 1)
 
 
+def render_background_mask(img: torch.Tensor, color=(0.0, 0.0, 0.0), tol: float = 0.5 / 255
+                           ) -> torch.Tensor:
+    """``(1, H, W)`` True where a render ``(3, H, W)`` shows its constant background colour
+    (every channel within ``tol``); a lit surface is never exactly that colour."""
+    c = torch.as_tensor(color, dtype=img.dtype).view(3, 1, 1)
+    return ((img - c).abs() <= tol).all(dim=0, keepdim=True)
+
+
+def replace_render_background(img: torch.Tensor, g: torch.Generator,
+                              color=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """The render ``img`` with its constant background replaced by a random multi-scale colour
+    texture (drawn from ``g``), so that renders cannot be told from photos by their empty
+    background. Object pixels are unchanged."""
+    bg = render_background_mask(img, color)
+    tex = _texture(g, img.shape[-1])[0]
+    if tex.shape[-2:] != img.shape[-2:]:
+        tex = F.interpolate(tex[None], size=img.shape[-2:], mode="bilinear",
+                            align_corners=False)[0]
+    return torch.where(bg, tex.to(img.dtype), img)
+
+
 class AugmentedDataset(torch.utils.data.Dataset):
     """Wraps a dataset of dict items; ``__getitem__((index, step, position))`` returns the item
     with deterministic augmentation (see :class:`~cyclecorr.train.config.AugmentConfig`).
 
     ``real_keys``: keys of the real images (colour jitter applies only to them).
+    ``render_keys``: keys of renders whose black background is replaced by a random texture with
+    probability ``render_background`` (each render its own texture).
     """
 
     def __init__(self, base, seed: int, hflip: float = 0.0, color_jitter: float = 0.0,
-                 keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt")):
+                 keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt"),
+                 render_background: float = 0.0, render_keys: tuple = ("s1", "s2")):
         self.base, self.seed = base, seed
         self.hflip, self.color_jitter = hflip, color_jitter
         self.keys, self.real_keys = keys, real_keys
+        self.render_background, self.render_keys = render_background, render_keys
 
     def __len__(self):
         return len(self.base)
@@ -154,6 +179,13 @@ class AugmentedDataset(torch.utils.data.Dataset):
             for k in self.real_keys:
                 if k in item:
                     item[k] = _jitter(item[k], g, self.color_jitter)
+        if self.render_background > 0:
+            g_bg = torch.Generator().manual_seed(_seed(self.seed, step, pos, 3))
+            if float(torch.rand((), generator=g_bg)) < self.render_background:
+                item = dict(item)
+                for k in self.render_keys:
+                    if k in item:
+                        item[k] = replace_render_background(item[k], g_bg)
         return item
 
     def _check(self, item, index):

@@ -276,13 +276,15 @@ class _Logger:
 def validate(net: CorrespondenceNet, val_set, cfg: TrainConfig, device,
              picture_path: Path | None = None) -> dict:
     """Synthetic-ground-truth validation on the held-out quartets (see ValidationConfig)."""
-    from cyclecorr.losses import compose_cycle
+    from cyclecorr.losses import compose_cycle, leg_magnitudes
 
     was_training = net.training
     net.eval()
     thr = cfg.validation.pck_alpha * cfg.net.image_size
     tot = {"cycle_epe": 0.0, "cycle_pck": 0.0, "direct_epe": 0.0, "direct_pck": 0.0,
            "match_acc": 0.0}
+    legs: dict[str, float] = {}
+    n_batches = 0
     n_pix = 0.0
     n_all = 0
     cyc = CycleModule(net)
@@ -303,10 +305,14 @@ def validate(net: CorrespondenceNet, val_set, cfg: TrainConfig, device,
         n_pix += float(m.sum())
         tot["match_acc"] += float(((match_cyc > 0.5).float() == (m > 0.5).float()).float().sum())
         n_all += m.numel()
+        for k, v in leg_magnitudes(p["flow_s1r1"], p["flow_r1r2"], p["flow_r2s2"]).items():
+            legs[k] = legs.get(k, 0.0) + v
+        n_batches += 1
         if first is None:
             first = (batch, p, flow_cyc, match_cyc)
     out = {k: v / max(n_pix, 1e-6) for k, v in tot.items() if k != "match_acc"}
     out["match_acc"] = tot["match_acc"] / max(n_all, 1)
+    out.update({k: v / max(n_batches, 1) for k, v in legs.items()})
     out["pck_alpha"] = cfg.validation.pck_alpha
     if picture_path is not None and first is not None:
         try:
@@ -406,6 +412,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     device = _device(cfg, dist0)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL needs each process on its own GPU before init
+    if device.type == "cuda" and not cfg.runtime.deterministic:
+        # fixed input sizes: let cuDNN pick the fastest convolution algorithms once
+        torch.backends.cudnn.benchmark = True
     if cfg.runtime.deterministic and device.type == "cuda":
         # CPU kernels are already deterministic for a fixed thread count (and this call
         # imports torch._inductor, ~7 s), so it is only made for CUDA
@@ -468,6 +477,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     optimizer = None
     if ptr is not None:
         restore_checkpoint(run, ptr, net)
+    elif cfg.init:
+        _load_init(net, cfg.init)
     with _graceful_stop(dist.world == 1):
         try:
             for stage in (1, 2):
@@ -521,6 +532,25 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     return result
 
 
+def _load_init(net: CorrespondenceNet, path: str) -> None:
+    """Start from the weights of a model file (``TrainConfig.init``); they must fit the network."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"init: model file not found: {p}")
+    try:
+        state = load_file(str(p))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"init: {p} is not a readable safetensors file ({e})") from e
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"init: the weights in {p} do not fit the configured network "
+                         f"({net.config}): {str(e).splitlines()[0]}") from e
+
+
 def _training_part(cfg_dict: dict) -> dict:
     """The part of a configuration that determines the weights: a resumed run may change how it
     runs and reports (runtime, logging, validation, worker counts) but nothing else. (Exact
@@ -564,8 +594,16 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if stage == 2:
+        real_keys, render_keys = ("r1", "r2"), ("s1", "s2")
+    elif cfg.data.stage1_targets == "ground_truth":  # render pairs
+        real_keys, render_keys = (), ("src", "tgt")
+    else:  # real pairs with SIFT-flow targets
+        real_keys, render_keys = ("src", "tgt"), ()
     ds = AugmentedDataset(base, cfg.seed + 1000 * stage, cfg.augment.hflip,
-                          cfg.augment.color_jitter, keys=keys)
+                          cfg.augment.color_jitter, keys=keys, real_keys=real_keys,
+                          render_background=cfg.augment.render_background,
+                          render_keys=render_keys)
     sampler = StepBatchSampler(len(ds), st.batch_size, cfg.seed + stage, start, st.iterations,
                                dist.rank, dist.world)
     loader = torch.utils.data.DataLoader(
