@@ -8,7 +8,8 @@ cycle, and the end-point error of the cycle and of the direct s1 → s2 predicti
 renderer's flow (the zero flow's error for scale). s1 is rendered from r1's viewpoint and s2 from
 r2's, so a model that matches real images puts the viewpoint change into ``|r1r2|``; a model that
 took the synthetic-leg shortcut (see ``CycleLossConfig.leg_weight``) has ``|r1r2| ≈ 0`` and large
-synthetic–real legs.
+synthetic–real legs. ``--picture PATH`` draws one quartet and each model's three legs, composed
+cycle and the renderer's flow, all colour-coded on one scale (``cyclecorr.viz.flow_to_color``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+", help="model files (safetensors)")
     ap.add_argument("--data", required=True, help="quartet folder written by `cyclecorr prepare`")
     ap.add_argument("--count", type=int, default=64, help="quartets (spread evenly over the folder)")
+    ap.add_argument("--picture", metavar="PNG", help="draw the legs of each model on one quartet")
+    ap.add_argument("--picture-quartet", type=int, default=0,
+                    help="which of the --count quartets to draw (default 0)")
     args = ap.parse_args(argv)
     from cyclecorr.data import QuartetDataset
 
@@ -52,6 +56,7 @@ def main(argv=None) -> int:
 
     print(f"{len(items)} quartets of {args.data}; renderer flow |s1s2| {mag(gt):.2f} px, "
           f"zero-flow EPE {epe(gt * 0):.2f} px")
+    drawn = []
     print("| model | |s1r1| | |r1r2| | |r2s2| | |cycle| | cycle EPE | direct |s1s2| | direct EPE |")
     print("|---|---|---|---|---|---|---|---|")
     for path in args.models:
@@ -64,7 +69,52 @@ def main(argv=None) -> int:
         print(f"| {Path(path).name} | {mag(p['flow_s1r1']):.2f} | {mag(p['flow_r1r2']):.2f} | "
               f"{mag(p['flow_r2s2']):.2f} | {mag(cyc):.2f} | {epe(cyc):.2f} | {mag(direct):.2f} | "
               f"{epe(direct):.2f} |")
+        k = min(args.picture_quartet, len(items) - 1)
+        drawn.append((Path(path).stem, [p["flow_s1r1"][k], p["flow_r1r2"][k], p["flow_r2s2"][k],
+                                        cyc[k]]))
+    if args.picture:
+        k = min(args.picture_quartet, len(items) - 1)
+        _picture(args.picture, [b[key][k] for key in ("s1", "r1", "r2", "s2")], gt[k], m[k],
+                 drawn)
+        print(f"picture: {args.picture}")
     return 0
+
+
+def _picture(path, images, gt, match, drawn, scale: float = 30.0):
+    """Row 0: s1, r1, r2, s2 and the renderer's flow s1→s2 (unmatchable pixels black); one row per
+    model: its legs s1→r1, r1→r2, r2→s2 and the composed cycle. Colours saturate at ``scale`` px."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cyclecorr._io import atomic_path
+    from cyclecorr.viz import flow_to_color
+
+    def img(t):
+        return (t.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype("uint8")
+
+    rows = 1 + len(drawn)
+    fig, axes = plt.subplots(rows, 5, figsize=(10, 2.1 * rows), squeeze=False)
+    gt_col = flow_to_color(gt.numpy(), max_flow=scale) * (match.numpy().transpose(1, 2, 0) > 0.5)
+    for ax, pic, title in zip(axes[0], [img(x) for x in images] + [gt_col],
+                              ("s1 (render)", "r1 (photo)", "r2 (photo)", "s2 (render)",
+                               "renderer flow s1→s2")):
+        ax.imshow(pic)
+        ax.set_title(title, fontsize=8)
+    for r, (name, flows) in enumerate(drawn, start=1):
+        for c, (f, title) in enumerate(zip(flows, ("s1→r1", "r1→r2", "r2→s2", "cycle s1→s2"))):
+            mag = float(f.norm(dim=0).mean())
+            axes[r][c].imshow(flow_to_color(f.numpy(), max_flow=scale))
+            axes[r][c].set_title(f"{title} ({mag:.1f} px)", fontsize=8)
+        axes[r][4].text(0.02, 0.5, name, fontsize=8, va="center", wrap=True)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"flow colours saturate at {scale:g} px (hue = direction)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -260,12 +260,18 @@ def test_cycle_legs_script_on_an_untrained_network(prepared, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("cycle_legs", REPO / "scripts" / "cycle_legs.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--data", str(out), "--count", "4", str(tmp_path / "zero.safetensors")]) == 0
+    pic = tmp_path / "legs.png"
+    assert mod.main(["--data", str(out), "--count", "4", "--picture", str(pic),
+                     str(tmp_path / "zero.safetensors")]) == 0
+    from PIL import Image
+
+    assert Image.open(pic).size[0] > 300  # the legs picture was drawn
     text = capsys.readouterr().out
     head = text.splitlines()[0]
     mag = float(head.split("|s1s2| ")[1].split(" px")[0])
     assert mag > 1.0  # the quartets do move
-    row = [c.strip() for c in text.splitlines()[-1].strip("|").split("|")]
+    assert text.splitlines()[-1] == f"picture: {pic}"
+    row = [c.strip() for c in text.splitlines()[-2].strip("|").split("|")]
     assert row[0] == "zero.safetensors"
     legs = [float(x) for x in row[1:5]]
     assert legs == [0.0, 0.0, 0.0, 0.0]
