@@ -215,6 +215,7 @@ def test_smoke_run_writes_everything_and_refuses_overwrite(tmp_path):
     card = (run / "MODEL_CARD.md").read_text()
     assert "never trained on" in card and meta["data_manifest_sha256"] in card
     assert "| 2 | 6 |" in card  # the last validation row (stage 2, step 6)
+    assert "initial weights: random" in card
     with pytest.raises(ValueError, match="--resume"):
         train(cfg, run)
 
@@ -312,6 +313,10 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     net, _ = load_model(res.final_model)
     for (k, a), b in zip(src.state_dict().items(), net.state_dict().values()):
         assert torch.equal(a, b), k
+    from cyclecorr.checkpoint import file_sha256
+
+    card = (tmp_path / "run0" / "MODEL_CARD.md").read_text()
+    assert file_sha256(tmp_path / "init.safetensors") in card  # the card names its starting point
     bad = load_config("smoke", [f"init={tmp_path / 'missing.safetensors'}"])
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         train(bad, tmp_path / "run1")

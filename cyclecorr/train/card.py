@@ -50,6 +50,8 @@ def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
         f"- stage 2 (cycle): {s2.get('iterations')} iterations × {s2.get('batch_size')} quartets, "
         f"lr {s2.get('optim', {}).get('lr')} × {s2.get('optim', {}).get('gamma')} every "
         f"{s2.get('optim', {}).get('decay_every')}; loss `{json.dumps(cfg.get('loss', {}))}`",
+        f"- augmentation: `{json.dumps(cfg.get('augment', {}))}`",
+        *_init_lines(cfg.get("init")),
         f"- seed {cfg.get('seed')}, {start.get('world_size', 1)} process(es) on {start.get('device', '?')}",
         "- full configuration: `config.json` in the run folder (also in the weights' metadata)",
         "",
@@ -79,3 +81,20 @@ def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
     path = run / "MODEL_CARD.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def _init_lines(init: str | None) -> list[str]:
+    """The card's line about the starting weights (``TrainConfig.init``), with their hash and what
+    they were trained as when the file is still there."""
+    if not init:
+        return ["- initial weights: random (seeded)"]
+    from cyclecorr.checkpoint import file_sha256, read_metadata
+
+    p = Path(init)
+    if not p.is_file():
+        return [f"- initial weights: `{init}` (file no longer present)"]
+    meta = read_metadata(p)
+    c = meta.get("train_config", {})
+    what = (f"{c.get('name', '?')} preset, stage {meta.get('stage', '?')}, "
+            f"step {meta.get('step', '?')}") if c else "no training metadata"
+    return [f"- initial weights: `{init}` ({what}; SHA-256 `{file_sha256(p)}`)"]
