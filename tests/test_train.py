@@ -325,3 +325,34 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     wrong = load_config("smoke", [f"init={tmp_path / 'wide.safetensors'}"])
     with pytest.raises(ValueError, match="do not fit"):
         train(wrong, tmp_path / "run2")
+
+
+def test_sigterm_to_every_process_of_a_run_stops_it_gracefully(tmp_path):
+    """``pkill -f`` reaches the DataLoader workers too: the run must still stop at an iteration
+    boundary with a checkpoint (exit 130), not crash on a dead worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cyclecorr.cli", "train", "--preset", "smoke", "--out", str(out),
+           "--no-progress", "--set", "stage1.iterations=100000", "data.workers=2",
+           "logging.checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "log.jsonl").is_file():
+            time.sleep(0.2)
+        time.sleep(3.0)  # training with its workers running
+        os.killpg(proc.pid, signal.SIGTERM)  # the main process and both workers
+        text = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, text[-2000:]
+    assert "stopped by SIGTERM" in text and "DataLoader worker" not in text
+    ptr = json.loads((out / "last.json").read_text())
+    assert ptr["stage"] == 1 and ptr["step"] > 0

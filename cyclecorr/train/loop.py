@@ -609,7 +609,8 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
     loader = torch.utils.data.DataLoader(
         ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.workers,
         persistent_workers=False, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.data.workers > 0 else None)
+        prefetch_factor=4 if cfg.data.workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if cfg.data.workers > 0 else None)
     net.train()
     acc: dict[str, float] = {}
     n_acc = 0
@@ -701,6 +702,17 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
     finally:
         bar.close()
     return last
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers ignore SIGINT / SIGTERM: a Ctrl-C (sent to the whole process group) or a
+    ``pkill -f`` that matches the workers' command line too must not kill them mid-batch; the main
+    process decides (it finishes the iteration, checkpoints and shuts the workers down), and
+    workers still exit when the main process ends."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
