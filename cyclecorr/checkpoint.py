@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from cyclecorr._io import atomic_path, atomic_write_bytes
 from cyclecorr.model import CorrespondenceNet, NetConfig
 
-__all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "atomic_write_bytes",
+__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256", "atomic_write_bytes",
            "shipped_model_path", "unwrap_model"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -68,19 +68,31 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return json.loads(meta["cyclecorr"])
 
 
+def load_weights(net: CorrespondenceNet, path: str | os.PathLike) -> None:
+    """Load the weights of a safetensors file into ``net`` (every tensor must fit: same names and
+    shapes). Raises ``FileNotFoundError`` / ``ValueError`` naming the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: cannot read weights ({e})") from e
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ValueError(f"{path}: weights do not fit the network "
+                         f"({net.config}): {str(e).splitlines()[0]}") from e
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the network ({net.config}): missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                ) -> tuple[CorrespondenceNet, dict]:
     """Load a model file written by :func:`save_model`. Returns ``(model in eval mode, metadata)``."""
     meta = read_metadata(path)
     net = CorrespondenceNet(NetConfig(**meta["net"]))
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: cannot read weights ({e})") from e
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the network: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(net, path)
     meta["sha256"] = file_sha256(path)
     return net.to(device).eval(), meta
 

@@ -477,8 +477,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     optimizer = None
     if ptr is not None:
         restore_checkpoint(run, ptr, net)
-    elif cfg.init:
-        _load_init(net, cfg.init)
+    elif cfg.init:  # start from a model file's weights (they must fit the network)
+        from cyclecorr.checkpoint import load_weights
+
+        load_weights(net, cfg.init)
     with _graceful_stop(dist.world == 1):
         try:
             for stage in (1, 2):
@@ -530,25 +532,6 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
 
                 dist_.destroy_process_group()
     return result
-
-
-def _load_init(net: CorrespondenceNet, path: str) -> None:
-    """Start from the weights of a model file (``TrainConfig.init``); they must fit the network."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"init: model file not found: {p}")
-    try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"init: {p} is not a readable safetensors file ({e})") from e
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"init: the weights in {p} do not fit the configured network "
-                         f"({net.config}): {str(e).splitlines()[0]}") from e
 
 
 def _training_part(cfg_dict: dict) -> dict:

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
-from cyclecorr.checkpoint import file_sha256, save_model
+from cyclecorr.checkpoint import file_sha256, load_weights, save_model
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_checkpoint",
            "flatten_optimizer", "unflatten_optimizer", "code_version"]
@@ -157,11 +157,7 @@ def restore_checkpoint(run_dir: str | os.PathLike, ptr: dict, net, optimizer=Non
     from safetensors import safe_open
 
     run = Path(run_dir)
-    state = load_file(str(run / ptr["model_file"]))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{run / ptr['model_file']}: weights do not fit the configured network "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_weights(net, run / ptr["model_file"])
     if optimizer is not None:
         path = run / ptr["optim_file"]
         with safe_open(str(path), framework="pt") as f:
