@@ -58,18 +58,9 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path, str]]:
     lst = folder / "pairs.txt"
     pairs = []
     if lst.is_file():
-        for n, line in enumerate(lst.read_text().splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            f = line.replace(",", " ").split()
-            if len(f) != 2:
-                raise ValueError(f"{lst}:{n}: expected 'src tgt', got {line!r}")
-            a, b = folder / f[0], folder / f[1]
-            pairs.append((a, b, f"{Path(f[0]).stem}-{Path(f[1]).stem}"))
-        if not pairs:
-            raise ValueError(f"{lst}: no pairs listed")
-        return pairs
+        from cyclecorr.data.io import read_pairs_file
+
+        return [(a, b, f"{a.stem}-{b.stem}") for a, b in read_pairs_file(lst)]
     for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
         imgs = sorted(p for p in sub.iterdir() if _is_image(p))
         imgs = [p for p in imgs if not p.stem.lower().startswith(("mask", "flow"))]

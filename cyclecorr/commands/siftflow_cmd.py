@@ -34,31 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def read_pairs(path: Path) -> list[tuple[Path, Path]]:
-    """Parse a pairs file (see ``--pairs``); raise ``ValueError`` naming the file and line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file not found: {path}")
-    pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.replace(",", " ").split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: expected two image paths, got {line!r}")
-        a, b = (Path(p) if Path(p).is_absolute() else path.parent / p for p in parts)
-        pairs.append((a, b))
-    if not pairs:
-        raise ValueError(f"{path}: no pairs found")
-    return pairs
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status (0 ok, 2 bad input)."""
+    from cyclecorr.data.io import read_pairs_file
     from cyclecorr.siftflow import SiftFlowParams, compute_sift_flow_batch
 
     try:
-        pairs = read_pairs(args.pairs) if args.pairs else [tuple(args.images)]
+        pairs = read_pairs_file(args.pairs) if args.pairs else [tuple(args.images)]
         thr = args.data_threshold
         if thr is not None and thr != "median":
             thr = float(thr)

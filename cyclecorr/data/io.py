@@ -157,3 +157,24 @@ def write_flo(path, flow: np.ndarray) -> None:
     payload = (np.array([_FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
                + hw2.astype("<f4").tobytes())
     atomic_write_bytes(path, payload)
+
+
+def read_pairs_file(path) -> list[tuple[Path, Path]]:
+    """A list of image pairs: one ``src tgt`` per line (space or comma separated; ``#`` starts a
+    comment), relative paths taken from the file's folder. Raises ``FileNotFoundError`` /
+    ``ValueError`` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file not found: {path}")
+    pairs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{n}: expected two image paths 'src tgt', got {line!r}")
+        pairs.append(tuple(path.parent / q for q in parts))  # an absolute q stays as it is
+    if not pairs:
+        raise ValueError(f"{path}: no pairs found")
+    return pairs
