@@ -297,6 +297,80 @@ def test_render_background_replaced_only_off_the_object_and_deterministic():
     assert torch.equal(off["s1"], s1)
 
 
+def _h(m):
+    full = torch.eye(3, dtype=m.dtype)
+    full[:2] = m
+    return full
+
+
+def test_zoom_flow_follows_the_two_reframings_exactly():
+    """Synthetic quartets have affine ground truth: after re-framing side 1 by A1 and side 2 by
+    A2 (new pixel -> old pixel) the flow s1 -> s2 must be the affine map A2^-1 G A1."""
+    from cyclecorr.geometry import affine_flow, pixel_grid
+    from cyclecorr.train.data import random_zoom, zoom_item
+
+    S = 48
+    q = SyntheticQuartets(3, S, seed=5)[1]
+    g = torch.Generator().manual_seed(0)
+    a1 = random_zoom(g, S, (0.6, 1.3), 0.15, 0.1)
+    a2 = random_zoom(g, S, (0.6, 1.3), 0.15, 0.1)
+    assert not torch.allclose(a1, a2)
+    z = zoom_item(q, (a1, a2))
+    full = (torch.linalg.inv(_h(a2)) @ _h(q["affine_s1s2"]) @ _h(a1))[:2]
+    want = affine_flow(full, S, S)[0]
+    m = z["match_s1s2"].bool()[0]
+    assert int(m.sum()) > 100
+    assert float((z["flow_s1s2"] - want).abs().amax(dim=0)[m].max()) < 1e-3
+    # matchable only where the new match lies inside the image
+    q_new = pixel_grid(S, S)[0] + want
+    inside = (q_new >= 0).all(0) & (q_new <= S - 1).all(0)
+    assert not bool((m & ~inside).any())
+    # the renders follow their photos: r1 is re-framed by the same map as s1
+    assert torch.allclose(z["r1"], warp(q["r1"][None], affine_flow(a1, S, S), "border")[0])
+    assert torch.allclose(z["s2"], warp(q["s2"][None], affine_flow(a2, S, S), "zeros")[0])
+    # the content moves with the flow: s2 warped back by the new flow matches the new s1
+    err = ((warp(z["s2"][None], z["flow_s1s2"][None]) - z["s1"][None]).abs() * m).sum()
+    still = ((z["s2"][None] - z["s1"][None]).abs() * m).sum()
+    assert float(err) < 0.5 * float(still)
+
+
+def test_zoom_identity_translation_and_pairs():
+    from cyclecorr.train.data import AugmentedDataset, zoom_item
+
+    S = 32
+    q = SyntheticQuartets(2, S, seed=2)[0]
+    eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    same = zoom_item(q, (eye, eye))
+    for k in ("s1", "s2", "r1", "r2", "flow_s1s2"):
+        assert torch.allclose(same[k], q[k], atol=1e-5), k
+    # a valid pixel next to an invalid one is dropped (bilinear support), never added
+    assert not bool((same["match_s1s2"] > q["match_s1s2"]).any())
+    # side 2 shown 5 px further right: its new pixel p is old pixel p - 5, flows grow by +5 in x
+    shift = torch.tensor([[1.0, 0, -5.0], [0, 1.0, 0]])
+    moved = zoom_item(q, (eye, shift))
+    m = moved["match_s1s2"].bool()[0]
+    d = moved["flow_s1s2"] - q["flow_s1s2"]
+    assert torch.allclose(d[0][m], torch.full_like(d[0][m], 5.0), atol=1e-4)
+    assert torch.allclose(d[1][m], torch.zeros_like(d[1][m]), atol=1e-4)
+    # stage-1 pairs: src/tgt/flow/valid follow the same rule
+    pair = {"src": q["s1"], "tgt": q["s2"], "flow": q["flow_s1s2"], "valid": q["match_s1s2"]}
+    zp = zoom_item(pair, (eye, shift))
+    assert torch.allclose(zp["flow"], moved["flow_s1s2"]) and torch.equal(zp["valid"],
+                                                                         moved["match_s1s2"])
+    # in the dataset: deterministic per (seed, step, position), off by default
+    ds = AugmentedDataset([q], seed=0, keys=tuple(q), hflip=0.0, zoom=1.0)
+    a = ds[(0, 3, 1)]
+    assert torch.equal(a["flow_s1s2"], ds[(0, 3, 1)]["flow_s1s2"])
+    assert not torch.equal(a["flow_s1s2"], ds[(0, 4, 1)]["flow_s1s2"])
+    assert not torch.equal(a["r2"], q["r2"])
+    off = AugmentedDataset([q], seed=0, keys=tuple(q), hflip=0.0)[(0, 3, 1)]
+    assert torch.equal(off["flow_s1s2"], q["flow_s1s2"])
+    with pytest.raises(ValueError, match="zoom_min"):
+        load_config("smoke", ["augment.zoom=0.5", "augment.zoom_min=1.5"])
+    with pytest.raises(ValueError, match="augment.zoom must"):
+        load_config("smoke", ["augment.zoom=2"])
+
+
 def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     from cyclecorr.checkpoint import load_model, save_model
     from cyclecorr.train.loop import train

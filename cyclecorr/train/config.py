@@ -114,12 +114,23 @@ class AugmentConfig:
     contrast change applied to real images only (0 = off). ``render_background``: probability of
     replacing the black background of the renders (s1, s2; the render pairs of a ground-truth
     stage 1) by random colour textures, so a render cannot be told from a photo by its empty
-    background (not in the paper; 0 = off). Random draws are a pure function of
+    background (not in the paper; 0 = off). ``zoom``: probability of re-framing the two sides
+    of an item independently (side 1 = s1 with r1, side 2 = s2 with r2; a stage-1 pair's source
+    and target): each side is magnified by a log-uniform factor in ``[zoom_min, zoom_max]``
+    (< 1 shows the object smaller, the border repeated around it), x/y by up to ±``zoom_aspect``
+    apart, and shifted by up to ``zoom_shift`` × size per axis; the ground-truth flow follows
+    exactly. Tight VOC crops otherwise never show the scale and position changes of whole
+    photos (PF-WILLOW); not in the paper; 0 = off. Random draws are a pure function of
     (seed, step, item index), so resume is exact without saving RNG state."""
 
     hflip: float = 0.5
     color_jitter: float = 0.0
     render_background: float = 0.0
+    zoom: float = 0.0
+    zoom_min: float = 0.6
+    zoom_max: float = 1.3
+    zoom_shift: float = 0.15
+    zoom_aspect: float = 0.1
 
 
 @dataclass
@@ -221,6 +232,15 @@ class TrainConfig:
                              f"{self.data.stage1_targets!r}")
         if not 0 <= self.augment.hflip <= 1:
             raise ValueError(f"augment.hflip must be in [0, 1], got {self.augment.hflip}")
+        a = self.augment
+        if not 0 <= a.zoom <= 1:
+            raise ValueError(f"augment.zoom must be in [0, 1], got {a.zoom}")
+        if not 0 < a.zoom_min <= a.zoom_max:
+            raise ValueError("augment.zoom_min and zoom_max must satisfy 0 < zoom_min ≤ zoom_max, "
+                             f"got {a.zoom_min}, {a.zoom_max}")
+        if not (0 <= a.zoom_shift <= 1 and 0 <= a.zoom_aspect < 1):
+            raise ValueError("augment.zoom_shift must be in [0, 1] and zoom_aspect in [0, 1), got "
+                             f"{a.zoom_shift}, {a.zoom_aspect}")
         if self.logging.checkpoint_every < 1:
             raise ValueError("logging.checkpoint_every must be ≥ 1")
 

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyclecorr.geometry import affine_flow, inside_mask, pixel_grid, warp
+from cyclecorr.geometry import affine_flow, inside_mask, pixel_grid, sample, warp
 
 __all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler",
            "AugmentedDataset", "hflip_quartet", "hflip_pair", "SyntheticQuartets",
-           "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate"]
+           "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate", "random_zoom",
+           "zoom_item"]
 
 QUARTET_KEYS = ("s1", "s2", "r1", "r2", "flow_s1s2", "match_s1s2")
 
@@ -144,6 +145,70 @@ def replace_render_background(img: torch.Tensor, g: torch.Generator,
     return torch.where(bg, tex.to(img.dtype), img)
 
 
+ZOOM_SIDES = (("s1", "r1", "src"), ("s2", "r2", "tgt"))
+ZOOM_FIELDS = (("flow_s1s2", "match_s1s2"), ("flow", "valid"))
+
+
+def random_zoom(g: torch.Generator, size: int, scale_range=(0.6, 1.3), shift: float = 0.15,
+                aspect: float = 0.1) -> torch.Tensor:
+    """A random ``(2, 3)`` map from new pixels to old pixels: the image is magnified by a
+    log-uniform factor in ``scale_range`` (< 1 shrinks the object and shows more border), its
+    x/y magnifications differ by up to ``±aspect``, and it moves by up to ``shift · size``
+    pixels per axis, about the image centre."""
+    lo, hi = (float(v) for v in scale_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"zoom scale range must satisfy 0 < lo ≤ hi, got {scale_range}")
+    u = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    s = math.exp(math.log(lo) + u() * (math.log(hi) - math.log(lo)))
+    a = 1 + (2 * u() - 1) * aspect
+    sx, sy = s * a, s / a
+    t = torch.tensor([(2 * u() - 1) * shift * size, (2 * u() - 1) * shift * size])
+    c = (size - 1) / 2
+    m = torch.zeros(2, 3)
+    m[0, 0], m[1, 1] = 1 / sx, 1 / sy      # new p -> old c + (p - c - t) / s
+    m[:, 2] = torch.tensor([c - (c + t[0]) / sx, c - (c + t[1]) / sy])
+    return m
+
+
+def zoom_item(item: dict, maps: tuple[torch.Tensor, torch.Tensor],
+              zero_pad_keys: tuple = ("s1", "s2")) -> dict:
+    """Re-frame the two sides of a training item, each by its own affine map (new pixel → old
+    pixel, as from :func:`random_zoom`): side 1 is ``s1, r1`` (or ``src``), side 2 ``s2, r2``
+    (or ``tgt``); a render and the photo it was rendered for move together, so the renders'
+    own legs stay as they were while the real pair r1 → r2 gains the relative scale and shift.
+
+    The ground-truth flow side 1 → side 2 follows exactly: with ``A1, A2`` the maps,
+    ``F'(p) = A2⁻¹(A1 p + F(A1 p)) − p``; its matchability is 1 where all four pixels around
+    ``A1 p`` were matchable and the new match lies inside the image. Images read outside
+    their frame repeat their border (renders in ``zero_pad_keys``: their black background)."""
+    a1, a2 = maps
+    out = dict(item)
+    for side, m in ((ZOOM_SIDES[0], a1), (ZOOM_SIDES[1], a2)):
+        for k in side:
+            if k not in item:
+                continue
+            img = item[k]
+            fl = affine_flow(m.to(img.dtype), *img.shape[-2:])
+            pad = "zeros" if k in zero_pad_keys else "border"
+            out[k] = warp(img[None], fl, pad)[0]
+    for fk, mk in ZOOM_FIELDS:
+        if fk not in item:
+            continue
+        flow = item[fk][None]
+        h, w = flow.shape[-2:]
+        grid = pixel_grid(h, w, dtype=flow.dtype)
+        p_old = grid + affine_flow(a1.to(flow.dtype), h, w)
+        q_old = p_old + sample(flow, p_old, "border")
+        inv2 = _inv(a2.to(flow.dtype))
+        q_new = (inv2[:, :2] @ q_old.flatten(2) + inv2[:, 2:]).view_as(q_old)
+        out[fk] = (q_new - grid)[0]
+        if mk in item:
+            valid = sample(item[mk][None].to(flow.dtype), p_old, "zeros") > 0.999
+            ok = valid & inside_mask(q_new, h, w).bool()
+            out[mk] = ok.to(item[mk].dtype)[0]
+    return out
+
+
 class AugmentedDataset(torch.utils.data.Dataset):
     """Wraps a dataset of dict items; ``__getitem__((index, step, position))`` returns the item
     with deterministic augmentation (see :class:`~cyclecorr.train.config.AugmentConfig`).
@@ -151,12 +216,19 @@ class AugmentedDataset(torch.utils.data.Dataset):
     ``real_keys``: keys of the real images (colour jitter applies only to them).
     ``render_keys``: keys of renders whose black background is replaced by a random texture with
     probability ``render_background`` (each render its own texture).
+    ``zoom``: probability of :func:`zoom_item` with two :func:`random_zoom` maps (``zoom_range``,
+    ``zoom_shift``, ``zoom_aspect``); renders are padded with their black background.
+    Order: flip, zoom, colour jitter, render background.
     """
 
     def __init__(self, base, seed: int, hflip: float = 0.0, color_jitter: float = 0.0,
                  keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt"),
-                 render_background: float = 0.0, render_keys: tuple = ("s1", "s2")):
+                 render_background: float = 0.0, render_keys: tuple = ("s1", "s2"),
+                 zoom: float = 0.0, zoom_range=(0.6, 1.3), zoom_shift: float = 0.15,
+                 zoom_aspect: float = 0.1):
         self.base, self.seed = base, seed
+        self.zoom, self.zoom_range = zoom, tuple(zoom_range)
+        self.zoom_shift, self.zoom_aspect = zoom_shift, zoom_aspect
         self.hflip, self.color_jitter = hflip, color_jitter
         self.keys, self.real_keys = keys, real_keys
         self.render_background, self.render_keys = render_background, render_keys
@@ -174,6 +246,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(_seed(self.seed, step, pos, 2))
         if self.hflip > 0 and float(torch.rand((), generator=g)) < self.hflip:
             item = hflip_quartet(item)
+        if self.zoom > 0:
+            g_z = torch.Generator().manual_seed(_seed(self.seed, step, pos, 4))
+            if float(torch.rand((), generator=g_z)) < self.zoom:
+                size = next(v.shape[-1] for k, v in item.items()
+                            if k in ZOOM_SIDES[0] and isinstance(v, torch.Tensor))
+                maps = tuple(random_zoom(g_z, size, self.zoom_range, self.zoom_shift,
+                                         self.zoom_aspect) for _ in range(2))
+                item = zoom_item(item, maps, zero_pad_keys=self.render_keys)
         if self.color_jitter > 0:
             item = dict(item)
             for k in self.real_keys:

@@ -586,7 +586,9 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
     ds = AugmentedDataset(base, cfg.seed + 1000 * stage, cfg.augment.hflip,
                           cfg.augment.color_jitter, keys=keys, real_keys=real_keys,
                           render_background=cfg.augment.render_background,
-                          render_keys=render_keys)
+                          render_keys=render_keys, zoom=cfg.augment.zoom,
+                          zoom_range=(cfg.augment.zoom_min, cfg.augment.zoom_max),
+                          zoom_shift=cfg.augment.zoom_shift, zoom_aspect=cfg.augment.zoom_aspect)
     sampler = StepBatchSampler(len(ds), st.batch_size, cfg.seed + stage, start, st.iterations,
                                dist.rank, dist.world)
     loader = torch.utils.data.DataLoader(
