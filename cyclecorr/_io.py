@@ -6,12 +6,13 @@ block succeeds; on any error the temporary file is removed and ``p`` is untouche
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write_bytes", "read_format_json"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,3 +42,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_format_json(path: str | os.PathLike, fmt: str, what: str,
+                     error: type[Exception] = ValueError) -> dict:
+    """Read a JSON object whose ``"format"`` field must equal ``fmt``; a file that does not parse
+    or has another format raises ``error`` naming the file and ``what`` it should have been."""
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{p}: malformed {what} ({e})") from e
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise error(f"{p}: not a {fmt} {what} (format {got!r})")
+    return obj

@@ -89,3 +89,24 @@ def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("writer failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_format_json_reader_names_file_and_problem(tmp_path):
+    from cyclecorr._io import read_format_json
+    from cyclecorr.data.io import DataError
+
+    good = tmp_path / "good.json"
+    good.write_text('{"format": "x-1", "n": 3}')
+    assert read_format_json(good, "x-1", "manifest")["n"] == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "x-1", ')
+    with pytest.raises(DataError, match=r"bad\.json: malformed manifest"):
+        read_format_json(bad, "x-1", "manifest", DataError)
+    other = tmp_path / "other.json"
+    other.write_text('{"format": "y-2"}')
+    with pytest.raises(ValueError, match=r"other\.json: not a x-1 pointer \(format 'y-2'\)"):
+        read_format_json(other, "x-1", "pointer")
+    lst = tmp_path / "list.json"
+    lst.write_text('[1, 2]')
+    with pytest.raises(ValueError, match="format 'list'"):
+        read_format_json(lst, "x-1", "pointer")

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cyclecorr._io import read_format_json
 from cyclecorr.data.io import DataError, atomic_write_bytes
 from cyclecorr.data.quartet_config import QuartetConfig
 from cyclecorr.data.samples import crop_sample
@@ -608,13 +609,7 @@ def _read_manifest(folder: Path) -> dict:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no quartet manifest (run `cyclecorr prepare --out "
                                 f"{folder}` first)")
-    try:
-        man = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: malformed manifest ({e})") from e
-    if man.get("format") != FORMAT:
-        raise DataError(f"{p}: not a {FORMAT} manifest")
-    return man
+    return read_format_json(p, FORMAT, "manifest", DataError)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr._io import atomic_path, atomic_write_bytes, read_format_json
 from cyclecorr.checkpoint import file_sha256, load_weights, save_model
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_checkpoint",
@@ -137,12 +137,7 @@ def load_checkpoint_pointer(run_dir: str | os.PathLike) -> dict | None:
     p = Path(run_dir) / "last.json"
     if not p.is_file():
         return None
-    try:
-        ptr = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: corrupt checkpoint pointer ({e})") from e
-    if ptr.get("format") != FORMAT:
-        raise ValueError(f"{p}: unknown checkpoint format {ptr.get('format')!r} (want {FORMAT})")
+    ptr = read_format_json(p, FORMAT, "checkpoint pointer")
     for key in ("model", "optim"):
         f = Path(run_dir) / ptr[f"{key}_file"]
         if not f.is_file():
