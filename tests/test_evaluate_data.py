@@ -68,3 +68,32 @@ def test_tss_zero_flow_matches_closed_form(data_dir):
     got = next(iter(r["pairs"].values()))["accuracy"]
     assert got == pytest.approx(expect, abs=1e-6)
     assert r["protocol"]["threshold_px"] == 5.0
+
+
+def test_keypoint_gap_script_closed_form():
+    """Two 256×128 images whose keypoints differ by a known shift and scale: in the 128×128 frame
+    x halves, so a 20 px x-shift is 10 px, and a box twice as large gives ratio 2."""
+    import importlib.util
+    from pathlib import Path
+
+    from cyclecorr.data import Sample
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "keypoint_gap.py"
+    spec = importlib.util.spec_from_file_location("keypoint_gap", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    img = np.zeros((128, 256, 3), np.uint8)
+    k = np.array([[40.0, 30.0], [80.0, 30.0], [60.0, 70.0], [np.nan, np.nan]])
+    vis = np.array([True, True, True, False])
+    a = Sample(img, k, vis)
+    b = Sample(img, k + [20.0, 0.0], vis)
+    g = mod.pair_gap(a, b, 128)
+    assert g["displacement"] == pytest.approx(10.0)
+    assert g["scale_ratio"] == pytest.approx(1.0)
+    assert g["box_threshold"] == pytest.approx(4.0)  # 0.1 × max(40/2 wide, 40 tall)
+    big = Sample(img, (k - [40.0, 30.0]) * 2 + [40.0, 30.0], vis)
+    assert mod.pair_gap(a, big, 128)["scale_ratio"] == pytest.approx(2.0)
+    one = Sample(img, k, np.array([True, False, False, False]))
+    assert mod.pair_gap(a, one, 128) is None
+    r = mod.summarise([a, b, one], 128)
+    assert r["pairs"] == 2 and r["displacement_mean"] == pytest.approx(10.0)
