@@ -158,6 +158,20 @@ def test_cycle_loss_driven_near_zero_on_affine_quartet():
 
 # ------------------------------------------------------------------ checkpoints
 
+def test_code_version_is_the_one_the_process_started_with(monkeypatch, tmp_path):
+    """A commit or an edit while a run trains must not relabel its later checkpoints."""
+    from cyclecorr.train import state
+
+    answers = iter(["0.1.0+git.aaaa", "0.1.0+git.bbbb-dirty"])
+    monkeypatch.setattr(state, "_CODE_VERSION", None)
+    monkeypatch.setattr(state, "_describe_code", lambda: next(answers))
+    assert state.code_version() == "0.1.0+git.aaaa"
+    net = _tiny_net(2)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    save_checkpoint(tmp_path, net, opt, stage=2, step=1, config={}, manifest_sha256="abc")
+    assert load_checkpoint_pointer(tmp_path)["code_version"] == "0.1.0+git.aaaa"
+
+
 def test_checkpoint_roundtrip(tmp_path):
     from cyclecorr.checkpoint import load_model
 

@@ -463,7 +463,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     logger = _Logger(run, dist.main, cfg.logging.tensorboard, resume_global)
     if dist.main:
         logger.log({"event": "start" if ptr is None else "resume", "config_name": cfg.name,
-                    "world_size": dist.world, "device": str(device),
+                    "code_version": _code_version(), "world_size": dist.world,
+                    "device": str(device),
                     "data_manifest_sha256": manifest, "n_train": len(trainset),
                     "n_val": len(valset) if valset is not None else 0,
                     "note": "validation sets are held out and used for monitoring only, "

@@ -35,8 +35,22 @@ __all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_
 FORMAT = "cyclecorr-train-checkpoint/1"
 
 
+_CODE_VERSION: str | None = None
+
+
 def code_version() -> str:
-    """``cyclecorr.__version__`` plus the git commit (and ``-dirty``) when run from a checkout."""
+    """``cyclecorr.__version__`` plus the git commit (and ``-dirty``) when run from a checkout.
+
+    Computed once per process: a training run calls it when it starts, so its checkpoints and
+    final model name the code that ran, even if the checkout changes (a commit, an edit) while it
+    trains."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        _CODE_VERSION = _describe_code()
+    return _CODE_VERSION
+
+
+def _describe_code() -> str:
     from cyclecorr import __version__
 
     root = Path(__file__).resolve().parents[2]
