@@ -67,8 +67,10 @@ class Matcher:
     """Wraps a :class:`~cyclecorr.model.CorrespondenceNet` for images of any size."""
 
     def __init__(self, net: CorrespondenceNet, meta: dict | None = None,
-                 device: str | torch.device = "auto"):
+                 device: str | torch.device = "auto", input_size: int | None = None):
         self.device = resolve_device(device)
+        if input_size is not None:  # see CorrespondenceNet.set_input_size
+            net.set_input_size(input_size)
         # channels-last convolutions are ~1.8x faster on CPU (bench/evaluate.py)
         self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.meta = meta or {}
@@ -76,11 +78,15 @@ class Matcher:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
-                        category: str = "car") -> "Matcher":
-        """Load a model file; ``path=None`` loads the model shipped with the package for ``category``."""
+                        category: str = "car", input_size: int | None = None) -> "Matcher":
+        """Load a model file; ``path=None`` loads the model shipped with the package for ``category``.
+
+        ``input_size``: the side both images are resized to (default: the size the model was
+        trained at, 128 for the shipped model). Larger sizes suit whole photos in which the object
+        is small (see :meth:`~cyclecorr.model.CorrespondenceNet.set_input_size`)."""
         p = Path(path) if path is not None else shipped_model_path(category)
         net, meta = load_model(p)
-        return cls(net, meta, device)
+        return cls(net, meta, device, input_size)
 
     def _prepare(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
         t = to_tensor_image(image)

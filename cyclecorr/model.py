@@ -27,6 +27,7 @@ Choices the paper leaves open (all options of :class:`NetConfig`, defaults marke
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -155,6 +156,16 @@ class CorrespondenceNet(nn.Module):
             last = [m for m in head if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+
+    def set_input_size(self, size: int) -> "CorrespondenceNet":
+        """Run at ``size × size`` from now on (a positive multiple of 16); returns ``self``.
+
+        Every layer is convolutional, so a network trained at one size runs at another: its flow is
+        then in the new size's pixels and objects must appear at about the size they had in
+        training to be matched well (e.g. 256 for whole photos in which the object fills half the
+        frame, for a model trained on tight crops at 128). The weights are unchanged."""
+        self.config = dataclasses.replace(self.config, image_size=int(size))
+        return self
 
     def _check(self, name: str, x: torch.Tensor) -> None:
         s = self.config.image_size

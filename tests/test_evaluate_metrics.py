@@ -214,6 +214,6 @@ def test_report_markdown_and_json(tmp_path):
            "methods": {"zero": {"kind": "baseline"}}, "seed": 0, "command": "cyclecorr evaluate"}
     assert headline("flowweb-car", res["sets"]["flowweb-car"]["zero"])["PCK@0.10"] == 0.5
     md = markdown_report(res)
-    assert "| zero | – | 0.500 |" in md and "α·128" in md
+    assert "| zero | – | 0.500 |" in md and "α·S" in md and "S = 128" in md
     j, m = write_results(res, tmp_path / "out")
     assert j.is_file() and m.read_text() == md

@@ -145,6 +145,44 @@ def test_network_method_matches_matcher(model_file):
         make_method("raft")
 
 
+def test_networks_at_another_input_size(tmp_path, data_dir, model_file):
+    from cyclecorr.evaluate.methods import dense_match, make_method
+    from cyclecorr.matcher import Matcher
+
+    m = make_method("model:" + str(model_file), device="cpu", net_size=64)
+    assert m.size == 64 and m.describe()["size"] == 64
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (45, 33, 3), dtype=np.uint8)
+    matcher = Matcher.from_checkpoint(model_file, device="cpu", input_size=64)
+    assert matcher.size == 64
+    ref = matcher.match(a, b)
+    ours = dense_match(m, a, b)
+    assert ref["flow"].shape == (50, 70, 2)
+    np.testing.assert_allclose(ours["flow"], ref["flow"], atol=1e-3)
+    at128 = Matcher.from_checkpoint(model_file, device="cpu").match(a, b)
+    assert np.abs(at128["flow"] - ref["flow"]).max() > 1e-4  # it did run at another size
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "m64"), "--model", str(model_file), "--input-size", "64",
+                 "--device", "cpu"]) == 0
+    from cyclecorr.data import read_flo
+
+    np.testing.assert_allclose(read_flo(tmp_path / "m64" / "a-b" / "flow.flo").transpose(1, 2, 0),
+                               ref["flow"],
+                               atol=1e-3)
+    out = tmp_path / "ev64"
+    rc = main(["evaluate", "--model", str(model_file), "--methods", "zero,model",
+               "--sets", "flowweb-car", "--limit", "2", "--net-size", "64", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"]["model"]["size"] == 64 and res["methods"]["zero"]["size"] == 128
+    assert "--net-size 64" in res["command"]
+    md = (out / "results.md").read_text()
+    assert "**model**: network at 64×64" in md and "S = 64/128" in md
+
+
 def test_evaluate_embedding_picture(tmp_path, data_dir, model_file):
     out = tmp_path / "emb"
     rc = main(["evaluate", "--model", str(model_file), "--methods", "model",

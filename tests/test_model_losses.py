@@ -46,6 +46,27 @@ def test_untrained_network_predicts_zero_flow_and_half_matchability():
     assert torch.allclose(out["matchability"], torch.full_like(out["matchability"], 0.5))
 
 
+def test_set_input_size_runs_the_same_weights_at_another_size():
+    torch.manual_seed(1)
+    net = CorrespondenceNet(NetConfig(image_size=32, width=0.25)).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    ref = net(x, y)["flow"]
+    assert net.set_input_size(48) is net
+    out = net(torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48))
+    assert out["flow"].shape == (2, 2, 48, 48) and out["flow"].abs().max() > 0
+    with pytest.raises(ValueError, match=r"\(B, 3, 48, 48\), got \(1, 3, 32, 32\)"):
+        net(x, y)  # the check follows the new size
+    net.set_input_size(32)
+    assert torch.equal(net(x, y)["flow"], ref)  # same weights, same answer back at 32
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="multiple of 16, got 40"):
+        net.set_input_size(40)
+
+
 def test_bad_input_shape_named():
     net = CorrespondenceNet(NetConfig(image_size=32, width=0.25))
     with pytest.raises(ValueError, match=r"\(1, 3, 30, 30\)"):

@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16,
                         help="pairs per forward pass (default 16: fastest on CPU)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--net-size", type=int, default=None,
+                        help="run the networks at S×S (a multiple of 16; default: the size each "
+                             "was trained at, 128 for the shipped model); baselines stay at 128. "
+                             "Not the standard protocol: the report names each method's size")
 
 
 def _split(s: str) -> list[str]:
@@ -68,7 +72,8 @@ def run(args) -> int:
         raise ValueError("--methods is empty")
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"data folder not found: {args.data}")
-    methods = [make_method(s, model=args.model, device=args.device) for s in specs]
+    methods = [make_method(s, model=args.model, device=args.device, net_size=args.net_size)
+               for s in specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a row name: {names} (use NAME=PATH)")
@@ -76,7 +81,8 @@ def run(args) -> int:
     out = Path(args.out)
     cmd = (f"cyclecorr evaluate --model {args.model} --methods {args.methods} --sets {args.sets} "
            f"--out {args.out}" + (f" --data {args.data}" if args.data else "")
-           + (f" --limit {args.limit}" if args.limit else "") + f" --seed {args.seed}")
+           + (f" --limit {args.limit}" if args.limit else "")
+           + (f" --net-size {args.net_size}" if args.net_size else "") + f" --seed {args.seed}")
     results = {"command": cmd, "seed": args.seed, "limit": args.limit,
                "methods": {m.name: m.describe() for m in methods}, "sets": {},
                "versions": {"torch": torch.__version__, "numpy": np.__version__}}

@@ -112,9 +112,11 @@ class NetworkMethod:
     """
 
     def __init__(self, net, meta: dict | None = None, name: str = "model", device="auto",
-                 channels_last: bool = True):
+                 channels_last: bool = True, size: int | None = None):
         from cyclecorr.matcher import resolve_device
 
+        if size is not None:  # run at another input size (CorrespondenceNet.set_input_size)
+            net.set_input_size(size)
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.channels_last = channels_last
@@ -169,10 +171,12 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
     return flow, mat
 
 
-def make_method(spec: str, model: str | None = None, size: int = 128, device="auto"):
+def make_method(spec: str, model: str | None = None, size: int = 128, device="auto",
+                net_size: int | None = None):
     """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
     the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` / ``"NAME=PATH"``
-    for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``)."""
+    for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``). ``size``: the baselines'
+    input side; ``net_size``: the networks' (default: the size each was trained at)."""
     spec = spec.strip()
     if spec == "zero":
         return ZeroFlow(size)
@@ -180,12 +184,12 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
         return SiftFlowMethod(size)
     if spec == "model":
         path = None if model in (None, "shipped") else model
-        return NetworkMethod.from_file(path, name="model", device=device)
+        return NetworkMethod.from_file(path, name="model", device=device, size=net_size)
     if spec.startswith("model:"):
-        return NetworkMethod.from_file(spec[len("model:"):], device=device)
+        return NetworkMethod.from_file(spec[len("model:"):], device=device, size=net_size)
     if "=" in spec:
         name, path = spec.split("=", 1)
-        return NetworkMethod.from_file(path, name=name.strip(), device=device)
+        return NetworkMethod.from_file(path, name=name.strip(), device=device, size=net_size)
     raise ValueError(f"unknown method {spec!r}: use zero, siftflow, model, model:PATH or NAME=PATH")
 
 

@@ -71,11 +71,11 @@ HEADLINE_COLUMNS = {
 
 _PROTOCOL_LINE = {
     "pf-willow": "all 90 ordered pairs per class; L = max side of the target's keypoint box; "
-                 "original pixels (method at 128×128 on whole images); mean over classes of per-pair PCK",
-    "flowweb": "all ordered pairs; whole crops resized to 128×128; PCK per keypoint at α·128 "
+                 "original pixels (method at S×S on whole images); mean over classes of per-pair PCK",
+    "flowweb": "all ordered pairs; whole crops resized to S×S; PCK per keypoint at α·S "
                "(keypoints annotated in both); matchability: source pixel on the object whose part is "
                "visible in the target; part/object masks of the target carried by the flow (IoU)",
-    "tss": "method at 128×128 on whole images, flow resampled to original pixels; fraction of "
+    "tss": "method at S×S on whole images, flow resampled to original pixels; fraction of "
            "foreground pixels of image 1 with error ≤ 5 px (and at max side 100); mean over pairs",
     "synthetic": "rendered PASCAL3D+ CAD pairs (128×128 crops); PCK per keypoint at α·128 on named "
                  "3D keypoints visible in both; matchability and flow vs the renderer's exact ground "
@@ -116,6 +116,11 @@ def markdown_report(results: dict) -> str:
         n = first.get("n_pairs")
         n_img = first.get("n_images") if kind == "shape2image" else None
         proto = _PROTOCOL_LINE[kind]
+        sizes = sorted({int(d["size"]) for d in results.get("methods", {}).values()
+                        if d.get("size")})
+        if "S×S" in proto or "α·S" in proto:
+            proto += "; S = " + ("/".join(map(str, sizes)) + " (per method: Methods)"
+                                 if len(sizes) > 1 else str(sizes[0] if sizes else 128))
         lines += [f"Protocol: {proto}" + (f"; {n} pairs" if n else "")
                   + (f"; {n_img} images" if n_img else "") + ".", ""]
         lines += ["| method | " + " | ".join(cols) + " |",
@@ -151,7 +156,8 @@ def markdown_report(results: dict) -> str:
         lines += ["## Methods", ""]
         for m, d in methods.items():
             extra = ", ".join(f"{k}={d[k]}" for k in ("sha256", "stage", "step", "path") if k in d)
-            lines.append(f"- **{m}**: {d.get('kind', '')}" + (f" ({extra})" if extra else ""))
+            size = f" at {d['size']}×{d['size']}" if d.get("size") else ""
+            lines.append(f"- **{m}**: {d.get('kind', '')}{size}" + (f" ({extra})" if extra else ""))
         lines.append("")
     if "seed" in results:
         lines += [f"Seed: {results['seed']}. Full protocol of every number: results.json.", ""]
