@@ -28,8 +28,9 @@ def pair_gap(a, b, size: int = 128) -> dict | None:
     if int(v.sum()) < 2:
         return None
     (ha, wa), (hb, wb) = a.size, b.size
-    ka = a.keypoints[v] * [size / wa, size / ha]
-    kb = b.keypoints[v] * [size / wb, size / hb]
+    # the evaluation's pixel-area convention (benchmarks.py): x_S = (x + 0.5)·S/W − 0.5
+    ka = (a.keypoints[v] + 0.5) * [size / wa, size / ha] - 0.5
+    kb = (b.keypoints[v] + 0.5) * [size / wb, size / hb] - 0.5
     sa, sb = np.ptp(ka, axis=0).max(), np.ptp(kb, axis=0).max()
     return {"displacement": float(np.linalg.norm(ka - kb, axis=1).mean()),
             "scale_ratio": float(max(sa, sb) / max(min(sa, sb), 1e-6)),
