@@ -108,6 +108,9 @@ def markdown_report(results: dict) -> str:
     lines = ["# cyclecorr evaluation", ""]
     if results.get("command"):
         lines += [f"Command: `{results['command']}`", ""]
+    sizes = sorted({int(d["size"]) for d in results.get("methods", {}).values() if d.get("size")})
+    size_note = ("/".join(map(str, sizes)) + " (per method: Methods)" if len(sizes) > 1
+                 else str(sizes[0] if sizes else 128))
     for set_name, by_method in results.get("sets", {}).items():
         kind = _set_kind(set_name)
         cols = [c for c, _ in HEADLINE_COLUMNS[kind]]
@@ -116,11 +119,8 @@ def markdown_report(results: dict) -> str:
         n = first.get("n_pairs")
         n_img = first.get("n_images") if kind == "shape2image" else None
         proto = _PROTOCOL_LINE[kind]
-        sizes = sorted({int(d["size"]) for d in results.get("methods", {}).values()
-                        if d.get("size")})
         if "S×S" in proto or "α·S" in proto:
-            proto += "; S = " + ("/".join(map(str, sizes)) + " (per method: Methods)"
-                                 if len(sizes) > 1 else str(sizes[0] if sizes else 128))
+            proto += f"; S = {size_note}"
         lines += [f"Protocol: {proto}" + (f"; {n} pairs" if n else "")
                   + (f"; {n_img} images" if n_img else "") + ".", ""]
         lines += ["| method | " + " | ".join(cols) + " |",
