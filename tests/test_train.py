@@ -385,6 +385,37 @@ def test_zoom_identity_translation_and_pairs():
         load_config("smoke", ["augment.zoom=2"])
 
 
+def test_zoom_texture_fill_only_changes_photo_pixels_outside_their_old_frame():
+    from cyclecorr.train.data import AugmentedDataset, zoom_item
+
+    S = 32
+    q = SyntheticQuartets(2, S, seed=3)[0]
+    half = torch.tensor([[2.0, 0, -15.5], [0, 2.0, -15.5]])  # shrink ×0.5 about the centre
+    b = zoom_item(q, (half, half))
+    t = zoom_item(q, (half, half), fill="texture", g=torch.Generator().manual_seed(1))
+    # the old frame maps to new pixels [7.75, 23.25]: inside it both fills agree, outside only the
+    # photos differ (the renders keep their black background), and the labels do not change
+    inner = (slice(None), slice(9, 23), slice(9, 23))
+    outer = (slice(None), slice(0, 6), slice(None))
+    for k in ("r1", "r2"):
+        assert torch.allclose(t[k][inner], b[k][inner], atol=1e-6), k
+        assert float((t[k][outer] - b[k][outer]).abs().mean()) > 0.05, k
+        assert float(t[k][outer].std()) > 0.01 and 0 <= float(t[k].min()) <= float(t[k].max()) <= 1
+    assert not torch.equal(t["r1"][outer], t["r2"][outer])  # one texture per image
+    for k in ("s1", "s2", "flow_s1s2", "match_s1s2"):
+        assert torch.equal(t[k], b[k]), k
+    assert float(t["s1"][outer].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="fill"):
+        zoom_item(q, (half, half), fill="mirror")
+    with pytest.raises(ValueError, match="generator"):
+        zoom_item(q, (half, half), fill="texture")
+    ds = AugmentedDataset([q], seed=0, keys=tuple(q), hflip=0.0, zoom=1.0, zoom_fill="texture")
+    assert torch.equal(ds[(0, 2, 0)]["r1"], ds[(0, 2, 0)]["r1"])
+    with pytest.raises(ValueError, match="zoom_fill"):
+        load_config("smoke", ["augment.zoom_fill=mirror"])
+    assert load_config("smoke", ["augment.zoom_fill=texture"]).augment.zoom_fill == "texture"
+
+
 def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     from cyclecorr.checkpoint import load_model, save_model
     from cyclecorr.train.loop import train

@@ -117,7 +117,8 @@ class AugmentConfig:
     background (not in the paper; 0 = off). ``zoom``: probability of re-framing the two sides
     of an item independently (side 1 = s1 with r1, side 2 = s2 with r2; a stage-1 pair's source
     and target): each side is magnified by a log-uniform factor in ``[zoom_min, zoom_max]``
-    (< 1 shows the object smaller, the border repeated around it), x/y by up to ±``zoom_aspect``
+    (< 1 shows the object smaller, with ``zoom_fill`` around a photo: ``"border"`` repeats its
+    edge pixels, ``"texture"`` shows a random colour texture), x/y by up to ±``zoom_aspect``
     apart, and shifted by up to ``zoom_shift`` × size per axis; the ground-truth flow follows
     exactly. Tight VOC crops otherwise never show the scale and position changes of whole
     photos (PF-WILLOW); not in the paper; 0 = off. Random draws are a pure function of
@@ -131,6 +132,7 @@ class AugmentConfig:
     zoom_max: float = 1.3
     zoom_shift: float = 0.15
     zoom_aspect: float = 0.1
+    zoom_fill: str = "border"
 
 
 @dataclass
@@ -241,6 +243,8 @@ class TrainConfig:
         if not (0 <= a.zoom_shift <= 1 and 0 <= a.zoom_aspect < 1):
             raise ValueError("augment.zoom_shift must be in [0, 1] and zoom_aspect in [0, 1), got "
                              f"{a.zoom_shift}, {a.zoom_aspect}")
+        if a.zoom_fill not in ("border", "texture"):
+            raise ValueError(f"augment.zoom_fill must be 'border' or 'texture', got {a.zoom_fill!r}")
         if self.logging.checkpoint_every < 1:
             raise ValueError("logging.checkpoint_every must be ≥ 1")
 

@@ -170,8 +170,12 @@ def random_zoom(g: torch.Generator, size: int, scale_range=(0.6, 1.3), shift: fl
     return m
 
 
+ZOOM_FILLS = ("border", "texture")
+
+
 def zoom_item(item: dict, maps: tuple[torch.Tensor, torch.Tensor],
-              zero_pad_keys: tuple = ("s1", "s2")) -> dict:
+              zero_pad_keys: tuple = ("s1", "s2"), fill: str = "border",
+              g: torch.Generator | None = None) -> dict:
     """Re-frame the two sides of a training item, each by its own affine map (new pixel → old
     pixel, as from :func:`random_zoom`): side 1 is ``s1, r1`` (or ``src``), side 2 ``s2, r2``
     (or ``tgt``); a render and the photo it was rendered for move together, so the renders'
@@ -180,7 +184,13 @@ def zoom_item(item: dict, maps: tuple[torch.Tensor, torch.Tensor],
     The ground-truth flow side 1 → side 2 follows exactly: with ``A1, A2`` the maps,
     ``F'(p) = A2⁻¹(A1 p + F(A1 p)) − p``; its matchability is 1 where all four pixels around
     ``A1 p`` were matchable and the new match lies inside the image. Images read outside
-    their frame repeat their border (renders in ``zero_pad_keys``: their black background)."""
+    their frame repeat their border (``fill="border"``) or show a random multi-scale colour
+    texture drawn from ``g`` (``fill="texture"``, one texture per image, like the renders'
+    replaced backgrounds); renders in ``zero_pad_keys`` always get their black background."""
+    if fill not in ZOOM_FILLS:
+        raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {fill!r}")
+    if fill == "texture" and g is None:
+        raise ValueError("zoom fill 'texture' needs a generator g")
     a1, a2 = maps
     out = dict(item)
     for side, m in ((ZOOM_SIDES[0], a1), (ZOOM_SIDES[1], a2)):
@@ -189,8 +199,15 @@ def zoom_item(item: dict, maps: tuple[torch.Tensor, torch.Tensor],
                 continue
             img = item[k]
             fl = affine_flow(m.to(img.dtype), *img.shape[-2:])
-            pad = "zeros" if k in zero_pad_keys else "border"
-            out[k] = warp(img[None], fl, pad)[0]
+            if k in zero_pad_keys:
+                out[k] = warp(img[None], fl, "zeros")[0]
+            elif fill == "border":
+                out[k] = warp(img[None], fl, "border")[0]
+            else:  # outside the old frame: a texture; the seam is blended over one pixel
+                h, w = img.shape[-2:]
+                inside = warp(torch.ones_like(img[None, :1]), fl, "zeros")[0]
+                tex = _texture(g, max(h, w))[0, :, :h, :w].to(img.dtype)
+                out[k] = inside * warp(img[None], fl, "border")[0] + (1 - inside) * tex
     for fk, mk in ZOOM_FIELDS:
         if fk not in item:
             continue
@@ -217,7 +234,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
     ``render_keys``: keys of renders whose black background is replaced by a random texture with
     probability ``render_background`` (each render its own texture).
     ``zoom``: probability of :func:`zoom_item` with two :func:`random_zoom` maps (``zoom_range``,
-    ``zoom_shift``, ``zoom_aspect``); renders are padded with their black background.
+    ``zoom_shift``, ``zoom_aspect``); renders are padded with their black background, photos as
+    ``zoom_fill`` says (``"border"`` or ``"texture"``).
     Order: flip, zoom, colour jitter, render background.
     """
 
@@ -225,8 +243,11 @@ class AugmentedDataset(torch.utils.data.Dataset):
                  keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt"),
                  render_background: float = 0.0, render_keys: tuple = ("s1", "s2"),
                  zoom: float = 0.0, zoom_range=(0.6, 1.3), zoom_shift: float = 0.15,
-                 zoom_aspect: float = 0.1):
+                 zoom_aspect: float = 0.1, zoom_fill: str = "border"):
+        if zoom_fill not in ZOOM_FILLS:
+            raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {zoom_fill!r}")
         self.base, self.seed = base, seed
+        self.zoom_fill = zoom_fill
         self.zoom, self.zoom_range = zoom, tuple(zoom_range)
         self.zoom_shift, self.zoom_aspect = zoom_shift, zoom_aspect
         self.hflip, self.color_jitter = hflip, color_jitter
@@ -253,7 +274,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
                             if k in ZOOM_SIDES[0] and isinstance(v, torch.Tensor))
                 maps = tuple(random_zoom(g_z, size, self.zoom_range, self.zoom_shift,
                                          self.zoom_aspect) for _ in range(2))
-                item = zoom_item(item, maps, zero_pad_keys=self.render_keys)
+                item = zoom_item(item, maps, zero_pad_keys=self.render_keys,
+                                 fill=self.zoom_fill, g=g_z)
         if self.color_jitter > 0:
             item = dict(item)
             for k in self.real_keys:
