@@ -21,6 +21,7 @@ from typing import Any
 
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import NetConfig
+from cyclecorr.train.data import ZOOM_FILLS
 
 __all__ = ["TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
            "LoggingConfig", "ValidationConfig", "RuntimeConfig", "load_config", "preset_path",
@@ -243,8 +244,8 @@ class TrainConfig:
         if not (0 <= a.zoom_shift <= 1 and 0 <= a.zoom_aspect < 1):
             raise ValueError("augment.zoom_shift must be in [0, 1] and zoom_aspect in [0, 1), got "
                              f"{a.zoom_shift}, {a.zoom_aspect}")
-        if a.zoom_fill not in ("border", "texture"):
-            raise ValueError(f"augment.zoom_fill must be 'border' or 'texture', got {a.zoom_fill!r}")
+        if a.zoom_fill not in ZOOM_FILLS:
+            raise ValueError(f"augment.zoom_fill must be one of {ZOOM_FILLS}, got {a.zoom_fill!r}")
         if self.logging.checkpoint_every < 1:
             raise ValueError("logging.checkpoint_every must be ≥ 1")
 
