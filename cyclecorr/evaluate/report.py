@@ -119,7 +119,7 @@ def markdown_report(results: dict) -> str:
         n = first.get("n_pairs")
         n_img = first.get("n_images") if kind == "shape2image" else None
         proto = _PROTOCOL_LINE[kind]
-        if "S×S" in proto or "α·S" in proto:
+        if "S×S" in proto:  # the sets whose methods run at the networks' size
             proto += f"; S = {size_note}"
         lines += [f"Protocol: {proto}" + (f"; {n} pairs" if n else "")
                   + (f"; {n_img} images" if n_img else "") + ".", ""]
