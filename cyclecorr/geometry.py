@@ -27,6 +27,7 @@ __all__ = [
     "compose_matchability",
     "transfer_keypoints",
     "resample_flow",
+    "rescale_points",
     "affine_flow",
 ]
 
@@ -44,6 +45,17 @@ def _check_field(name: str, t: torch.Tensor, channels: int | None = None) -> Non
 def _check_padding(padding: str) -> None:
     if padding not in _PADDINGS:
         raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+
+
+def rescale_points(points, scale):
+    """Pixel coordinates after resizing an image by ``scale`` (new size / old size, per axis).
+
+    The pixel-area convention used everywhere in the package: pixel centres sit at integers and a
+    resize maps the image's edges onto each other, so ``p' = (p + 0.5)·scale − 0.5``. ``points``
+    and ``scale`` broadcast (numpy arrays or tensors alike): ``(N, 2)`` points with a ``(2,)``
+    scale ``(s_x, s_y)``, or ``(B, 2, H, W)`` grids with a ``(1, 2, 1, 1)`` scale. NaN stays NaN.
+    """
+    return (points + 0.5) * scale - 0.5
 
 
 def pixel_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -200,9 +212,9 @@ def resample_flow(flow_ab: torch.Tensor, src_size: tuple[int, int],
     grid_a = pixel_grid(ha, wa, dtype=dt, device=dev).expand(flow_ab.shape[0], -1, -1, -1)
     scale_a = torch.tensor([w / wa, h / ha], dtype=dt, device=dev).view(1, 2, 1, 1)
     scale_b = torch.tensor([wb / w, hb / h], dtype=dt, device=dev).view(1, 2, 1, 1)
-    p_small = (grid_a + 0.5) * scale_a - 0.5
+    p_small = rescale_points(grid_a, scale_a)
     q_small = p_small + sample(flow_ab, p_small, padding)
-    q = (q_small + 0.5) * scale_b - 0.5
+    q = rescale_points(q_small, scale_b)
     return q - grid_a
 
 

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from cyclecorr.geometry import rescale_points  # noqa: E402
+
 
 def pair_gap(a, b, size: int = 128) -> dict | None:
     """Displacement, box-size ratio and PF-WILLOW-style threshold (α = 0.1) of one ordered pair of
@@ -29,8 +31,8 @@ def pair_gap(a, b, size: int = 128) -> dict | None:
         return None
     (ha, wa), (hb, wb) = a.size, b.size
     # the evaluation's pixel-area convention (benchmarks.py): x_S = (x + 0.5)·S/W − 0.5
-    ka = (a.keypoints[v] + 0.5) * [size / wa, size / ha] - 0.5
-    kb = (b.keypoints[v] + 0.5) * [size / wb, size / hb] - 0.5
+    ka = rescale_points(a.keypoints[v], np.array([size / wa, size / ha]))
+    kb = rescale_points(b.keypoints[v], np.array([size / wb, size / hb]))
     sa, sb = np.ptp(ka, axis=0).max(), np.ptp(kb, axis=0).max()
     return {"displacement": float(np.linalg.norm(ka - kb, axis=1).mean()),
             "scale_ratio": float(max(sa, sb) / max(min(sa, sb), 1e-6)),

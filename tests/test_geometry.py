@@ -141,6 +141,24 @@ def test_resample_flow_identity_between_sizes():
     assert torch.allclose(rel_src, rel_tgt, atol=1e-9)
 
 
+def test_rescale_points_maps_edges_and_centres_and_round_trips():
+    import numpy as np
+
+    from cyclecorr.geometry import rescale_points
+
+    # a 40×30 image resized to 128×128: its outer edges (−0.5, W − 0.5) land on the new edges,
+    # the image centre on the new centre; NaN stays NaN; numpy and torch agree
+    scale = np.array([128 / 40, 128 / 30])
+    pts = np.array([[-0.5, -0.5], [39.5, 29.5], [19.5, 14.5], [np.nan, 3.0]])
+    out = rescale_points(pts, scale)
+    assert np.allclose(out[:3], [[-0.5, -0.5], [127.5, 127.5], [63.5, 63.5]])
+    assert np.isnan(out[3, 0]) and np.isfinite(out[3, 1])
+    back = rescale_points(out, 1 / scale)
+    assert np.allclose(back[:3], pts[:3])
+    t = rescale_points(torch.from_numpy(pts), torch.from_numpy(scale))
+    assert torch.allclose(t[:3], torch.from_numpy(out[:3]))
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(2, H, W), torch.zeros(1, 3, H, W)])
 def test_shape_errors_name_the_shape(bad):
     with pytest.raises(ValueError, match=r"\(.*\)"):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from cyclecorr.evaluate.metrics import (IoUAccumulator, PCKAccumulator, accuracy,
                                         average_precision, flow_accuracy, iou, pck_pair,
                                         reference_length)
-from cyclecorr.geometry import resample_flow, transfer_keypoints
+from cyclecorr.geometry import resample_flow, rescale_points, transfer_keypoints
 
 __all__ = [
     "resize_image",
@@ -129,9 +129,9 @@ def transfer_keypoints_resized(kps_a: np.ndarray, flow_small: torch.Tensor,
     k = torch.as_tensor(np.asarray(kps_a, dtype=np.float64), dtype=torch.float64)
     scale_a = torch.tensor([s_w / wa, s_h / ha], dtype=torch.float64)
     scale_b = torch.tensor([wb / s_w, hb / s_h], dtype=torch.float64)
-    p_small = (k + 0.5) * scale_a - 0.5
+    p_small = rescale_points(k, scale_a)
     q_small = transfer_keypoints(p_small, flow_small.to(torch.float64))
-    return ((q_small + 0.5) * scale_b - 0.5).numpy()
+    return rescale_points(q_small, scale_b).numpy()
 
 
 def method_protocol(method) -> dict:
@@ -196,9 +196,9 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
         else:
             sa = np.array([size / wa, size / ha])
             sb = np.array([size / wb, size / hb])
-            ka = (kps_a + 0.5) * sa - 0.5
+            ka = rescale_points(kps_a, sa)
             pred = transfer_keypoints(torch.from_numpy(ka), flow.double()).numpy()
-            gt, hw_b = (kps_b + 0.5) * sb - 0.5, (size, size)
+            gt, hw_b = rescale_points(kps_b, sb), (size, size)
             bbox_b = None
             if getattr(b, "bbox", None) is not None:
                 x0, y0, x1, y1 = b.bbox
@@ -349,7 +349,7 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
     for s in samples:
         h, w = s.image.shape[:2]
         k = np.where(np.asarray(s.visible, bool)[:, None], s.keypoints, np.nan)
-        kps.append((k + 0.5) * np.array([size / w, size / h]) - 0.5)
+        kps.append(rescale_points(k, np.array([size / w, size / h])))
 
     pck = PCKAccumulator(alphas)
     scores, truths, pair_ap = [], [], []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cyclecorr._io import atomic_path
+from cyclecorr.geometry import rescale_points
 
 __all__ = ["warp_image", "heatmap", "blend", "grid_points", "draw_correspondences",
            "save_png", "side_by_side"]
@@ -138,7 +139,7 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
     ax.imshow(canvas)
     colors = plt.get_cmap("hsv")(np.linspace(0, 1, max(len(ka), 1), endpoint=False))
     def za(x):  # a's pixel → canvas pixel (pixel centres stay centres under the zoom)
-        return (x + 0.5) * zoom - 0.5
+        return rescale_points(x, zoom)
 
     for i in np.flatnonzero(ok):
         xa, ya = za(ka[i, 0]), za(ka[i, 1])
