@@ -53,6 +53,12 @@ class CycleLossConfig:
             synthetic–real legs carry the whole viewpoint change (the network tells renders from
             photos), which fits the cycle without learning real-to-real matching
             (docs/RESULTS.md, "the synthetic-leg shortcut").
+        warp_weight: weight of an optional self-supervised term (not in the paper; 0 = off): the
+            flow from a photo r1 to a randomly re-framed copy of itself, whose flow is exact
+            (``cyclecorr.train.data.self_warp_pair``), under the same truncated loss and
+            reduction as the cycle. Every other signal the real-to-real leg gets passes through
+            a CAD model's shape and pose; this one asks it to follow a photo's own content
+            (docs/RESULTS.md, "Matching a photo to itself").
     """
 
     truncation: float = 15.0
@@ -61,6 +67,7 @@ class CycleLossConfig:
     match_grad_to_flow: bool = False
     padding: str = "border"
     leg_weight: float = 0.0
+    warp_weight: float = 0.0
 
     def __post_init__(self):
         if self.reduction not in ("sum", "mean"):
@@ -69,6 +76,8 @@ class CycleLossConfig:
             raise ValueError(f"truncation must be positive, got {self.truncation}")
         if self.leg_weight < 0:
             raise ValueError(f"leg_weight must be ≥ 0, got {self.leg_weight}")
+        if self.warp_weight < 0:
+            raise ValueError(f"warp_weight must be ≥ 0, got {self.warp_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)

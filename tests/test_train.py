@@ -475,3 +475,61 @@ def test_sigterm_to_every_process_of_a_run_stops_it_gracefully(tmp_path):
     assert "stopped by SIGTERM" in text and "DataLoader worker" not in text
     ptr = json.loads((out / "last.json").read_text())
     assert ptr["stage"] == 1 and ptr["step"] > 0
+
+
+def test_self_warp_pair_has_the_exact_flow_of_its_two_reframings():
+    """A photo and its re-framed copy: with A1, A2 the two maps (new pixel -> old pixel), the
+    flow must be A2^-1 A1 p - p; matchable only where the match lies inside the copy and the
+    source pixel shows the photo; the copy's content follows the flow."""
+    from cyclecorr.geometry import affine_flow, pixel_grid
+    from cyclecorr.train.data import random_zoom, self_warp_pair
+
+    S = 48
+    img = SyntheticQuartets(2, S, seed=3)[0]["r1"]
+    p = self_warp_pair(img, torch.Generator().manual_seed(7), (0.6, 1.3), 0.15, 0.1, "texture")
+    g = torch.Generator().manual_seed(7)  # the same draws, to know the two maps
+    a1 = random_zoom(g, S, (0.6, 1.3), 0.15, 0.1)
+    a2 = random_zoom(g, S, (0.6, 1.3), 0.15, 0.1)
+    want = affine_flow((torch.linalg.inv(_h(a2)) @ _h(a1))[:2], S, S)[0]
+    m = p["match_warp"].bool()[0]
+    assert int(m.sum()) > 200 and float(want.norm(dim=0).mean()) > 1.0  # a real displacement
+    assert float((p["flow_warp"] - want).abs().amax(dim=0)[m].max()) < 1e-3
+    q_new = pixel_grid(S, S)[0] + want
+    inside = (q_new >= 0).all(0) & (q_new <= S - 1).all(0)
+    shows_photo = (pixel_grid(S, S)[0] + affine_flow(a1, S, S)[0])
+    on_photo = (shows_photo >= 0).all(0) & (shows_photo <= S - 1).all(0)
+    assert not bool((m & ~(inside & on_photo)).any())
+    err = ((warp(p["warp_tgt"][None], p["flow_warp"][None]) - p["warp_src"][None]).abs() * m).sum()
+    still = ((p["warp_tgt"][None] - p["warp_src"][None]).abs() * m).sum()
+    assert float(err) < 0.5 * float(still)
+    with pytest.raises(ValueError, match=r"\(3, S, S\).*\(1, 48, 48\)"):
+        self_warp_pair(img[:1], g)
+
+
+def test_cycle_step_with_self_warp_adds_the_weighted_pair_loss_in_one_pass():
+    from cyclecorr.losses import truncated_flow_loss
+    from cyclecorr.train.data import AugmentedDataset
+
+    ds = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), seed=0, zoom_range=(0.7, 1.3),
+                          zoom_fill="texture", self_warp=True)
+    items = [ds[(i, 3, i)] for i in range(2)]
+    assert items[0]["warp_src"].shape == (3, 32, 32) and items[0]["match_warp"].shape == (1, 32, 32)
+    again = ds[(0, 3, 0)]  # deterministic per (index, step, position)
+    assert torch.equal(again["warp_tgt"], items[0]["warp_tgt"])
+    batch = collate(items)
+    net = _tiny_net(2)
+    net.eval()
+    base, _ = cycle_step_loss(net, batch, CycleLossConfig(truncation=3.75))
+    cfg = CycleLossConfig(truncation=3.75, warp_weight=0.5)
+    model = CycleModule(net)
+    loss, m = cycle_step_loss(model, batch, cfg)
+    direct = net(batch["warp_src"], batch["warp_tgt"])["flow"]
+    l_w, _ = truncated_flow_loss(direct, batch["flow_warp"], batch["match_warp"], 3.75, "sum")
+    l_w = l_w.detach()
+    assert float(l_w) > 0 and torch.allclose(loss.detach(), base.detach() + 0.5 * l_w, rtol=1e-5)
+    assert m["loss_warp"] == pytest.approx(float(l_w), rel=1e-5) and "warp_epe" in m
+    del batch["match_warp"]
+    with pytest.raises(ValueError, match="match_warp"):
+        cycle_step_loss(model, batch, cfg)
+    with pytest.raises(ValueError, match="warp_weight"):
+        CycleLossConfig(warp_weight=-1)

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from cyclecorr.geometry import affine_flow, inside_mask, pixel_grid, sample, warp
 
 __all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler",
-           "AugmentedDataset", "hflip_quartet", "hflip_pair", "SyntheticQuartets",
-           "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate", "random_zoom",
-           "zoom_item"]
+           "AugmentedDataset", "self_warp_pair", "hflip_quartet", "hflip_pair",
+           "SyntheticQuartets", "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate",
+           "random_zoom", "zoom_item"]
 
 QUARTET_KEYS = ("s1", "s2", "r1", "r2", "flow_s1s2", "match_s1s2")
 
@@ -226,6 +226,27 @@ def zoom_item(item: dict, maps: tuple[torch.Tensor, torch.Tensor],
     return out
 
 
+def self_warp_pair(img: torch.Tensor, g: torch.Generator, scale_range=(0.6, 1.3),
+                   shift: float = 0.15, aspect: float = 0.1, fill: str = "texture") -> dict:
+    """A photo and a re-framed copy of itself, with the exact flow between them.
+
+    ``img`` ``(3, S, S)``; each side is re-framed by its own :func:`random_zoom` map (drawn from
+    ``g``), so the pair differs by a relative scale, aspect and shift, and by the fill where a
+    side shows more than the photo (``fill`` as in :func:`zoom_item`). Returns ``warp_src``,
+    ``warp_tgt`` ``(3, S, S)``, ``flow_warp`` ``(2, S, S)`` (src → tgt, pixels) and
+    ``match_warp`` ``(1, S, S)`` (1 where a src pixel shows the photo and lands inside tgt).
+    """
+    if img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"self-warp image must be (3, S, S), got {tuple(img.shape)}")
+    size = img.shape[-1]
+    maps = tuple(random_zoom(g, size, scale_range, shift, aspect) for _ in range(2))
+    base = {"src": img, "tgt": img, "flow": torch.zeros_like(img[:2]),
+            "valid": torch.ones_like(img[:1])}
+    out = zoom_item(base, maps, zero_pad_keys=(), fill=fill, g=g)
+    return {"warp_src": out["src"], "warp_tgt": out["tgt"], "flow_warp": out["flow"],
+            "match_warp": out["valid"]}
+
+
 class AugmentedDataset(torch.utils.data.Dataset):
     """Wraps a dataset of dict items; ``__getitem__((index, step, position))`` returns the item
     with deterministic augmentation (see :class:`~cyclecorr.train.config.AugmentConfig`).
@@ -243,7 +264,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
                  keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt"),
                  render_background: float = 0.0, render_keys: tuple = ("s1", "s2"),
                  zoom: float = 0.0, zoom_range=(0.6, 1.3), zoom_shift: float = 0.15,
-                 zoom_aspect: float = 0.1, zoom_fill: str = "border"):
+                 zoom_aspect: float = 0.1, zoom_fill: str = "border", self_warp: bool = False):
         if zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {zoom_fill!r}")
         self.base, self.seed = base, seed
@@ -253,6 +274,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         self.hflip, self.color_jitter = hflip, color_jitter
         self.keys, self.real_keys = keys, real_keys
         self.render_background, self.render_keys = render_background, render_keys
+        self.self_warp = bool(self_warp)
 
     def __len__(self):
         return len(self.base)
@@ -288,6 +310,13 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 for k in self.render_keys:
                     if k in item:
                         item[k] = replace_render_background(item[k], g_bg)
+        if self.self_warp:
+            if "r1" not in item:
+                raise ValueError(f"training item {index}: the self-warp pair needs a photo 'r1' "
+                                 f"(has {sorted(item)})")
+            g_w = torch.Generator().manual_seed(_seed(self.seed, step, pos, 5))
+            item = {**item, **self_warp_pair(item["r1"], g_w, self.zoom_range, self.zoom_shift,
+                                             self.zoom_aspect, self.zoom_fill)}
         return item
 
     def _check(self, item, index):

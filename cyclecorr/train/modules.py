@@ -21,21 +21,32 @@ __all__ = ["CycleModule", "FlowModule"]
 
 class CycleModule(nn.Module):
     """``forward(s1, r1, r2, s2)`` → ``{"flow_s1r1", "flow_r1r2", "flow_r2s2"}`` (B,2,S,S) and
-    ``"match_r1r2"`` (B,1,S,S)."""
+    ``"match_r1r2"`` (B,1,S,S). With ``warp_src, warp_tgt`` (a photo and its re-framed copy, see
+    ``CycleLossConfig.warp_weight``) that pair is encoded and decoded in the same pass and its
+    flow returned as ``"flow_warp"`` (one forward, so DDP sees a single graph)."""
 
     def __init__(self, net: CorrespondenceNet):
         super().__init__()
         self.net = net
 
-    def forward(self, s1, r1, r2, s2) -> dict[str, torch.Tensor]:
+    def forward(self, s1, r1, r2, s2, warp_src=None, warp_tgt=None) -> dict[str, torch.Tensor]:
         b = s1.shape[0]
-        codes = self.net.encode(torch.cat((s1, r1, r2, s2)))
-        c_s1, c_r1, c_r2, c_s2 = codes.split(b)
-        out = self.net.decode(torch.cat((c_s1, c_r1, c_r2)), torch.cat((c_r1, c_r2, c_s2)))
+        warp = warp_src is not None and warp_tgt is not None
+        images = (s1, r1, r2, s2) + ((warp_src, warp_tgt) if warp else ())
+        codes = self.net.encode(torch.cat(images)).split(b)
+        c_s1, c_r1, c_r2, c_s2 = codes[:4]
+        src, tgt = [c_s1, c_r1, c_r2], [c_r1, c_r2, c_s2]
+        if warp:
+            src.append(codes[4])
+            tgt.append(codes[5])
+        out = self.net.decode(torch.cat(src), torch.cat(tgt))
         flow = out["flow"].split(b)
         match = out["matchability"].split(b)
-        return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
-                "match_r1r2": match[1]}
+        res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
+               "match_r1r2": match[1]}
+        if warp:
+            res["flow_warp"] = flow[3]
+        return res
 
 
 class FlowModule(nn.Module):
