@@ -58,7 +58,7 @@ class CycleLossConfig:
             (``cyclecorr.train.data.self_warp_pair``), under the same truncated loss and
             reduction as the cycle. Every other signal the real-to-real leg gets passes through
             a CAD model's shape and pose; this one asks it to follow a photo's own content
-            (docs/RESULTS.md, "Matching a photo to itself").
+            (docs/RESULTS.md, "Where the real pair's flow falls short").
     """
 
     truncation: float = 15.0
