@@ -80,8 +80,10 @@ def test_resume_of_finished_run_is_a_no_op_and_data_change_is_refused(tmp_path):
         train(other, tmp_path / "r", resume=True)
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path):
-    """2 gloo processes, each with half of the global batch = 1 process with all of it.
+@pytest.mark.parametrize("extra", [[], ["loss.warp_weight=0.5"]], ids=["cycle", "self-warp"])
+def test_ddp_two_processes_equal_one_process(tmp_path, extra):
+    """2 gloo processes, each with half of the global batch = 1 process with all of it (also with
+    the self-warp pair, which rides in the cycle's single forward).
 
     Adam's eps is raised to 1e-3 here: right after the zero-initialised output layers the hidden
     layers' gradients are ~1e-10, and with eps=1e-8 Adam turns them into ±lr steps, so a
@@ -92,7 +94,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 
     cfg = load_config("smoke", ["stage1.iterations=3", "stage2.iterations=3",
                                 "logging.checkpoint_every=2", "augment.hflip=0.5",
-                                "stage1.optim.eps=1e-3", "stage2.optim.eps=1e-3"])
+                                "stage1.optim.eps=1e-3", "stage2.optim.eps=1e-3", *extra])
     single = train(cfg, tmp_path / "one")
     final = run_local_ddp(cfg, tmp_path / "two", nprocs=2)
     assert final.is_file()
@@ -101,6 +103,9 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert (ptr["stage"], ptr["step"]) == (2, 3)
     log = (tmp_path / "two" / "log.jsonl").read_text()
     assert '"world_size": 2' in log
+    if extra:  # the pair's loss was part of the objective in both runs
+        one_log = (tmp_path / "one" / "log.jsonl").read_text()
+        assert '"loss_warp"' in log and '"loss_warp"' in one_log
 
 
 def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(tmp_path):
