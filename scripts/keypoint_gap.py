@@ -30,7 +30,7 @@ def pair_gap(a, b, size: int = 128) -> dict | None:
     if int(v.sum()) < 2:
         return None
     (ha, wa), (hb, wb) = a.size, b.size
-    # the evaluation's pixel-area convention (benchmarks.py): x_S = (x + 0.5)·S/W − 0.5
+    # into the S×S frame the methods see, with the evaluation's pixel-area convention
     ka = rescale_points(a.keypoints[v], np.array([size / wa, size / ha]))
     kb = rescale_points(b.keypoints[v], np.array([size / wb, size / hb]))
     sa, sb = np.ptp(ka, axis=0).max(), np.ptp(kb, axis=0).max()
