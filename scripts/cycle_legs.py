@@ -5,7 +5,10 @@
 For each model, on ``--count`` quartets spread over the folder: the mean flow magnitude of each
 predicted leg (``|s1r1|``, ``|r1r2|``, ``|r2s2|``, over s1's matchable pixels), of the composed
 cycle, and the end-point error of the cycle and of the direct s1 → s2 prediction against the
-renderer's flow (the zero flow's error for scale). s1 is rendered from r1's viewpoint and s2 from
+renderer's flow (the zero flow's error for scale), the share of matchable pixels whose cycle
+error exceeds the loss's truncation ``--truncation`` (they give the flow loss no gradient) and the
+median coverage of the true flow (the cycle's projection on the renderer's flow over its squared
+length; 1 = the whole motion). s1 is rendered from r1's viewpoint and s2 from
 r2's, so a model that matches real images puts the viewpoint change into ``|r1r2|``; a model that
 took the synthetic-leg shortcut (see ``CycleLossConfig.leg_weight``) has ``|r1r2| ≈ 0`` and large
 synthetic–real legs. ``--picture PATH`` draws one quartet and each model's three legs, composed
@@ -32,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+", help="model files (safetensors)")
     ap.add_argument("--data", required=True, help="quartet folder written by `cyclecorr prepare`")
     ap.add_argument("--count", type=int, default=64, help="quartets (spread evenly over the folder)")
+    ap.add_argument("--truncation", type=float, default=15.0,
+                    help="T of the flow loss in px (default 15, the paper's)")
     ap.add_argument("--picture", metavar="PNG", help="draw the legs of each model on one quartet")
     ap.add_argument("--picture-quartet", type=int, default=0,
                     help="which of the --count quartets to draw (default 0)")
@@ -54,11 +59,23 @@ def main(argv=None) -> int:
     def epe(f):
         return mean_on_mask((f - gt).norm(dim=1, keepdim=True))
 
+    on = m[:, 0] > 0.5
+    gt_len = gt.norm(dim=1)[on]
+    t = args.truncation
     print(f"{len(items)} quartets of {args.data}; renderer flow |s1s2| {mag(gt):.2f} px, "
-          f"zero-flow EPE {epe(gt * 0):.2f} px")
+          f"zero-flow EPE {epe(gt * 0):.2f} px; |s1s2| > T = {t:g} px on "
+          f"{float((gt_len > t).float().mean()):.1%} of matchable pixels")
+
+    def beyond_t(f):  # share of matchable pixels whose error is past the truncation
+        return float(((f - gt).norm(dim=1)[on] > t).float().mean())
+
+    def coverage(f):  # median of <f, gt> / |gt|² over matchable pixels
+        return float(((f * gt).sum(1)[on] / gt_len.pow(2).clamp_min(1)).median())
+
     drawn = []
-    print("| model | |s1r1| | |r1r2| | |r2s2| | |cycle| | cycle EPE | direct |s1s2| | direct EPE |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | |s1r1| | |r1r2| | |r2s2| | |cycle| | cycle EPE | direct |s1s2| | direct EPE | "
+          "cycle error > T | coverage |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for path in args.models:
         net, _ = load_model(path)
         with torch.inference_mode():
@@ -68,7 +85,7 @@ def main(argv=None) -> int:
             direct = net(b["s1"], b["s2"])["flow"]
         print(f"| {Path(path).name} | {mag(p['flow_s1r1']):.2f} | {mag(p['flow_r1r2']):.2f} | "
               f"{mag(p['flow_r2s2']):.2f} | {mag(cyc):.2f} | {epe(cyc):.2f} | {mag(direct):.2f} | "
-              f"{epe(direct):.2f} |")
+              f"{epe(direct):.2f} | {beyond_t(cyc):.1%} | {coverage(cyc):.2f} |")
         k = min(args.picture_quartet, len(items) - 1)
         drawn.append((Path(path).stem, [p["flow_s1r1"][k], p["flow_r1r2"][k], p["flow_r2s2"][k],
                                         cyc[k]]))
