@@ -2,9 +2,15 @@
 
 Prints quartets/s, peak memory, and model FLOP utilisation (MFU): achieved FLOP/s of the step
 (forward FLOPs counted by hooks on every convolution, ×3 for forward + backward) divided by the
-machine's dense float32 matmul FLOP/s measured in the same run. Runs on CUDA when present.
+machine's dense matmul FLOP/s measured in the same run, in the variant's precision. Runs on CUDA
+when present.
 
     python bench/train_step.py [--batch 10] [--steps 5] [--variants plain,channels_last,compile]
+
+Precision is part of a variant's name: none = strict float32 (on CUDA TF32 is switched off for
+convolutions and matmuls alike), ``tf32`` = TF32 tensor cores for both, ``bf16`` = the step under
+``torch.autocast(bfloat16)`` against a bfloat16 matmul. The reference matmul is n×n with n = 2048
+on CPU and 8192 on CUDA (large enough to reach the tensor cores' peak).
 """
 from __future__ import annotations
 
@@ -20,9 +26,10 @@ from cyclecorr.model import CorrespondenceNet
 from cyclecorr.train.steps import cycle_step_loss
 
 
-def matmul_flops(device, n=2048, reps=10) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_flops(device, n=None, reps=10, dtype=torch.float32) -> float:
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     sync(device)
@@ -77,8 +84,20 @@ def step_flops(net, b) -> float:
     return 3.0 * (4 * b * enc + 3 * b * dec)
 
 
+def set_precision(name, device):
+    """TF32 on (``tf32`` in the name) or off for CUDA convolutions and matmuls; the autocast
+    dtype (``bf16`` in the name) or None."""
+    tf32 = "tf32" in name
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+    return torch.bfloat16 if "bf16" in name else None
+
+
 def run_variant(name, device, b, steps):
     torch.manual_seed(0)
+    amp = set_precision(name, device)
     net = CorrespondenceNet().to(device)
     cl = "channels_last" in name or "compile" in name
     if cl:
@@ -92,7 +111,8 @@ def run_variant(name, device, b, steps):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss, _ = cycle_step_loss(model, batch, cfg)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, _ = cycle_step_loss(model, batch, cfg)
         loss.backward()
         opt.step()
 
@@ -109,11 +129,13 @@ def run_variant(name, device, b, steps):
         times.append(time.perf_counter() - t)
     dt = sorted(times)[len(times) // 2]
     # the matmul reference is measured right after the variant, under the same machine load
-    peak = max(matmul_flops(device) for _ in range(3))
+    peak = max(matmul_flops(device, dtype=amp or torch.float32) for _ in range(3))
     achieved = flops / dt
     return {"variant": name, "sec_per_step": dt, "quartets_per_s": b / dt,
             "gflop_per_step": flops / 1e9, "achieved_gflops": achieved / 1e9,
-            "mfu": achieved / peak, "matmul_gflops": peak / 1e9, "warmup_s": warm}
+            "mfu": achieved / peak, "matmul_gflops": peak / 1e9, "warmup_s": warm,
+            "matmul_dtype": str(amp or torch.float32).replace("torch.", "") + (
+                "+tf32" if "tf32" in name and device.type == "cuda" else "")}
 
 
 def main():
@@ -121,8 +143,8 @@ def main():
     ap.add_argument("--batch", type=int, default=10, help="quartets per step (paper: 10)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--variants", default="plain,channels_last,channels_last+fused",
-                    help="comma list; a name containing channels_last / fused / compile turns "
-                         "that on")
+                    help="comma list; a name containing channels_last / fused / compile / tf32 / "
+                         "bf16 turns that on")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args()
@@ -133,7 +155,11 @@ def main():
     print(f"device {device}, threads {torch.get_num_threads()}")
     rows = []
     for v in args.variants.split(","):
-        r = run_variant(v.strip(), device, args.batch, args.steps)
+        try:
+            r = run_variant(v.strip(), device, args.batch, args.steps)
+        except Exception as e:  # one variant failing (an op without bf16 support) ends no run
+            print(f"{v.strip():>14}: failed: {type(e).__name__}: {e}")
+            continue
         rows.append(r)
         print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "
               f"{r['achieved_gflops']:.1f} GFLOP/s vs matmul {r['matmul_gflops']:.1f} GFLOP/s: "
