@@ -195,6 +195,19 @@ def test_checkpoint_roundtrip(tmp_path):
     for pid, st in s1["state"].items():
         for k, v in st.items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(s2["state"][pid][k])), (pid, k)
+    # a channels-last network gets its moments back in its own layout (CUDA's fused Adam
+    # refuses moments whose strides differ from the parameter's)
+    net3 = _tiny_net(4).to(memory_format=torch.channels_last)
+    opt3 = torch.optim.Adam(net3.parameters(), 1e-3)
+    restore_checkpoint(tmp_path, ptr, net3, opt3)
+    convs = [p for p in net3.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert convs and all(not p.is_contiguous() for p in convs)
+    for p in net3.parameters():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert opt3.state[p][k].stride() == p.stride(), k
+    for p, q in zip(net.parameters(), net3.parameters()):
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][k], opt3.state[q][k]), k
     loaded, meta = load_model(tmp_path / "last.safetensors")
     assert meta["step"] == 7 and meta["stage"] == 2 and meta["train_config"] == {"a": 1}
     # a damaged checkpoint file is reported by name

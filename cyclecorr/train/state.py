@@ -173,3 +173,20 @@ def restore_checkpoint(run_dir: str | os.PathLike, ptr: dict, net, optimizer=Non
             ometa = json.loads((f.metadata() or {})["cyclecorr_optim"])
         tensors = load_file(str(path))
         optimizer.load_state_dict(unflatten_optimizer(tensors, ometa))
+        match_state_layout(optimizer)
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's strides.
+
+    Checkpoints store the moments contiguous; a channels-last network's 4-d parameters are not,
+    and CUDA's fused Adam refuses moments whose layout differs from the parameter's (a resumed
+    channels-last run on a GPU failed at its first step). Values are unchanged.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if (isinstance(v, torch.Tensor) and v.shape == p.shape
+                        and v.stride() != p.stride()):
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
