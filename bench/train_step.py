@@ -60,28 +60,32 @@ def make_batch(b, s, device, channels_last):
 
 
 def step_flops(net, b) -> float:
-    """FLOPs of one cycle step: 4b encoder passes + 3b decoder passes, forward ×3 (fwd + bwd)."""
-    per_pair = net.flops_per_pair()  # 2 encoder passes + 1 decode
-    # split the per-pair count into encoder and decoder parts by measuring the encoder alone
-    total = 0
+    """FLOPs of one cycle step, forward ×3 (fwd + bwd): 4b encoder passes, 3b flow-decoder passes
+    and b matchability-decoder passes (only r1→r2's matchability is decoded; see CycleModule)."""
+    counts = {}
     hooks = []
 
     def hook(m, inp, out):
-        nonlocal total
+        # a transposed convolution does k·in·out multiply-adds per *input* pixel
+        px = inp[0].shape[-1] * inp[0].shape[-2] if isinstance(m, torch.nn.ConvTranspose2d) \
+            else out.shape[-1] * out.shape[-2]
         k = m.kernel_size[0] * m.kernel_size[1]
-        total += 2 * out.shape[-1] * out.shape[-2] * k * m.in_channels * m.out_channels
+        counts[m._part] = counts.get(m._part, 0) + 2 * px * k * m.in_channels * m.out_channels
 
-    for m in net.encoder:
-        if isinstance(m, torch.nn.Conv2d):
-            hooks.append(m.register_forward_hook(hook))
+    for part, seq in (("enc", net.encoder), ("flow", net.flow_decoder),
+                      ("match", net.match_decoder)):
+        for m in seq.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m._part = part
+                hooks.append(m.register_forward_hook(hook))
     s = net.config.image_size
     with torch.no_grad():
-        net.encode(torch.zeros(1, 3, s, s, device=next(net.parameters()).device))
+        x = torch.zeros(1, 3, s, s, device=next(net.parameters()).device)
+        net(x, x)
     for h in hooks:
         h.remove()
-    enc = total
-    dec = per_pair - 2 * enc
-    return 3.0 * (4 * b * enc + 3 * b * dec)
+    enc = counts["enc"] / 2  # net(x, x) encodes two images
+    return 3.0 * (4 * b * enc + 3 * b * counts["flow"] + b * counts["match"])
 
 
 def set_precision(name, device):

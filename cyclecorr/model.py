@@ -184,10 +184,15 @@ class CorrespondenceNet(nn.Module):
             flow = flow * self.config.flow_scale
         return flow
 
+    def decode_matchability(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> torch.Tensor:
+        """Fuse two codes by concatenation and decode only the matchability logits,
+        ``(B, 1, S, S)`` (the probability is their sigmoid)."""
+        return self.match_decoder(torch.cat((code_src, code_tgt), dim=1))
+
     def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fuse two codes by concatenation and decode flow and matchability (see class doc)."""
         flow = self.decode_flow(code_src, code_tgt)
-        logits = self.match_decoder(torch.cat((code_src, code_tgt), dim=1))
+        logits = self.decode_matchability(code_src, code_tgt)
         return {"flow": flow, "matchability": torch.sigmoid(logits),
                 "matchability_logits": logits}
 

@@ -133,6 +133,27 @@ def test_cycle_step_decreases_loss_and_module_matches_steps():
     assert float(after.detach()) < float(before.detach())
 
 
+def test_cycle_module_decodes_matchability_of_the_real_pair_only():
+    """Flows of the three legs (and the self-warp pair) and the r1→r2 matchability equal the
+    plain network's outputs on those pairs; the matchability decoder sees only the B real pairs."""
+    ds = SyntheticQuartets(3, 32, seed=2)
+    batch = collate([ds[i] for i in range(3)])
+    net = _tiny_net(5).eval()  # eval: batch norm uses running statistics, pairs are independent
+    seen = []
+    hook = net.match_decoder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    with torch.no_grad():
+        out = CycleModule(net)(batch["s1"], batch["r1"], batch["r2"], batch["s2"],
+                               batch["r2"], batch["r1"])
+        assert seen == [3]
+        hook.remove()
+        for key, a, b in (("s1r1", "s1", "r1"), ("r1r2", "r1", "r2"), ("r2s2", "r2", "s2")):
+            ref = net(batch[a], batch[b])
+            assert torch.allclose(out[f"flow_{key}"], ref["flow"], atol=1e-5), key
+        ref = net(batch["r1"], batch["r2"])
+        assert torch.allclose(out["match_r1r2"], ref["matchability"], atol=1e-6)
+        assert torch.allclose(out["flow_warp"], net(batch["r2"], batch["r1"])["flow"], atol=1e-5)
+
+
 def test_cycle_loss_driven_near_zero_on_affine_quartet():
     """One quartet whose three flows are known affine maps: the composed cycle learns the
     renderer flow (the flow loss falls by >95 %, EPE well under a pixel) in a few seconds."""

@@ -1,8 +1,10 @@
 """Thin ``nn.Module`` views of :class:`~cyclecorr.model.CorrespondenceNet` for each stage, so that
 ``DistributedDataParallel`` wraps exactly the computation (and parameters) a stage uses.
 
-- :class:`CycleModule`: ``forward(s1, r1, r2, s2)`` encodes each of the 4B images once and decodes
-  the three pairs (s1→r1, r1→r2, r2→s2) as one batch of 3B: every parameter gets a gradient.
+- :class:`CycleModule`: ``forward(s1, r1, r2, s2)`` encodes each of the 4B images once, decodes
+  the flow of the three pairs (s1→r1, r1→r2, r2→s2) as one batch of 3B and the matchability of
+  r1→r2 alone (the paper fixes ``M_s1r1 = M_r2s2 = 1``, so no loss reads the other two): every
+  parameter gets a gradient.
 - :class:`FlowModule` (stage 1): ``forward(src, tgt) -> {"flow"}`` through the encoder and the flow
   decoder only; the matchability decoder is not a submodule, so DDP does not wait for its
   (absent) gradients.
@@ -39,11 +41,13 @@ class CycleModule(nn.Module):
         if warp:
             src.append(codes[4])
             tgt.append(codes[5])
-        out = self.net.decode(torch.cat(src), torch.cat(tgt))
-        flow = out["flow"].split(b)
-        match = out["matchability"].split(b)
+        flow = self.net.decode_flow(torch.cat(src), torch.cat(tgt)).split(b)
+        # matchability only where the loss reads it (r1→r2): decoding the synthetic legs and the
+        # self-warp pair as well cost ~13 % of a step's FLOPs and, with batch norm, let those
+        # pairs into the matchability decoder's statistics
+        match = torch.sigmoid(self.net.decode_matchability(c_r1, c_r2))
         res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
-               "match_r1r2": match[1]}
+               "match_r1r2": match}
         if warp:
             res["flow_warp"] = flow[3]
         return res
