@@ -60,6 +60,8 @@ def decode_flow(code: np.ndarray) -> np.ndarray:
 
 
 def pack(src: Path, dst: Path, shards: int) -> None:
+    from PIL import Image
+
     man = json.loads((src / "manifest.json").read_text())
     if not 1 <= shards <= len(man["shards"]):
         raise SystemExit(f"--shards must be in 1..{len(man['shards'])}")
@@ -74,7 +76,6 @@ def pack(src: Path, dst: Path, shards: int) -> None:
     blobs = []
     for im in real["images"]:
         b = io.BytesIO()
-        from PIL import Image
         Image.fromarray(im).save(b, "WEBP", lossless=True)
         blobs.append(np.frombuffer(b.getvalue(), np.uint8))
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
