@@ -567,3 +567,26 @@ def test_cycle_step_with_self_warp_adds_the_weighted_pair_loss_in_one_pass():
         cycle_step_loss(model, batch, cfg)
     with pytest.raises(ValueError, match="warp_weight"):
         CycleLossConfig(warp_weight=-1)
+
+
+def test_texture_matrix_upsampling_equals_bicubic_interpolate():
+    """The textures' separable-matmul upsampling reproduces F.interpolate(bicubic) (up- and
+    down-sampling, square sizes) up to float rounding, with the same random draws."""
+    import torch.nn.functional as F
+
+    from cyclecorr.train.data import _texture
+
+    def reference(g, size, scales):
+        img = torch.zeros(1, 3, size, size)
+        for i, s in enumerate(scales):
+            noise = torch.rand(1, 3, s, s, generator=g)
+            img = img + F.interpolate(noise, size=(size, size), mode="bicubic",
+                                      align_corners=False) / (1.5 ** i)
+        img = img - img.amin(dim=(2, 3), keepdim=True)
+        return img / img.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+
+    for size, scales in ((128, (4, 8, 16, 32)), (77, (2, 4, 8)), (5, (4, 8))):
+        a = reference(torch.Generator().manual_seed(size), size, scales)
+        b = _texture(torch.Generator().manual_seed(size), size, scales)
+        assert b.shape == (1, 3, size, size)
+        assert torch.allclose(a, b, atol=2e-6), (size, float((a - b).abs().max()))

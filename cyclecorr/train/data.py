@@ -339,12 +339,32 @@ def collate(items: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- synthetic quartets
 
+_BICUBIC: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _bicubic_matrix(n: int, size: int) -> torch.Tensor:
+    """(size, n) matrix W with ``F.interpolate(x, (size, size), mode="bicubic") = W x Wᵀ`` for an
+    n×n x (torch's bicubic is separable and its weights, border clamping included, sum to 1, so
+    the image whose row i is all ones interpolates to column i of W in every column)."""
+    w = _BICUBIC.get((n, size))
+    if w is None:
+        rows = torch.zeros(n, 1, n, n)
+        rows[torch.arange(n), 0, torch.arange(n), :] = 1.0
+        w = F.interpolate(rows, size=(size, size), mode="bicubic",
+                          align_corners=False)[:, 0, :, 0].T.contiguous()
+        _BICUBIC[(n, size)] = w
+    return w
+
+
 def _texture(g: torch.Generator, size: int, scales=(4, 8, 16, 32)) -> torch.Tensor:
+    """A random smooth colour texture (1, 3, size, size) in [0, 1]: bicubically upsampled noise at
+    the given scales, weighted 1.5^-i; each upsampling is two small matmuls (W x Wᵀ), ~10× faster
+    than ``F.interpolate`` at 128 px, the same values up to float rounding."""
     img = torch.zeros(1, 3, size, size)
     for i, s in enumerate(scales):
         noise = torch.rand(1, 3, s, s, generator=g)
-        img = img + F.interpolate(noise, size=(size, size), mode="bicubic",
-                                  align_corners=False) / (1.5 ** i)
+        w = _bicubic_matrix(s, size)
+        img = img + (w @ noise @ w.T) / (1.5 ** i)
     img = img - img.amin(dim=(2, 3), keepdim=True)
     img = img / img.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return img
