@@ -11,7 +11,7 @@ lent GPU box, a laptop over a slow link) this writes the first ``--shards`` shar
 
 ``unpack`` rebuilds an ordinary quartet folder (safetensors shards, ``real_crops.safetensors``,
 ``retrieval.safetensors``, a manifest with the subset's count and fresh sha256s) that
-``cyclecorr train --data`` reads as usual. Only numpy, safetensors and Pillow are needed.
+``cyclecorr train --data`` reads as usual.
 
     python scripts/pack_quartets.py pack runs/q_car .travel/q_car --shards 24
     python scripts/pack_quartets.py unpack .travel/q_car /tmp/q_car
@@ -19,32 +19,21 @@ lent GPU box, a laptop over a slow link) this writes the first ``--shards`` shar
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import lzma
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load, load_file, save, save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cyclecorr.checkpoint import atomic_write_bytes as _atomic  # noqa: E402
+from cyclecorr.checkpoint import file_sha256 as _sha256  # noqa: E402
+
 FLOW_STEP = 8.0  # quantisation: 1/8 px
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def encode_flow(flow: np.ndarray, match: np.ndarray) -> np.ndarray:
