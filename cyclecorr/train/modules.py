@@ -43,7 +43,7 @@ class CycleModule(nn.Module):
             tgt.append(codes[5])
         flow = self.net.decode_flow(torch.cat(src), torch.cat(tgt)).split(b)
         # matchability only where the loss reads it (r1→r2): decoding the synthetic legs and the
-        # self-warp pair as well cost ~13 % of a step's FLOPs and, with batch norm, let those
+        # self-warp pair as well cost ~9 % of a paper step's FLOPs and, with batch norm, let those
         # pairs into the matchability decoder's statistics
         match = torch.sigmoid(self.net.decode_matchability(c_r1, c_r2))
         res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
