@@ -62,30 +62,8 @@ def make_batch(b, s, device, channels_last):
 def step_flops(net, b) -> float:
     """FLOPs of one cycle step, forward ×3 (fwd + bwd): 4b encoder passes, 3b flow-decoder passes
     and b matchability-decoder passes (only r1→r2's matchability is decoded; see CycleModule)."""
-    counts = {}
-    hooks = []
-
-    def hook(m, inp, out):
-        # a transposed convolution does k·in·out multiply-adds per *input* pixel
-        px = inp[0].shape[-1] * inp[0].shape[-2] if isinstance(m, torch.nn.ConvTranspose2d) \
-            else out.shape[-1] * out.shape[-2]
-        k = m.kernel_size[0] * m.kernel_size[1]
-        counts[m._part] = counts.get(m._part, 0) + 2 * px * k * m.in_channels * m.out_channels
-
-    for part, seq in (("enc", net.encoder), ("flow", net.flow_decoder),
-                      ("match", net.match_decoder)):
-        for m in seq.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m._part = part
-                hooks.append(m.register_forward_hook(hook))
-    s = net.config.image_size
-    with torch.no_grad():
-        x = torch.zeros(1, 3, s, s, device=next(net.parameters()).device)
-        net(x, x)
-    for h in hooks:
-        h.remove()
-    enc = counts["enc"] / 2  # net(x, x) encodes two images
-    return 3.0 * (4 * b * enc + 3 * b * counts["flow"] + b * counts["match"])
+    f = net.flops_by_part()
+    return 3.0 * (4 * b * f["encoder"] + 3 * b * f["flow_decoder"] + b * f["match_decoder"])
 
 
 def set_precision(name, device):

@@ -230,19 +230,27 @@ class CorrespondenceNet(nn.Module):
 
     def flops_per_pair(self) -> int:
         """Multiply-accumulate count ×2 of one forward pass on one (src, tgt) pair."""
+        f = self.flops_by_part()
+        return 2 * f["encoder"] + f["flow_decoder"] + f["match_decoder"]
+
+    def flops_by_part(self) -> dict[str, int]:
+        """Multiply-accumulate count ×2 of one forward pass of each part: ``encoder`` (one image),
+        ``flow_decoder`` and ``match_decoder`` (one pair); measured by hooks on a zero pair."""
         s = self.config.image_size
-        total = 0
+        part_of = {m: name for name in ("encoder", "flow_decoder", "match_decoder")
+                   for m in getattr(self, name).modules()}
+        totals = dict.fromkeys(("encoder", "flow_decoder", "match_decoder"), 0)
         hooks = []
 
         def hook(m, inp, out):
-            nonlocal total
             k = m.kernel_size[0] * m.kernel_size[1]
             cin = m.in_channels // m.groups
             if isinstance(m, nn.ConvTranspose2d):
                 # each input pixel scatters k·cout values
-                total += 2 * inp[0].shape[-1] * inp[0].shape[-2] * k * cin * m.out_channels
+                n = 2 * inp[0].shape[-1] * inp[0].shape[-2] * k * cin * m.out_channels
             else:
-                total += 2 * out.shape[-1] * out.shape[-2] * k * cin * m.out_channels
+                n = 2 * out.shape[-1] * out.shape[-2] * k * cin * m.out_channels
+            totals[part_of[m]] += n * out.shape[0]  # per call: the batch's images
 
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -254,4 +262,5 @@ class CorrespondenceNet(nn.Module):
         finally:
             for h in hooks:
                 h.remove()
-        return total
+        totals["encoder"] //= 2  # the pair's forward encodes both images in one batch
+        return totals

@@ -148,3 +148,20 @@ def test_leg_prior_adds_the_hand_computed_term_and_legs_are_reported():
     assert m2["loss_leg"] == pytest.approx(4 * 32 + 1 * 64)
     with pytest.raises(ValueError, match="leg_weight"):
         CycleLossConfig(leg_weight=-1)
+
+
+def test_flops_by_part_counts_the_encoder_in_closed_form():
+    """The encoder is a chain of 3×3 convolutions: its FLOPs are Σ 2·9·c_in·c_out·res² over the
+    layer table; a pair's forward is two encodings plus both decoders."""
+    from cyclecorr.model import CorrespondenceNet, NetConfig
+
+    for cfg in (NetConfig(), NetConfig(width=0.5, image_size=64)):
+        net = CorrespondenceNet(cfg)
+        f = net.flops_by_part()
+        c_in, expected = 3, 0
+        for c_out, res in net.layer_table()["encoder"]:
+            expected += 2 * 9 * c_in * c_out * res * res
+            c_in = c_out
+        assert f["encoder"] == expected
+        assert f["flow_decoder"] > 0 and f["match_decoder"] > 0
+        assert net.flops_per_pair() == 2 * f["encoder"] + f["flow_decoder"] + f["match_decoder"]
