@@ -22,7 +22,8 @@ def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None
     """Predict ``F_s1r1``, ``F_r1r2``, ``F_r2s2`` and ``M_r1r2`` in one batched pass.
 
     Each of the four images is encoded once (4B encoder passes instead of 6B), then the three
-    pairs are decoded together as one batch of 3B. Works with a plain, compiled or DDP-wrapped
+    pairs' flows are decoded together as one batch of 3B and the matchability of r1→r2 alone
+    (through ``CycleModule``; a DDP-wrapped plain network decodes all three). Works with a plain, compiled or DDP-wrapped
     network: the encoder and decoders are called through ``model`` when it is wrapped by DDP so
     gradients are synchronised (DDP wraps ``forward``; see ``CycleModule``). With ``warp_src,
     warp_tgt`` (the self-warp pair, ``CycleLossConfig.warp_weight``) that pair is encoded and
