@@ -126,3 +126,31 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(tmp_path):
     assert (ptr["stage"], ptr["step"]) == (1, 3)  # written although not due (every 100)
     res = train(cfg, tmp_path / "r", resume=True)
     assert res.final_model.is_file() and res.stages_done == [1, 2]
+
+
+FAIL_SCRIPT = r"""
+import multiprocessing as mp, sys
+from cyclecorr.train.config import load_config
+from cyclecorr.train.loop import train
+cfg = load_config("smoke", ["stage1.iterations=2", "stage2.iterations=6", "data.workers=2"])
+def on_step(stage, step):
+    if (stage, step) == (2, 2):
+        raise RuntimeError("boom")
+try:
+    train(cfg, sys.argv[1], on_step=on_step)
+except RuntimeError:
+    print("workers alive while the error is held:", len(mp.active_children()), flush=True)
+    raise   # uncaught, as in a script: the interpreter must still exit
+"""
+
+
+def test_failed_run_with_loader_workers_exits(tmp_path):
+    """An exception mid-stage shuts the DataLoader workers down at once; before, the traceback
+    kept them alive until interpreter exit, whose clean-up SIGTERMed workers that ignore SIGTERM
+    and waited for them forever (seen as a hung process on a GPU machine)."""
+    env = {**os.environ, "CYCLECORR_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", FAIL_SCRIPT, str(tmp_path / "run")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "RuntimeError: boom" in proc.stderr
+    assert "workers alive while the error is held: 0" in proc.stdout, proc.stdout

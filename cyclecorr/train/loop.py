@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from cyclecorr._runtime import keep_freed_memory
 from cyclecorr.checkpoint import atomic_write_bytes, save_model
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import CorrespondenceNet
@@ -412,6 +413,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     device = _device(cfg, dist0)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL needs each process on its own GPU before init
+    if device.type == "cpu" and cfg.runtime.keep_memory:
+        keep_freed_memory()  # no page faults per step on activations (cyclecorr._runtime)
     if device.type == "cuda" and not cfg.runtime.deterministic:
         # fixed input sizes: let cuDNN pick the fastest convolution algorithms once
         torch.backends.cudnn.benchmark = True
@@ -689,6 +692,11 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
                     f"checkpoint is in {run / 'last.json'}: run again with --resume to continue")
     finally:
         bar.close()
+        # Shut the loader's workers down now, whatever ends the stage: an exception's traceback
+        # keeps this frame (and the iterator) alive until the interpreter exits, whose
+        # multiprocessing clean-up would then SIGTERM the workers, which ignore it
+        # (ignore_stop_signals), and wait for them forever.
+        del it
     return last
 
 
