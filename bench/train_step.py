@@ -7,6 +7,10 @@ when present.
 
     python bench/train_step.py [--batch 10] [--steps 5] [--variants plain,channels_last,compile]
 
+A variant named with ``keepmem`` runs with the allocator setting that ``cyclecorr train`` uses on
+a CPU (``runtime.keep_memory``): freed memory stays in the process, so a step does not page-fault
+its activations in again.
+
 Precision is part of a variant's name: none = strict float32 (on CUDA TF32 is switched off for
 convolutions and matmuls alike), ``tf32`` = TF32 tensor cores for both, ``bf16`` = the step under
 ``torch.autocast(bfloat16)`` against a bfloat16 matmul. The reference matmul is n×n with n = 2048
@@ -21,6 +25,7 @@ import time
 
 import torch
 
+from cyclecorr._runtime import keep_freed_memory
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import CorrespondenceNet
 from cyclecorr.train.steps import cycle_step_loss
@@ -79,6 +84,11 @@ def set_precision(name, device):
 
 def run_variant(name, device, b, steps):
     torch.manual_seed(0)
+    if "keepmem" in name and device.type == "cpu":
+        # what `cyclecorr train` does on a CPU (runtime.keep_memory): freed activations stay in
+        # the heap, so a step does not page-fault them in again
+        if not keep_freed_memory():
+            raise RuntimeError("keep_freed_memory: not supported here (glibc only)")
     amp = set_precision(name, device)
     net = CorrespondenceNet().to(device)
     cl = "channels_last" in name or "compile" in name
@@ -124,9 +134,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=10, help="quartets per step (paper: 10)")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--variants", default="plain,channels_last,channels_last+fused",
+    ap.add_argument("--variants",
+                    default="plain,channels_last,channels_last+fused,channels_last+fused+keepmem",
                     help="comma list; a name containing channels_last / fused / compile / tf32 / "
-                         "bf16 turns that on")
+                         "bf16 / keepmem turns that on (keepmem variants run last: the allocator "
+                         "setting cannot be undone in the process)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args()
@@ -136,7 +148,9 @@ def main():
         torch.set_num_threads(args.threads)
     print(f"device {device}, threads {torch.get_num_threads()}")
     rows = []
-    for v in args.variants.split(","):
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    names = [v for v in names if "keepmem" not in v] + [v for v in names if "keepmem" in v]
+    for v in names:
         try:
             r = run_variant(v.strip(), device, args.batch, args.steps)
         except Exception as e:  # one variant failing (an op without bf16 support) ends no run

@@ -177,12 +177,16 @@ class RuntimeConfig:
     ``CYCLECORR_THREADS`` overrides); ``device``: ``"auto"`` (CUDA when present), ``"cpu"``,
     ``"cuda"``; ``channels_last``: memory format of the network; ``deterministic``: request
     deterministic kernels on CUDA (slower; CPU kernels are deterministic for a fixed thread
-    count, which exact resume needs: resume with the same ``threads``)."""
+    count, which exact resume needs: resume with the same ``threads``); ``keep_memory``: on a
+    CPU device, let the process keep freed memory for the next step instead of returning it to
+    the kernel (glibc only; :func:`cyclecorr._runtime.keep_freed_memory`: no page faults per
+    step, results unchanged)."""
 
     threads: int = 0
     device: str = "auto"
     channels_last: bool = False
     deterministic: bool = True
+    keep_memory: bool = True
 
 
 @dataclass
