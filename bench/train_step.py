@@ -2,8 +2,9 @@
 
 Prints quartets/s, peak memory, and model FLOP utilisation (MFU): achieved FLOP/s of the step
 (forward FLOPs counted by hooks on every convolution, ×3 for forward + backward) divided by the
-machine's dense matmul FLOP/s measured in the same run, in the variant's precision. Runs on CUDA
-when present.
+machine's dense matmul FLOP/s measured in the same run, in the variant's precision: each timed
+step is followed by a matmul measurement and MFU is the median of the per-step ratios (on a shared
+machine the load drifts within seconds). Runs on CUDA when present.
 
     python bench/train_step.py [--batch 10] [--steps 5] [--variants plain,channels_last,compile]
 
@@ -113,19 +114,27 @@ def run_variant(name, device, b, steps):
     step()
     sync(device)
     warm = time.perf_counter() - t0
-    times = []
+    matmul_flops(device, dtype=amp or torch.float32)  # warm the reference too
+    # Each timed step is paired with a matmul measurement right after it, and MFU is the median of
+    # the per-pair ratios: on a shared machine the load drifts within seconds, and a reference
+    # measured once, after all steps, can land in a quieter or busier moment than the steps did.
+    times, ratios, refs = [], [], []
     for _ in range(steps):
         t = time.perf_counter()
         step()
         sync(device)
-        times.append(time.perf_counter() - t)
-    dt = sorted(times)[len(times) // 2]
-    # the matmul reference is measured right after the variant, under the same machine load
-    peak = max(matmul_flops(device, dtype=amp or torch.float32) for _ in range(3))
+        dt = time.perf_counter() - t
+        ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
+        times.append(dt)
+        refs.append(ref)
+        ratios.append(flops / dt / ref)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    dt, peak, mfu = med(times), med(refs), med(ratios)
     achieved = flops / dt
     return {"variant": name, "sec_per_step": dt, "quartets_per_s": b / dt,
             "gflop_per_step": flops / 1e9, "achieved_gflops": achieved / 1e9,
-            "mfu": achieved / peak, "matmul_gflops": peak / 1e9, "warmup_s": warm,
+            "mfu": mfu, "mfu_min": min(ratios), "mfu_max": max(ratios),
+            "matmul_gflops": peak / 1e9, "warmup_s": warm,
             "matmul_dtype": str(amp or torch.float32).replace("torch.", "") + (
                 "+tf32" if "tf32" in name and device.type == "cuda" else "")}
 
@@ -159,7 +168,8 @@ def main():
         rows.append(r)
         print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "
               f"{r['achieved_gflops']:.1f} GFLOP/s vs matmul {r['matmul_gflops']:.1f} GFLOP/s: "
-              f"MFU {100 * r['mfu']:.1f} % "
+              f"MFU {100 * r['mfu']:.1f} % (median of {args.steps} step/matmul pairs; "
+              f"{100 * r['mfu_min']:.0f}–{100 * r['mfu_max']:.0f} %) "
               f"({r['gflop_per_step']:.1f} GFLOP/step, warm-up {r['warmup_s']:.1f} s)")
     peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
