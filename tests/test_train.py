@@ -627,3 +627,26 @@ def test_keep_freed_memory_stops_page_faults_per_step():
     default, kept = faults("default"), faults("keep")
     assert default > pages // 2, default  # the control: the default allocator faults each time
     assert kept < pages // 20, kept
+
+
+def test_code_version_names_the_sources(tmp_path):
+    """code_version carries a digest of the package sources: equal trees give equal digests, one
+    changed byte or a renamed file another, caches are ignored."""
+    from cyclecorr.train.state import code_version, source_digest
+
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "m.py").write_text("x = 1\n")
+    (a / "sub" / "n.py").write_text("y = 2\n")
+    d = source_digest(a)
+    (a / "__pycache__").mkdir()
+    (a / "__pycache__" / "m.py").write_text("cached")
+    (a / "notes.txt").write_text("not a source")
+    assert source_digest(a) == d
+    (a / "sub" / "n.py").write_text("y = 3\n")
+    assert source_digest(a) != d
+    (a / "sub" / "n.py").write_text("y = 2\n")
+    assert source_digest(a) == d
+    (a / "sub" / "n.py").rename(a / "sub" / "o.py")
+    assert source_digest(a) != d
+    assert code_version().endswith(f"src.{source_digest()}")

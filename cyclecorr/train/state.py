@@ -17,6 +17,7 @@ here executes code on load (safetensors + JSON).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ from cyclecorr._io import atomic_path, atomic_write_bytes, read_format_json
 from cyclecorr.checkpoint import file_sha256, load_weights, save_model
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_checkpoint",
-           "flatten_optimizer", "unflatten_optimizer", "code_version"]
+           "flatten_optimizer", "unflatten_optimizer", "code_version", "source_digest"]
 
 FORMAT = "cyclecorr-train-checkpoint/1"
 
@@ -39,8 +40,11 @@ _CODE_VERSION: str | None = None
 
 
 def code_version() -> str:
-    """``cyclecorr.__version__`` plus the git commit (and ``-dirty``) when run from a checkout.
+    """``cyclecorr.__version__``, the git commit (and ``-dirty``) when run from a checkout, and a
+    digest of the package's Python sources (``src.<12 hex>``, :func:`source_digest`).
 
+    The digest names the code that ran even where git's view is wrong or absent (a copied tree
+    whose ``.git`` is older than its files read as another commit, ``-dirty``, on a GPU machine).
     Computed once per process: a training run calls it when it starts, so its checkpoints and
     final model name the code that ran, even if the checkout changes (a commit, an edit) while it
     trains."""
@@ -50,18 +54,32 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
+def source_digest(package_dir: str | os.PathLike | None = None) -> str:
+    """SHA-256 (first 12 hex digits) over the relative paths and bytes of every ``*.py`` file
+    under ``package_dir`` (default: the installed ``cyclecorr`` package), in sorted order."""
+    root = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def _describe_code() -> str:
     from cyclecorr import __version__
 
     root = Path(__file__).resolve().parents[2]
+    src = f"src.{source_digest()}"
     try:
         rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty",
                               "--abbrev=12"], capture_output=True, text=True, timeout=5)
         if rev.returncode == 0 and rev.stdout.strip():
-            return f"{__version__}+git.{rev.stdout.strip()}"
+            return f"{__version__}+git.{rev.stdout.strip()}.{src}"
     except (OSError, subprocess.SubprocessError):
         pass
-    return __version__
+    return f"{__version__}+{src}"
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
