@@ -114,7 +114,6 @@ def run_variant(name, device, b, steps):
     step()
     sync(device)
     warm = time.perf_counter() - t0
-    matmul_flops(device, dtype=amp or torch.float32)  # warm the reference too
     # Each timed step is paired with a matmul measurement right after it, and MFU is the median of
     # the per-pair ratios: on a shared machine the load drifts within seconds, and a reference
     # measured once, after all steps, can land in a quieter or busier moment than the steps did.
@@ -161,9 +160,9 @@ def main():
     names = [v for v in names if "keepmem" not in v] + [v for v in names if "keepmem" in v]
     for v in names:
         try:
-            r = run_variant(v.strip(), device, args.batch, args.steps)
+            r = run_variant(v, device, args.batch, args.steps)
         except Exception as e:  # one variant failing (an op without bf16 support) ends no run
-            print(f"{v.strip():>14}: failed: {type(e).__name__}: {e}")
+            print(f"{v:>14}: failed: {type(e).__name__}: {e}")
             continue
         rows.append(r)
         print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "

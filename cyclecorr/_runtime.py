@@ -6,9 +6,9 @@ handing it back to the kernel. A training step allocates and frees the same larg
 32 MB (less for smaller blocks, by its dynamic threshold) with a fresh ``mmap`` and returns it
 with ``munmap`` when freed, so each step page-faults and zero-fills its activations again: about
 130,000 minor page faults and 0.3–0.4 s of kernel time per cycle step of the paper network at
-batch 10 on 2 cores (``bench/train_step.py``, variant ``keepmem``). With the setting the heap grows to the step's peak
-once and is reused. PyTorch's CPU performance guide reaches the same end by preloading jemalloc or
-tcmalloc; this needs no extra library.
+batch 10 on 2 cores (``bench/train_step.py``, variant ``keepmem``). With the setting the heap
+grows to the step's peak once and is reused. PyTorch's CPU performance guide reaches the same end
+by preloading jemalloc or tcmalloc; this needs no extra library.
 
 Only the calling process is affected, it is a no-op (returning False) outside glibc, and it never
 changes results: it decides where freed memory goes, not what is computed.

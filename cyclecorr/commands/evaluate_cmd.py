@@ -54,10 +54,12 @@ def run(args) -> int:
     import numpy as np
     import torch
 
+    from cyclecorr._runtime import keep_freed_memory
     from cyclecorr.evaluate import benchmarks as B
     from cyclecorr.evaluate import datasets as D
     from cyclecorr.evaluate.methods import NetworkMethod, make_method
     from cyclecorr.evaluate.report import write_results
+    from cyclecorr.matcher import resolve_device
 
     sets = _split(args.sets)
     if sets == ["all"]:
@@ -72,11 +74,9 @@ def run(args) -> int:
         raise ValueError("--methods is empty")
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"data folder not found: {args.data}")
-    if args.device in ("auto", "cpu") and not torch.cuda.is_available():
+    if resolve_device(args.device).type == "cpu":
         # the forward's large activations stay in the heap between batches instead of being
         # mapped and page-faulted in again (cyclecorr._runtime; results unchanged)
-        from cyclecorr._runtime import keep_freed_memory
-
         keep_freed_memory()
     methods = [make_method(s, model=args.model, device=args.device, net_size=args.net_size)
                for s in specs]

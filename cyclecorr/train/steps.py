@@ -23,8 +23,8 @@ def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None
 
     Each of the four images is encoded once (4B encoder passes instead of 6B), then the three
     pairs' flows are decoded together as one batch of 3B and the matchability of r1→r2 alone
-    (through ``CycleModule``; a DDP-wrapped plain network decodes all three). Works with a plain, compiled or DDP-wrapped
-    network: the encoder and decoders are called through ``model`` when it is wrapped by DDP so
+    (through ``CycleModule``; a DDP-wrapped plain network decodes all three). Works with a plain,
+    compiled or DDP-wrapped network: the encoder and decoders are called through ``model`` when it is wrapped by DDP so
     gradients are synchronised (DDP wraps ``forward``; see ``CycleModule``). With ``warp_src,
     warp_tgt`` (the self-warp pair, ``CycleLossConfig.warp_weight``) that pair is encoded and
     decoded in the same pass and returned as ``"flow_warp"``.
