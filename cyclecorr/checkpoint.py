@@ -68,9 +68,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return json.loads(meta["cyclecorr"])
 
 
-def load_weights(net: CorrespondenceNet, path: str | os.PathLike) -> None:
+def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = False) -> list[str]:
     """Load the weights of a safetensors file into ``net`` (every tensor must fit: same names and
-    shapes). Raises ``FileNotFoundError`` / ``ValueError`` naming the file."""
+    shapes). With ``grow=True`` the file may lack the layers ``net`` adds at zero
+    (:meth:`~cyclecorr.model.CorrespondenceNet.grown_keys`, e.g. skips on a paper network's
+    weights); they keep their zero start. Returns the keys so left; raises ``FileNotFoundError`` /
+    ``ValueError`` naming the file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
@@ -82,9 +85,15 @@ def load_weights(net: CorrespondenceNet, path: str | os.PathLike) -> None:
     except RuntimeError as e:  # a tensor of another shape
         raise ValueError(f"{path}: weights do not fit the network "
                          f"({net.config}): {str(e).splitlines()[0]}") from e
+    grown = [k for k in missing if grow and k in set(net.grown_keys())]
+    missing = [k for k in missing if k not in grown]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the network ({net.config}): missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
+    if grown and len(grown) != len(net.grown_keys()):  # a half-grown file: not a zero start
+        raise ValueError(f"{path}: has some of the network's skip layers but not all "
+                         f"(missing {grown[:5]})")
+    return grown
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"

@@ -24,6 +24,19 @@ Choices the paper leaves open (all options of :class:`NetConfig`, defaults marke
   flow and matchability 0.5 (a neutral start for both losses);
 - ``flow_scale`` (default 1): the flow head's output is multiplied by it (pixels); larger values
   make the last layer's effective learning rate larger for the large displacements of real pairs.
+
+Beyond the paper (off by default and in the ``paper`` preset): ``skips="corr"`` gives the flow
+decoder what its 8×8 code cannot carry, the fine position of things. At each resolution the
+decoder up-samples to but the last (16, 32 and 64 at input 128), it receives the source's encoder
+features there and their local correlation with the target's (cosine similarity of the two
+feature vectors at every displacement within ``±skip_radius`` pixels of that resolution, i.e.
+±24, ±12 and ±6 input pixels for radius 3), through a 1×1 convolution added to the up-sampling
+layer's output before its ReLU (+5 % FLOPs, about +40 % time of a CPU cycle step at width
+1/2; the correlation is a serial numba kernel on a CPU). The 1×1 convolutions start at zero, so
+a network with skips computes exactly what the same weights compute without them: a trained
+paper network grows skips without changing its output (:meth:`CorrespondenceNet.grown_keys`)
+and fine-tuning starts from where it was. Measured on the car data, it did not help (grown on the
+shipped chain or from the start; docs/RESULTS.md, "Run 11").
 """
 from __future__ import annotations
 
@@ -33,6 +46,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from cyclecorr._corr import correlation
 
 __all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS"]
 
@@ -67,6 +82,9 @@ class NetConfig:
         upsample: ``"deconv"`` or ``"bilinear"``.
         norm: ``"none"`` or ``"batch"``.
         flow_scale: multiplier on the flow head's output.
+        skips: ``"none"`` (the paper) or ``"corr"`` (encoder features + local correlation into the
+            flow decoder at each up-sampled resolution; see the module doc).
+        skip_radius: displacement radius of the correlation, in pixels of each resolution.
     """
 
     width: float = 1.0
@@ -74,6 +92,8 @@ class NetConfig:
     upsample: str = "deconv"
     norm: str = "none"
     flow_scale: float = 1.0
+    skips: str = "none"
+    skip_radius: int = 3
 
     def __post_init__(self):
         if self.image_size % 16 or self.image_size <= 0:
@@ -84,6 +104,10 @@ class NetConfig:
             raise ValueError(f"norm must be 'none' or 'batch', got {self.norm!r}")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
+        if self.skips not in ("none", "corr"):
+            raise ValueError(f"skips must be 'none' or 'corr', got {self.skips!r}")
+        if not (isinstance(self.skip_radius, int) and 0 <= self.skip_radius <= 8):
+            raise ValueError(f"skip_radius must be an integer in [0, 8], got {self.skip_radius!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +144,24 @@ def _make_stack(spec, in_ch: int, cfg: NetConfig, last_linear: bool) -> tuple[nn
     return nn.Sequential(*layers), in_ch
 
 
+def local_correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cosine similarity of ``a``'s feature at each pixel with ``b``'s at every displacement
+    ``(dx, dy)`` in ``[-radius, radius]²``: ``(B, C, H, W)`` × 2 → ``(B, (2r+1)², H, W)``, channel
+    ``(dy + r)·(2r+1) + (dx + r)`` for ``a(x, y)·b(x+dx, y+dy)``; outside ``b`` the similarity is 0.
+    (The kernel is :func:`cyclecorr._corr.correlation`.)"""
+    return correlation(F.normalize(a, dim=1, eps=1e-6), F.normalize(b, dim=1, eps=1e-6), radius)
+
+
+def _stage_ends(seq: nn.Sequential, conv_ids: list[int]) -> list[int]:
+    """Indices in ``seq`` of the last module (ReLU / norm / conv) belonging to each listed conv."""
+    convs = [i for i, m in enumerate(seq) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    ends = []
+    for c in conv_ids:
+        nxt = convs[c + 1] if c + 1 < len(convs) else len(seq)
+        ends.append(nxt - 1)
+    return ends
+
+
 class CorrespondenceNet(nn.Module):
     """Dense flow + matchability between a source and a target image.
 
@@ -143,6 +185,24 @@ class CorrespondenceNet(nn.Module):
         self.encoder, enc_ch = _make_stack(_ENCODER, 3, cfg, last_linear=False)
         self.flow_decoder, _ = _make_stack(_FLOW_DECODER, 2 * enc_ch, cfg, last_linear=True)
         self.match_decoder, _ = _make_stack(_MATCH_DECODER, 2 * enc_ch, cfg, last_linear=True)
+        # skips: the decoder's up-sampling convs, and the encoder's last conv at the same resolution
+        # (not at the last, full resolution: there the correlation took 0.34 s of the 0.46 s that
+        # all four levels took in a width-1/2 cycle step, for ±3 px of reach at radius 3)
+        ups = [i for i, (_, st) in enumerate(_FLOW_DECODER) if st == "up"][:-1]
+        enc_res = [i for i in range(len(_ENCODER) - 1) if _ENCODER[i + 1][1] == 2][::-1][:len(ups)]
+        self.flow_skips = nn.ModuleList()
+        self._enc_taps: list[int] = []
+        self._dec_taps: list[int] = []
+        if cfg.skips == "corr":
+            k = (2 * cfg.skip_radius + 1) ** 2
+            self._enc_taps = _stage_ends(self.encoder, enc_res)
+            convs = [m for m in self.flow_decoder
+                     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+            # add before the ReLU that follows the up-sampling conv (and its norm)
+            self._dec_taps = _stage_ends(self.flow_decoder, ups)
+            for e, u in zip(enc_res, ups):
+                enc_c = _ch(_ENCODER[e][0], cfg.width, keep=False)
+                self.flow_skips.append(nn.Conv2d(enc_c + k, convs[u].out_channels, 1))
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self.reset_parameters()
@@ -156,6 +216,15 @@ class CorrespondenceNet(nn.Module):
             last = [m for m in head if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        for m in self.flow_skips:  # start as "no skips": the paper network's function
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def grown_keys(self) -> list[str]:
+        """State-dict keys of the zero-initialised skip layers: a model file without them (a network
+        trained with ``skips="none"``) loads into this network with :func:`~cyclecorr.checkpoint.
+        load_weights` ``(…, grow=True)`` and computes the same output."""
+        return [f"flow_skips.{k}" for k in self.flow_skips.state_dict()]
 
     def set_input_size(self, size: int) -> "CorrespondenceNet":
         """Run at ``size × size`` from now on (a positive multiple of 16); returns ``self``.
@@ -177,9 +246,43 @@ class CorrespondenceNet(nn.Module):
         self._check("images", images)
         return self.encoder((images - self.mean) / self.std)
 
-    def decode_flow(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> torch.Tensor:
-        """Fuse two codes by concatenation and decode only the flow, ``(B, 2, S, S)`` pixels."""
-        flow = self.flow_decoder(torch.cat((code_src, code_tgt), dim=1))
+    def encode_levels(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(code, skips)``: the code of :meth:`encode` and, with ``skips="corr"``, the encoder's
+        features at 16, 32 and 64 pixels (input 128; coarse to fine), else ``()``."""
+        self._check("images", images)
+        x = (images - self.mean) / self.std
+        if not self._enc_taps:
+            return self.encoder(x), ()
+        feats = {}
+        for i, m in enumerate(self.encoder):
+            x = m(x)
+            if i in self._enc_taps:
+                feats[i] = x
+        return x, tuple(feats[i] for i in self._enc_taps)
+
+    def decode_flow(self, code_src: torch.Tensor, code_tgt: torch.Tensor,
+                    skips_src: tuple = (), skips_tgt: tuple = ()) -> torch.Tensor:
+        """Fuse two codes by concatenation and decode only the flow, ``(B, 2, S, S)`` pixels.
+        A network with ``skips="corr"`` also needs both images' skip features
+        (:meth:`encode_levels`)."""
+        x = torch.cat((code_src, code_tgt), dim=1)
+        if not self._dec_taps:
+            flow = self.flow_decoder(x)
+        else:
+            n = len(self._dec_taps)
+            if len(skips_src) != n or len(skips_tgt) != n:
+                raise ValueError(f"this network (skips={self.config.skips!r}) needs {n} skip "
+                                 f"features per image (encode_levels), got {len(skips_src)} and "
+                                 f"{len(skips_tgt)}")
+            r = self.config.skip_radius
+            taps = {t: j for j, t in enumerate(self._dec_taps)}
+            for i, m in enumerate(self.flow_decoder):
+                if i in taps:  # the module here is the up-sampling layer's ReLU: add before it
+                    j = taps[i]
+                    a, b = skips_src[j], skips_tgt[j]
+                    x = x + self.flow_skips[j](torch.cat((local_correlation(a, b, r), a), 1))
+                x = m(x)
+            flow = x
         if self.config.flow_scale != 1.0:
             flow = flow * self.config.flow_scale
         return flow
@@ -189,9 +292,10 @@ class CorrespondenceNet(nn.Module):
         ``(B, 1, S, S)`` (the probability is their sigmoid)."""
         return self.match_decoder(torch.cat((code_src, code_tgt), dim=1))
 
-    def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+    def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor,
+               skips_src: tuple = (), skips_tgt: tuple = ()) -> dict[str, torch.Tensor]:
         """Fuse two codes by concatenation and decode flow and matchability (see class doc)."""
-        flow = self.decode_flow(code_src, code_tgt)
+        flow = self.decode_flow(code_src, code_tgt, skips_src, skips_tgt)
         logits = self.decode_matchability(code_src, code_tgt)
         return {"flow": flow, "matchability": torch.sigmoid(logits),
                 "matchability_logits": logits}
@@ -201,9 +305,11 @@ class CorrespondenceNet(nn.Module):
         self._check("tgt", tgt)
         if src.shape[0] != tgt.shape[0]:
             raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
-        codes = self.encode(torch.cat((src, tgt), dim=0))
+        codes, skips = self.encode_levels(torch.cat((src, tgt), dim=0))
         code_src, code_tgt = codes.chunk(2, dim=0)
-        return self.decode(code_src, code_tgt)
+        halves = [f.chunk(2, dim=0) for f in skips]
+        return self.decode(code_src, code_tgt, tuple(h[0] for h in halves),
+                           tuple(h[1] for h in halves))
 
     def layer_table(self) -> dict[str, list[tuple[int, int]]]:
         """``{part: [(out_channels, output_resolution), …]}`` measured by a forward pass."""
@@ -231,15 +337,16 @@ class CorrespondenceNet(nn.Module):
     def flops_per_pair(self) -> int:
         """Multiply-accumulate count ×2 of one forward pass on one (src, tgt) pair."""
         f = self.flops_by_part()
-        return 2 * f["encoder"] + f["flow_decoder"] + f["match_decoder"]
+        return 2 * f["encoder"] + f["flow_decoder"] + f["match_decoder"] + f.get("flow_skips", 0)
 
     def flops_by_part(self) -> dict[str, int]:
         """Multiply-accumulate count ×2 of one forward pass of each part: ``encoder`` (one image),
-        ``flow_decoder`` and ``match_decoder`` (one pair); measured by hooks on a zero pair."""
+        ``flow_decoder`` and ``match_decoder`` (one pair), and ``flow_skips`` (one pair; only with
+        ``skips="corr"``); measured by hooks on a zero pair."""
         s = self.config.image_size
-        part_of = {m: name for name in ("encoder", "flow_decoder", "match_decoder")
-                   for m in getattr(self, name).modules()}
-        totals = dict.fromkeys(("encoder", "flow_decoder", "match_decoder"), 0)
+        parts = ("encoder", "flow_decoder", "match_decoder", "flow_skips")
+        part_of = {m: name for name in parts for m in getattr(self, name).modules()}
+        totals = dict.fromkeys(parts, 0)
         hooks = []
 
         def hook(m, inp, out):
@@ -263,4 +370,11 @@ class CorrespondenceNet(nn.Module):
             for h in hooks:
                 h.remove()
         totals["encoder"] //= 2  # the pair's forward encodes both images in one batch
+        if self.flow_skips:  # the correlations: a multiply and an add per channel and shift
+            k = (2 * self.config.skip_radius + 1) ** 2
+            for j, m in enumerate(self.flow_skips):
+                side = s // 2 ** (len(self.flow_skips) - j)
+                totals["flow_skips"] += 2 * k * (m.in_channels - k) * side * side
+        else:
+            del totals["flow_skips"]
         return totals

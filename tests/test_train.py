@@ -482,6 +482,19 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     wrong = load_config("smoke", [f"init={tmp_path / 'wide.safetensors'}"])
     with pytest.raises(ValueError, match="do not fit"):
         train(wrong, tmp_path / "run2")
+    # the same plain weights into a network with skips: they start at zero, the rest is the file's
+    grow = load_config("smoke", [f"init={tmp_path / 'init.safetensors'}", "net.skips=corr",
+                                 "stage1.iterations=0", "stage2.iterations=0"])
+    res = train(grow, tmp_path / "run3")
+    net, meta = load_model(res.final_model)
+    assert meta["net"]["skips"] == "corr"
+    state = net.state_dict()
+    for k, a in src.state_dict().items():
+        assert torch.equal(a, state[k]), k
+    assert net.grown_keys() and all(not state[k].any() for k in net.grown_keys())
+    events = [json.loads(line) for line in (tmp_path / "run3" / "log.jsonl").open()]
+    grown = [e for e in events if e.get("event") == "init_grown"]
+    assert grown and grown[0]["zero_layers"] == net.grown_keys()
 
 
 def test_sigterm_to_every_process_of_a_run_stops_it_gracefully(tmp_path):

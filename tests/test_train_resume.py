@@ -43,12 +43,16 @@ def _assert_same(a, b, atol):
         assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, float((a[k] - b[k]).abs().max()))
 
 
-@pytest.mark.parametrize("kill_at,pointer,norm", [
-    ((2, 5), (2, 3), "none"),    # mid stage 2: 2 iterations after the checkpoint are redone
-    ((2, 1), (1, 4), "batch"),   # just after the stage boundary, with batch-norm buffers
-])
-def test_resume_after_sigkill_reaches_same_weights(tmp_path, kill_at, pointer, norm):
-    overrides = OVERRIDES + [f"net.norm={norm}"]
+SKIPS = ["net.skips=corr", "stage1.optim.skips_lr_mult=10", "stage2.optim.skips_lr_mult=10"]
+
+
+@pytest.mark.parametrize("kill_at,pointer,norm,extra", [
+    ((2, 5), (2, 3), "none", []),    # mid stage 2: 2 iterations after the checkpoint are redone
+    ((2, 1), (1, 4), "batch", []),   # just after the stage boundary, with batch-norm buffers
+    ((2, 5), (2, 3), "batch", SKIPS),  # skips: a second Adam group with its own rate
+], ids=["mid-stage", "boundary", "skips"])
+def test_resume_after_sigkill_reaches_same_weights(tmp_path, kill_at, pointer, norm, extra):
+    overrides = OVERRIDES + [f"net.norm={norm}"] + extra
     cfg = load_config("smoke", overrides)
     ref = train(cfg, tmp_path / "ref")
     run = tmp_path / "killed"
@@ -80,7 +84,8 @@ def test_resume_of_finished_run_is_a_no_op_and_data_change_is_refused(tmp_path):
         train(other, tmp_path / "r", resume=True)
 
 
-@pytest.mark.parametrize("extra", [[], ["loss.warp_weight=0.5"]], ids=["cycle", "self-warp"])
+@pytest.mark.parametrize("extra", [[], ["loss.warp_weight=0.5"], ["loss.warp_weight=0.5", *SKIPS]],
+                         ids=["cycle", "self-warp", "self-warp+skips"])
 def test_ddp_two_processes_equal_one_process(tmp_path, extra):
     """2 gloo processes, each with half of the global batch = 1 process with all of it (also with
     the self-warp pair, which rides in the cycle's single forward).

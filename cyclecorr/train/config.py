@@ -36,6 +36,10 @@ class OptimConfig:
 
     Paper: Adam β = (0.9, 0.999), lr 0.001, halved every 50k iterations. ``weight_decay`` and
     ``grad_clip`` (max global gradient norm; 0 = off) are not in the paper (default off).
+    ``skips_lr_mult``: the learning rate of the flow decoder's skip layers (``net.skips``) is
+    ``lr(t) · skips_lr_mult``: layers grown at zero on a trained network (``init``) learn from
+    the fine-tuning's small rate at a pace of their own (with 1, a 2,000-iteration run at 2.5e-4
+    left their weights at |w| ≈ 0.003, docs/RESULTS.md).
     """
 
     lr: float = 1e-3
@@ -46,6 +50,7 @@ class OptimConfig:
     gamma: float = 0.5
     warmup: int = 0
     grad_clip: float = 0.0
+    skips_lr_mult: float = 1.0
 
     def lr_at(self, step: int) -> float:
         """Learning rate of iteration ``step`` (0-based): a pure function of the step."""
@@ -229,6 +234,9 @@ class TrainConfig:
                 raise ValueError(f"{st_name}.batch_size must be ≥ 1, got {st.batch_size}")
             if st.optim.lr <= 0:
                 raise ValueError(f"{st_name}.optim.lr must be positive, got {st.optim.lr}")
+            if not st.optim.skips_lr_mult > 0:
+                raise ValueError(f"{st_name}.optim.skips_lr_mult must be positive, got "
+                                 f"{st.optim.skips_lr_mult}")
         if self.stage1_reduction not in ("sum", "mean"):
             raise ValueError(f"stage1_reduction must be 'sum' or 'mean', got {self.stage1_reduction!r}")
         if self.data.stage1_pair_source not in ("quartet", "random"):

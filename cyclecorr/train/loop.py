@@ -65,6 +65,17 @@ class DistInfo:
         return self.rank == 0
 
 
+def _param_groups(net, optim) -> list[dict]:
+    """Adam's parameter groups: one, or with ``net.skips`` and ``optim.skips_lr_mult != 1`` the
+    skip layers in a second group whose rate is scaled by ``lr_mult``."""
+    skips = list(net.flow_skips.parameters())
+    if not skips or optim.skips_lr_mult == 1.0:
+        return [{"params": list(net.parameters())}]
+    ids = {id(p) for p in skips}
+    return [{"params": [p for p in net.parameters() if id(p) not in ids]},
+            {"params": skips, "lr_mult": float(optim.skips_lr_mult)}]
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the
     environment): NCCL on CUDA, gloo on CPU. Returns rank / world size."""
@@ -484,7 +495,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     elif cfg.init:  # start from a model file's weights (they must fit the network)
         from cyclecorr.checkpoint import load_weights
 
-        load_weights(net, cfg.init)
+        grown = load_weights(net, cfg.init, grow=True)
+        if grown and dist.main:
+            logger.log({"event": "init_grown", "init": str(cfg.init), "zero_layers": grown},
+                       resume_global or 0, "run")
     with _graceful_stop(dist.world == 1):
         try:
             for stage in (1, 2):
@@ -502,7 +516,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                     if ptr["stage"] < stage and not st.reset_optimizer:
                         restore_optim = True
                 if optimizer is None or st.reset_optimizer or restore_optim:
-                    optimizer = torch.optim.Adam(net.parameters(), lr=st.optim.lr,
+                    optimizer = torch.optim.Adam(_param_groups(net, st.optim), lr=st.optim.lr,
                                                  betas=tuple(st.optim.betas), eps=st.optim.eps,
                                                  weight_decay=st.optim.weight_decay,
                                                  fused=True)  # one kernel per step (CPU and CUDA)
@@ -626,7 +640,7 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
             t1 = time.perf_counter()
             lr = st.optim.lr_at(step)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_mult", 1.0)
             loss, metrics = step_fn(module, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage} step {step}: loss is {float(loss)} "

@@ -35,13 +35,17 @@ class CycleModule(nn.Module):
         b = s1.shape[0]
         warp = warp_src is not None and warp_tgt is not None
         images = (s1, r1, r2, s2) + ((warp_src, warp_tgt) if warp else ())
-        codes = self.net.encode(torch.cat(images)).split(b)
-        c_s1, c_r1, c_r2, c_s2 = codes[:4]
-        src, tgt = [c_s1, c_r1, c_r2], [c_r1, c_r2, c_s2]
+        code, skips = self.net.encode_levels(torch.cat(images))
+        # per level (the code, then each skip feature): the 4 (or 6) images' slices
+        levels = [t.split(b) for t in (code, *skips)]
+        si, ti = [0, 1, 2], [1, 2, 3]  # s1→r1, r1→r2, r2→s2
         if warp:
-            src.append(codes[4])
-            tgt.append(codes[5])
-        flow = self.net.decode_flow(torch.cat(src), torch.cat(tgt)).split(b)
+            si.append(4)
+            ti.append(5)
+        src = [torch.cat([lv[i] for i in si]) for lv in levels]
+        tgt = [torch.cat([lv[i] for i in ti]) for lv in levels]
+        flow = self.net.decode_flow(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:])).split(b)
+        c_r1, c_r2 = levels[0][1], levels[0][2]
         # matchability only where the loss reads it (r1→r2): decoding the synthetic legs and the
         # self-warp pair as well cost ~9 % of a paper step's FLOPs and, with batch norm, let those
         # pairs into the matchability decoder's statistics
@@ -60,13 +64,16 @@ class FlowModule(nn.Module):
         super().__init__()
         self.encoder = net.encoder
         self.flow_decoder = net.flow_decoder
+        self.flow_skips = net.flow_skips  # empty without skips
         self._net = [net]  # not a submodule: keeps the match decoder out of DDP's view
 
     def forward(self, src, tgt) -> dict[str, torch.Tensor]:
         net = self._net[0]
         net._check("src", src)
         net._check("tgt", tgt)
-        codes = net.encode(torch.cat((src, tgt)))
+        codes, skips = net.encode_levels(torch.cat((src, tgt)))
         a, b = codes.chunk(2)
+        halves = [f.chunk(2) for f in skips]
         # net.flow_decoder is self.flow_decoder (shared parameters), so DDP sees its gradients
-        return {"flow": net.decode_flow(a, b)}
+        return {"flow": net.decode_flow(a, b, tuple(h[0] for h in halves),
+                                        tuple(h[1] for h in halves))}
