@@ -16,20 +16,33 @@ Precision is part of a variant's name: none = strict float32 (on CUDA TF32 is sw
 convolutions and matmuls alike), ``tf32`` = TF32 tensor cores for both, ``bf16`` = the step under
 ``torch.autocast(bfloat16)`` against a bfloat16 matmul. The reference matmul is n×n with n = 2048
 on CPU and 8192 on CUDA (large enough to reach the tensor cores' peak).
+
+``--bind`` pins the OpenMP threads to cores (``OMP_PROC_BIND=true OMP_PLACES=cores``; the script
+starts itself again with them, since OpenMP reads them when it loads). On the 2-core machine this
+gave 2–5 MFU points in four paired runs (docs/RESULTS.md). It is not a default anywhere: two
+processes that each bind their threads to "the first cores" share those cores and leave the rest
+idle (several CPU training processes on one machine, torchrun on a CPU).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import time
+import os
+import sys
 
-import torch
+if "--bind" in sys.argv and "OMP_PROC_BIND" not in os.environ:
+    os.environ.update(OMP_PROC_BIND="true", OMP_PLACES="cores")
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
-from cyclecorr._runtime import keep_freed_memory
-from cyclecorr.losses import CycleLossConfig
-from cyclecorr.model import CorrespondenceNet
-from cyclecorr.train.steps import cycle_step_loss
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from cyclecorr._runtime import keep_freed_memory  # noqa: E402
+from cyclecorr.losses import CycleLossConfig  # noqa: E402
+from cyclecorr.model import CorrespondenceNet  # noqa: E402
+from cyclecorr.train.steps import cycle_step_loss  # noqa: E402
 
 
 def matmul_flops(device, n=None, reps=10, dtype=torch.float32) -> float:
@@ -149,12 +162,15 @@ def main():
                          "setting cannot be undone in the process)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--bind", action="store_true",
+                    help="pin OpenMP threads to cores (OMP_PROC_BIND=true OMP_PLACES=cores)")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"device {device}, threads {torch.get_num_threads()}")
+    binding = os.environ.get("OMP_PROC_BIND", "unset")
+    print(f"device {device}, threads {torch.get_num_threads()}, OMP_PROC_BIND {binding}")
     rows = []
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     names = [v for v in names if "keepmem" not in v] + [v for v in names if "keepmem" in v]
@@ -173,7 +189,7 @@ def main():
     peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"peak memory {peak_mem:.0f} MiB ({'CUDA allocated' if device.type == 'cuda' else 'process max RSS'})")
-    print(json.dumps({"peak_mem_mib": peak_mem, "rows": rows}))
+    print(json.dumps({"peak_mem_mib": peak_mem, "omp_proc_bind": binding, "rows": rows}))
 
 
 if __name__ == "__main__":
