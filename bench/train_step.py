@@ -19,7 +19,8 @@ on CPU and 8192 on CUDA (large enough to reach the tensor cores' peak).
 
 ``--bind`` pins the OpenMP threads to cores (``OMP_PROC_BIND=true OMP_PLACES=cores``; the script
 starts itself again with them, since OpenMP reads them when it loads). On the 2-core machine this
-gave 2–5 MFU points in four paired runs (docs/RESULTS.md). It is not a default anywhere: two
+gave 2–5 MFU points in four paired runs, less than the machine's drift between runs
+(docs/RESULTS.md). It is not a default anywhere: two
 processes that each bind their threads to "the first cores" share those cores and leave the rest
 idle (several CPU training processes on one machine, torchrun on a CPU).
 """
