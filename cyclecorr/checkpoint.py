@@ -85,12 +85,13 @@ def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = F
     except RuntimeError as e:  # a tensor of another shape
         raise ValueError(f"{path}: weights do not fit the network "
                          f"({net.config}): {str(e).splitlines()[0]}") from e
-    grown = [k for k in missing if grow and k in set(net.grown_keys())]
-    missing = [k for k in missing if k not in grown]
+    growable = set(net.grown_keys()) if grow else set()
+    grown = [k for k in missing if k in growable]
+    missing = [k for k in missing if k not in growable]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the network ({net.config}): missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
-    if grown and len(grown) != len(net.grown_keys()):  # a half-grown file: not a zero start
+    if grown and len(grown) != len(growable):  # a half-grown file: not a zero start
         raise ValueError(f"{path}: has some of the network's skip layers but not all "
                          f"(missing {grown[:5]})")
     return grown

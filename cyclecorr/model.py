@@ -192,14 +192,14 @@ class CorrespondenceNet(nn.Module):
         enc_res = [i for i in range(len(_ENCODER) - 1) if _ENCODER[i + 1][1] == 2][::-1][:len(ups)]
         self.flow_skips = nn.ModuleList()
         self._enc_taps: list[int] = []
-        self._dec_taps: list[int] = []
+        self._dec_taps: dict[int, int] = {}  # flow-decoder module index → skip level
         if cfg.skips == "corr":
             k = (2 * cfg.skip_radius + 1) ** 2
             self._enc_taps = _stage_ends(self.encoder, enc_res)
             convs = [m for m in self.flow_decoder
                      if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
             # add before the ReLU that follows the up-sampling conv (and its norm)
-            self._dec_taps = _stage_ends(self.flow_decoder, ups)
+            self._dec_taps = {t: j for j, t in enumerate(_stage_ends(self.flow_decoder, ups))}
             for e, u in zip(enc_res, ups):
                 enc_c = _ch(_ENCODER[e][0], cfg.width, keep=False)
                 self.flow_skips.append(nn.Conv2d(enc_c + k, convs[u].out_channels, 1))
@@ -243,8 +243,7 @@ class CorrespondenceNet(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Encode ``(B, 3, S, S)`` images in [0, 1] to ``(B, 256·width, S/16, S/16)`` codes."""
-        self._check("images", images)
-        return self.encoder((images - self.mean) / self.std)
+        return self.encode_levels(images)[0]
 
     def encode_levels(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """``(code, skips)``: the code of :meth:`encode` and, with ``skips="corr"``, the encoder's
@@ -259,6 +258,18 @@ class CorrespondenceNet(nn.Module):
             if i in self._enc_taps:
                 feats[i] = x
         return x, tuple(feats[i] for i in self._enc_taps)
+
+    def encode_pair(self, src: torch.Tensor, tgt: torch.Tensor) -> tuple:
+        """Check and encode a batch of pairs in one pass: ``(code_src, code_tgt, skips_src,
+        skips_tgt)``, the arguments of :meth:`decode` / :meth:`decode_flow`."""
+        self._check("src", src)
+        self._check("tgt", tgt)
+        if src.shape[0] != tgt.shape[0]:
+            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
+        codes, skips = self.encode_levels(torch.cat((src, tgt), dim=0))
+        code_src, code_tgt = codes.chunk(2, dim=0)
+        halves = [f.chunk(2, dim=0) for f in skips]
+        return code_src, code_tgt, tuple(h[0] for h in halves), tuple(h[1] for h in halves)
 
     def decode_flow(self, code_src: torch.Tensor, code_tgt: torch.Tensor,
                     skips_src: tuple = (), skips_tgt: tuple = ()) -> torch.Tensor:
@@ -275,10 +286,9 @@ class CorrespondenceNet(nn.Module):
                                  f"features per image (encode_levels), got {len(skips_src)} and "
                                  f"{len(skips_tgt)}")
             r = self.config.skip_radius
-            taps = {t: j for j, t in enumerate(self._dec_taps)}
             for i, m in enumerate(self.flow_decoder):
-                if i in taps:  # the module here is the up-sampling layer's ReLU: add before it
-                    j = taps[i]
+                j = self._dec_taps.get(i)
+                if j is not None:  # the module here is the up-sampling layer's ReLU: add before it
                     a, b = skips_src[j], skips_tgt[j]
                     x = x + self.flow_skips[j](torch.cat((local_correlation(a, b, r), a), 1))
                 x = m(x)
@@ -301,15 +311,7 @@ class CorrespondenceNet(nn.Module):
                 "matchability_logits": logits}
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._check("src", src)
-        self._check("tgt", tgt)
-        if src.shape[0] != tgt.shape[0]:
-            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
-        codes, skips = self.encode_levels(torch.cat((src, tgt), dim=0))
-        code_src, code_tgt = codes.chunk(2, dim=0)
-        halves = [f.chunk(2, dim=0) for f in skips]
-        return self.decode(code_src, code_tgt, tuple(h[0] for h in halves),
-                           tuple(h[1] for h in halves))
+        return self.decode(*self.encode_pair(src, tgt))
 
     def layer_table(self) -> dict[str, list[tuple[int, int]]]:
         """``{part: [(out_channels, output_resolution), …]}`` measured by a forward pass."""

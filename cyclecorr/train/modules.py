@@ -69,11 +69,5 @@ class FlowModule(nn.Module):
 
     def forward(self, src, tgt) -> dict[str, torch.Tensor]:
         net = self._net[0]
-        net._check("src", src)
-        net._check("tgt", tgt)
-        codes, skips = net.encode_levels(torch.cat((src, tgt)))
-        a, b = codes.chunk(2)
-        halves = [f.chunk(2) for f in skips]
         # net.flow_decoder is self.flow_decoder (shared parameters), so DDP sees its gradients
-        return {"flow": net.decode_flow(a, b, tuple(h[0] for h in halves),
-                                        tuple(h[1] for h in halves))}
+        return {"flow": net.decode_flow(*net.encode_pair(src, tgt))}
