@@ -110,6 +110,12 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_fil
     assert res["sets"]["tss"]["zero"]["n_pairs"] == 2
     md = (out / "results.md").read_text()
     assert "## flowweb-car" in md and "| zero |" in md and "| model |" in md
+    # the later method against the earlier one, pair by pair, at each alpha; none for TSS
+    comp = res["comparisons"]["flowweb-car"]
+    assert [(c["a"], c["b"], c["alpha"]) for c in comp] == [("model", "zero", a)
+                                                            for a in (0.05, 0.1, 0.15)]
+    assert comp[1]["estimate"] == fw["model"]["pck"]["per_keypoint"]["0.1"]
+    assert "tss" not in res["comparisons"] and "| model − zero | all |" in md
 
 
 def test_evaluate_command_bad_arguments(tmp_path, capsys):

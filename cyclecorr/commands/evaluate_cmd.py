@@ -59,6 +59,7 @@ def run(args) -> int:
     from cyclecorr.evaluate import datasets as D
     from cyclecorr.evaluate.methods import NetworkMethod, make_method
     from cyclecorr.evaluate.report import write_results
+    from cyclecorr.evaluate.stats import compare_set
     from cyclecorr.matcher import resolve_device
 
     sets = _split(args.sets)
@@ -146,6 +147,9 @@ def run(args) -> int:
                 res[m.name] = feature_embedding_pictures(m, args.data, out, n=lim or 120,
                                                          seed=args.seed)
         results["sets"][set_name] = res
+        comparisons = compare_set(set_name, res, seed=args.seed)
+        if comparisons:
+            results.setdefault("comparisons", {})[set_name] = comparisons
         print(f"  {set_name}: done in {time.perf_counter() - t0:.1f} s")
         write_results(results, out)  # keep partial results if a later set fails
     j, md = write_results(results, out)

@@ -6,6 +6,10 @@ function per benchmark (each returns a dict with a ``protocol``), and reports.
 >>> res = evaluate_flowweb_car(method, load_flowweb_car(), tasks=("pck",))
 >>> res["pck"]["per_keypoint"]["0.1"]
 
+Two methods on the same pairs are compared pair by pair (:mod:`cyclecorr.evaluate.stats`):
+``paired_bootstrap(res_a["pck_pairs"], res_b["pck_pairs"], 0.1)`` gives the difference of their
+headline PCK and its 95 % bootstrap interval (``cyclecorr evaluate`` reports these).
+
 Conventions: keypoints ``(N, 2)`` (x, y) 0-based; flows ``(B, 2, H, W)`` channel 0 = x, in pixels,
 ``flow_ab(p) = q − p``; matchability in [0, 1]; methods run on ``(B, 3, 128, 128)`` images in [0, 1].
 """
@@ -23,6 +27,7 @@ from cyclecorr.evaluate.metrics import (IoUAccumulator, PCKAccumulator, accuracy
                                         average_precision, flow_accuracy, iou, pck_pair,
                                         reference_length)
 from cyclecorr.evaluate.report import markdown_report, write_results
+from cyclecorr.evaluate.stats import compare_set, paired_bootstrap
 
 __all__ = [
     "all_ordered_pairs", "evaluate_flowweb_car", "evaluate_keypoint_transfer",
@@ -31,5 +36,6 @@ __all__ = [
     "SyntheticPair", "load_flowweb_car", "load_pf_willow", "load_tss", "make_synthetic_pairs",
     "NetworkMethod", "SiftFlowMethod", "ZeroFlow", "make_method", "predict_in_batches",
     "IoUAccumulator", "PCKAccumulator", "accuracy", "average_precision", "flow_accuracy", "iou",
-    "pck_pair", "reference_length", "markdown_report", "write_results",
+    "pck_pair", "reference_length", "markdown_report", "write_results", "compare_set",
+    "paired_bootstrap",
 ]

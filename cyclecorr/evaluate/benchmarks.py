@@ -206,7 +206,7 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
                           (x1 + 0.5) * sb[0] - 0.5, (y1 + 0.5) * sb[1] - 0.5)
         ref = reference_length(reference, image_size=hw_b, keypoints=gt, bbox=bbox_b)
         valid = np.isfinite(kps_a).all(1) & np.isfinite(kps_b).all(1)
-        acc.add(groups[i], pck_pair(pred, gt, ref, alphas, valid))
+        acc.add(groups[i], pck_pair(pred, gt, ref, alphas, valid), pair=f"{i}-{j}")
     protocol = {
         "task": "keypoint transfer (PCK)", "set": set_name, "pairs": pairs_text,
         "alphas": list(alphas), "reference_length": _REF_TEXT[reference],
@@ -218,7 +218,7 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
         "method": method_protocol(method), "seed": seed,
     }
     protocol.update(extra_protocol or {})
-    return {"pck": acc.summary(), "n_pairs": len(pairs),
+    return {"pck": acc.summary(), "pck_pairs": acc.pairs(), "n_pairs": len(pairs),
             "seconds": time.perf_counter() - t0, "protocol": protocol}
 
 
@@ -361,7 +361,7 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
         if "pck" in tasks and len(kps[i]):
             pred = transfer_keypoints(torch.from_numpy(kps[i]), flow.double()).numpy()
             valid = np.isfinite(kps[i]).all(1) & np.isfinite(kps[j]).all(1)
-            pck.add(set_name, pck_pair(pred, kps[j], float(size), alphas, valid))
+            pck.add(set_name, pck_pair(pred, kps[j], float(size), alphas, valid), pair=f"{i}-{j}")
         if "matchability" in tasks and mat is not None:
             has_match = True
             lab, ev = matchability_ground_truth(masks[i], labels[i], labels[j])
@@ -379,6 +379,7 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
     out: dict = {"n_pairs": len(pairs), "n_images": len(samples)}
     if "pck" in tasks:
         out["pck"] = pck.summary().get(set_name, {})
+        out["pck_pairs"] = pck.pairs()
     if "matchability" in tasks:
         if has_match:
             s_all, t_all = np.concatenate(scores), np.concatenate(truths)
@@ -514,7 +515,7 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
             valid = np.isfinite(p.kps_a).all(1) & np.isfinite(p.kps_b).all(1)
             r = pck_pair(pred, p.kps_b, float(size), alphas, valid)
             same = p.flow_ab is not None
-            pck.add("same-model" if same else "cross-model", r)
+            pck.add("same-model" if same else "cross-model", r, pair=str(k))
         if p.flow_ab is not None:
             gt_m = np.asarray(p.match_ab) > 0.5
             if mat is not None:
@@ -527,7 +528,7 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
     summ = pck.summary()
     out: dict = {"n_pairs": n, "pck": summ.get("all", {}),
                  "pck_cross_model": summ.get("cross-model"),
-                 "pck_same_model": summ.get("same-model")}
+                 "pck_same_model": summ.get("same-model"), "pck_pairs": pck.pairs()}
     if has_match:
         s_all, t_all = np.concatenate(scores), np.concatenate(truths)
         out["matchability"] = {"ap": average_precision(s_all, t_all),

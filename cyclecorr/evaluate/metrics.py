@@ -143,18 +143,27 @@ class PCKAccumulator:
          fraction}, "n_pairs": pairs with ≥ 1 counted keypoint, "n_keypoints": counted keypoints}
 
     The overall ``"mean_over_groups"`` is the unweighted mean of the groups' per-pair PCK
-    (PF-WILLOW's per-class average).
+    (PF-WILLOW's per-class average). ``pairs()`` gives the per-pair counts behind every number
+    (for :mod:`cyclecorr.evaluate.stats`' paired comparisons).
     """
 
     def __init__(self, alphas=(0.1,)):
         self.alphas = tuple(float(a) for a in alphas)
         self._kp = defaultdict(lambda: {a: [0, 0] for a in self.alphas})
         self._pairs = defaultdict(lambda: {a: [] for a in self.alphas})
+        self._records: list[tuple[str, str, int, dict]] = []
+        self._added = 0
 
-    def add(self, group: str, result: dict) -> None:
+    def add(self, group: str, result: dict, pair: str | None = None) -> None:
+        """Count one pair's :func:`pck_pair` result under ``group``; ``pair`` names it (default:
+        its position among the added pairs), the key that pairs two methods' records."""
         n = result["n"]
+        pair = str(pair) if pair is not None else str(self._added)
+        self._added += 1
         if n == 0:
             return
+        self._records.append((group, pair, n, {a: int(result["correct"][a].sum())
+                                                for a in self.alphas}))
         for a in self.alphas:
             c = int(result["correct"][a].sum())
             self._kp[group][a][0] += c
@@ -183,6 +192,17 @@ class PCKAccumulator:
                 "n_groups": len(groups),
             }
         return out
+
+    def pairs(self, group: str | None = None) -> dict:
+        """Per-pair counts (pairs with ≥ 1 counted keypoint, in the order added)::
+
+            {"group": [...], "pair": [...], "n": [counted], "correct": {"α": [correct]}}
+
+        only ``group``'s pairs when given."""
+        recs = [r for r in self._records if group is None or r[0] == group]
+        return {"group": [r[0] for r in recs], "pair": [r[1] for r in recs],
+                "n": [r[2] for r in recs],
+                "correct": {str(a): [r[3][a] for r in recs] for a in self.alphas}}
 
 
 def iou(pred, gt) -> float:

@@ -98,6 +98,38 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _signed(v: float) -> str:
+    return "–" if v is None or math.isnan(v) else f"{v:+.3f}"
+
+
+def _comparison_table(comparisons: list[dict] | None) -> list[str]:
+    """Markdown lines: each paired comparison (:mod:`cyclecorr.evaluate.stats`) as
+    "difference [interval]" per α, one row per pair of methods and subset."""
+    if not comparisons:
+        return []
+    alphas = list(dict.fromkeys(c["alpha"] for c in comparisons))
+    rows: dict[tuple, dict] = {}
+    for c in comparisons:
+        rows.setdefault((c["a"], c["b"], c.get("subset")), {})[c["alpha"]] = c
+    c0 = comparisons[0]
+    stat = {"per_keypoint": "PCK per keypoint",
+            "mean_over_groups": "mean over classes of per-pair PCK"}[c0["statistic"]]
+    lines = ["", f"Paired differences (row's first method minus its second; {stat}; "
+             f"{c0['level']:.0%} percentile interval of a bootstrap over image pairs, resampled "
+             f"within each class, {c0['n_boot']:,} draws, seed {c0['seed']}; "
+             "P = share of draws where the first is not better):", "",
+             "| first − second | classes | " + " | ".join(f"PCK@{a:.2f}" for a in alphas) + " |",
+             "|---|---|" + "---|" * len(alphas)]
+    for (a, b, sub), by_alpha in rows.items():
+        cells = []
+        for al in alphas:
+            c = by_alpha.get(al)
+            cells.append("–" if c is None else f"{_signed(c['diff'])} [{_signed(c['ci'][0])}, "
+                         f"{_signed(c['ci'][1])}] P={c['p_not_better']:.2f}")
+        lines.append(f"| {a} − {b} | {sub or 'all'} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def headline(set_name: str, result: dict) -> dict:
     """``{column: value}`` of a benchmark dict (see :data:`HEADLINE_COLUMNS`)."""
     return {label: _get(result, *path) for label, path in HEADLINE_COLUMNS[_set_kind(set_name)]}
@@ -142,6 +174,7 @@ def markdown_report(results: dict) -> str:
                 for m, r in by_method.items():
                     lines.append(f"| {m} | " + " | ".join(
                         _fmt(_get(r, "pck", c, "per_pair", "0.1")) for c in classes) + " |")
+        lines += _comparison_table(results.get("comparisons", {}).get(set_name))
         if kind == "tss":
             groups = list((first.get("groups") or {}).keys())
             if groups:
