@@ -14,6 +14,7 @@ COMMANDS = {
     "siftflow": ("cyclecorr.commands.siftflow_cmd", "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
     "train": ("cyclecorr.commands.train_cmd", "train a model (stage 1: SIFT-flow imitation, stage 2: cycle consistency)"),
     "evaluate": ("cyclecorr.commands.evaluate_cmd", "evaluate models and baselines (PCK, matchability, segmentation, flow)"),
+    "compare": ("cyclecorr.commands.compare_cmd", "compare the methods of evaluation result files pair by pair (bootstrap intervals)"),
     "match": ("cyclecorr.commands.match_cmd", "match two images (or a folder of pairs) and write pictures + HTML"),
 }
 

@@ -114,9 +114,12 @@ def _comparison_table(comparisons: list[dict] | None) -> list[str]:
     c0 = comparisons[0]
     stat = {"per_keypoint": "PCK per keypoint",
             "mean_over_groups": "mean over classes of per-pair PCK"}[c0["statistic"]]
+    unit = {"image": "images drawn with replacement within each class, every pair among them "
+                     "counted (pairs sharing an image are not independent)",
+            "pair": "pairs drawn with replacement within each class"}.get(c0.get("unit"), "pairs")
     lines = ["", f"Paired differences (row's first method minus its second; {stat}; "
-             f"{c0['level']:.0%} percentile interval of a bootstrap over image pairs, resampled "
-             f"within each class, {c0['n_boot']:,} draws, seed {c0['seed']}; "
+             f"{c0['level']:.0%} percentile interval of a bootstrap with {unit}, "
+             f"{c0['n_boot']:,} draws, seed {c0['seed']}; "
              "P = share of draws where the first is not better):", "",
              "| first − second | classes | " + " | ".join(f"PCK@{a:.2f}" for a in alphas) + " |",
              "|---|---|" + "---|" * len(alphas)]

@@ -196,7 +196,8 @@ def paired_bootstrap(records_a: dict, records_b: dict, alpha: float | str = 0.1,
 
 
 def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] = (0.1,),
-                    by_category: bool = False, n_boot: int = 10000, seed: int = 0) -> list[dict]:
+                    by_category: bool = False, unit: str = "auto", n_boot: int = 10000,
+                    seed: int = 0) -> list[dict]:
     """Every later method against every earlier one (in ``by_method``'s order) on one set.
 
     ``by_method``: ``{method: benchmark dict}`` whose dicts hold ``pck_pairs``; methods without
@@ -217,7 +218,8 @@ def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] 
             for alpha in alphas:
                 for sub, groups in subsets:
                     r = paired_bootstrap(recs[a], recs[b], alpha, statistic=statistic,
-                                         groups=groups, n_boot=n_boot, seed=seed, names=(a, b))
+                                         groups=groups, unit=unit, n_boot=n_boot, seed=seed,
+                                         names=(a, b))
                     r["subset"] = sub
                     out.append(r)
     return out
@@ -228,7 +230,8 @@ _SET_STATISTIC = {"flowweb": ("per_keypoint", False), "pf-willow": ("mean_over_g
                   "synthetic": ("per_keypoint", False), "custom": ("per_keypoint", False)}
 
 
-def compare_set(set_name: str, by_method: dict, *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
+def compare_set(set_name: str, by_method: dict, *, unit: str = "auto", n_boot: int = 10000,
+                seed: int = 0) -> list[dict]:
     """:func:`compare_methods` with the statistic of ``set_name``'s headline, at the set's
     α's (from the first method's protocol); ``[]`` for sets without per-pair PCK records or with
     fewer than two methods."""
@@ -240,4 +243,4 @@ def compare_set(set_name: str, by_method: dict, *, n_boot: int = 10000, seed: in
         return []
     alphas = (with_pairs[0].get("protocol") or {}).get("alphas") or [0.1]
     return compare_methods(by_method, statistic=spec[0], alphas=alphas, by_category=spec[1],
-                           n_boot=n_boot, seed=seed)
+                           unit=unit, n_boot=n_boot, seed=seed)

@@ -1,0 +1,115 @@
+"""``cyclecorr compare``: put the methods of one or more ``cyclecorr evaluate`` result files side
+by side and compare every pair of them on every keypoint set they share (paired bootstrap,
+:mod:`cyclecorr.evaluate.stats`), without running anything again.
+
+    cyclecorr compare runs/eval_baselines/results.json runs/eval_new/results.json --out DIR \\
+        [--methods siftflow,new] [--sets pf-willow] [--unit image|pair] [--draws N]
+
+Typical use: SIFT flow takes minutes per set, a model seconds; evaluate the baselines once and
+compare each new model's file against them. Methods are matched by row name; a name that means
+two different things in two files (another checkpoint, another size) is refused, as are sets
+evaluated on different pairs (``--limit``). Writes ``DIR/results.json`` and ``DIR/results.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", help="results.json files of cyclecorr evaluate")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--methods", default=None,
+                        help="comma list of row names, in the order to compare (default: all, "
+                             "in the order met)")
+    parser.add_argument("--sets", default=None, help="comma list of sets (default: all shared)")
+    parser.add_argument("--unit", default="auto", choices=("auto", "image", "pair"),
+                        help="what the bootstrap draws (default: images where pairs are named "
+                             "by them)")
+    parser.add_argument("--draws", type=int, default=10000, help="bootstrap draws (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def _identity(desc: dict) -> tuple:
+    """What makes two rows of the same name the same method."""
+    return (desc.get("kind"), desc.get("size"), desc.get("sha256"), desc.get("name"))
+
+
+def merge_results(files: list[str | Path]) -> dict:
+    """One results dict holding every method of ``files`` (first occurrence of each row name);
+    raises ``ValueError`` naming the file when a row name is another method there, or a set was
+    evaluated on other pairs."""
+    merged: dict = {"methods": {}, "sets": {}, "sources": []}
+    pairs_of: dict[str, object] = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise FileNotFoundError(f"results file not found: {path}")
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable results.json ({e})") from e
+        if not isinstance(res, dict) or not isinstance(res.get("sets"), dict):
+            raise ValueError(f"{path}: no 'sets' (not written by cyclecorr evaluate)")
+        merged["sources"].append({"file": str(path), "command": res.get("command")})
+        for name, desc in (res.get("methods") or {}).items():
+            old = merged["methods"].get(name)
+            if old is not None and _identity(old) != _identity(desc):
+                raise ValueError(f"{path}: row {name!r} is another method than in an earlier file "
+                                 f"({_identity(desc)} vs {_identity(old)}); rename it with "
+                                 "NAME=PATH when evaluating")
+            merged["methods"].setdefault(name, desc)
+        for set_name, by_method in res["sets"].items():
+            for name, r in by_method.items():
+                if not isinstance(r, dict):
+                    continue
+                n = r.get("n_pairs")
+                seen = pairs_of.setdefault(set_name, n)
+                if seen != n:
+                    raise ValueError(f"{path}: set {set_name} has {n} pairs for {name!r}, an "
+                                     f"earlier file {seen} (another --limit?)")
+                merged["sets"].setdefault(set_name, {}).setdefault(name, r)
+    return merged
+
+
+def run(args) -> int:
+    from cyclecorr.evaluate.report import write_results
+    from cyclecorr.evaluate.stats import compare_set
+
+    merged = merge_results(args.results)
+    names = list(merged["methods"])
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        missing = [m for m in wanted if m not in names]
+        if missing:
+            raise ValueError(f"methods {missing} are in none of the files (have {names})")
+        names = wanted
+    sets = list(merged["sets"])
+    if args.sets:
+        wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+        missing = [s for s in wanted if s not in sets]
+        if missing:
+            raise ValueError(f"sets {missing} are in none of the files (have {sets})")
+        sets = wanted
+    if args.draws < 1:
+        raise ValueError(f"--draws must be ≥ 1, got {args.draws}")
+    out = {"command": "cyclecorr compare " + " ".join(str(f) for f in args.results)
+           + f" --out {args.out}" + (f" --methods {args.methods}" if args.methods else "")
+           + (f" --sets {args.sets}" if args.sets else "")
+           + f" --unit {args.unit} --draws {args.draws} --seed {args.seed}",
+           "seed": args.seed, "sources": merged["sources"],
+           "methods": {m: merged["methods"][m] for m in names}, "sets": {}, "comparisons": {}}
+    for s in sets:
+        rows = {m: merged["sets"][s][m] for m in names if m in merged["sets"][s]}
+        out["sets"][s] = rows
+        comp = compare_set(s, rows, n_boot=args.draws, seed=args.seed, unit=args.unit)
+        if comp:
+            out["comparisons"][s] = comp
+    if not out["comparisons"]:
+        raise ValueError("no set has per-pair keypoint results for two of the methods "
+                         "(files from before per-pair records, or non-keypoint sets only)")
+    j, md = write_results(out, args.out)
+    print(f"cyclecorr compare: wrote {j} and {md}")
+    print(md.read_text())
+    return 0
