@@ -73,25 +73,24 @@ def merge_results(files: list[str | Path]) -> dict:
     return merged
 
 
+def _choose(what: str, spec: str | None, have: list[str]) -> list[str]:
+    """The comma list ``spec`` (all of ``have`` when None), each checked to be in ``have``."""
+    if not spec:
+        return have
+    wanted = [x.strip() for x in spec.split(",") if x.strip()]
+    missing = [x for x in wanted if x not in have]
+    if missing:
+        raise ValueError(f"{what} {missing} are in none of the files (have {have})")
+    return wanted
+
+
 def run(args) -> int:
     from cyclecorr.evaluate.report import write_results
     from cyclecorr.evaluate.stats import compare_set
 
     merged = merge_results(args.results)
-    names = list(merged["methods"])
-    if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-        missing = [m for m in wanted if m not in names]
-        if missing:
-            raise ValueError(f"methods {missing} are in none of the files (have {names})")
-        names = wanted
-    sets = list(merged["sets"])
-    if args.sets:
-        wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
-        missing = [s for s in wanted if s not in sets]
-        if missing:
-            raise ValueError(f"sets {missing} are in none of the files (have {sets})")
-        sets = wanted
+    names = _choose("methods", args.methods, list(merged["methods"]))
+    sets = _choose("sets", args.sets, list(merged["sets"]))
     if args.draws < 1:
         raise ValueError(f"--draws must be ≥ 1, got {args.draws}")
     out = {"command": "cyclecorr compare " + " ".join(str(f) for f in args.results)
