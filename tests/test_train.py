@@ -557,6 +557,66 @@ def test_self_warp_pair_has_the_exact_flow_of_its_two_reframings():
         self_warp_pair(img[:1], g)
 
 
+def test_deformed_self_warp_keeps_the_exact_flow():
+    """Bending the source of a self-warp pair by a smooth field d: the new flow must be
+    d(p) + flow(p + d(p)), i.e. the content of the bent source found in the target where the
+    original pair's flow says; checked against the closed-form affine flow of the two
+    re-framings, and through the images (the copy's content follows the new flow)."""
+    from cyclecorr.geometry import pixel_grid
+    from cyclecorr.train.data import (deform_self_warp, random_zoom, self_warp_pair,
+                                      smooth_deformation)
+
+    S = 48
+    img = SyntheticQuartets(2, S, seed=3)[0]["r1"]
+    pair = self_warp_pair(img, torch.Generator().manual_seed(7), (0.8, 1.2), 0.1, 0.1, "texture")
+    same = deform_self_warp(pair, torch.Generator().manual_seed(1), 0.0, 4, 0.0)
+    assert all(torch.equal(same[k], pair[k]) for k in pair)  # both off: unchanged
+    bent = deform_self_warp(pair, torch.Generator().manual_seed(1), 4.0, 4, 0.0)
+    d = smooth_deformation(torch.Generator().manual_seed(1), S, 4.0, 4)
+    assert 2.0 < float(d.abs().max()) < 4.5 and float(d.abs().mean()) > 0.5
+    g = torch.Generator().manual_seed(7)
+    a1, a2 = (random_zoom(g, S, (0.8, 1.2), 0.1, 0.1) for _ in range(2))
+    affine = (torch.linalg.inv(_h(a2)) @ _h(a1))[:2]
+    q = pixel_grid(S, S)[0] + d  # where each bent source pixel shows the original source
+    # the target shows that content at A q (A: original source pixel -> target pixel)
+    want = torch.einsum("ij,jhw->ihw", affine[:, :2], q) + affine[:, 2:, None] - pixel_grid(S, S)[0]
+    m = bent["match_warp"].bool()[0]
+    assert int(m.sum()) > 0.4 * S * S and int(m.sum()) < int(pair["match_warp"].sum())
+    assert float((bent["flow_warp"] - want).abs().amax(dim=0)[m].max()) < 1e-3
+    assert not bool((m & ~((q >= 0).all(0) & (q <= S - 1).all(0))).any())
+    err = ((warp(bent["warp_tgt"][None], bent["flow_warp"][None]) - bent["warp_src"][None]).abs()
+           * m).sum()
+    old = ((warp(bent["warp_tgt"][None], pair["flow_warp"][None]) - bent["warp_src"][None]).abs()
+           * m).sum()
+    assert float(err) < 0.5 * float(old)  # the old flow no longer fits the bent source
+    assert torch.equal(bent["warp_tgt"], pair["warp_tgt"])
+    lit = deform_self_warp(pair, torch.Generator().manual_seed(2), 0.0, 4, 0.3)
+    assert torch.equal(lit["flow_warp"], pair["flow_warp"])
+    assert not torch.equal(lit["warp_src"], pair["warp_src"])
+    assert not torch.allclose(lit["warp_src"] - pair["warp_src"], lit["warp_tgt"] - pair["warp_tgt"])
+    with pytest.raises(ValueError, match="grid"):
+        smooth_deformation(g, S, 1.0, 1)
+
+
+def test_warp_deformation_draws_leave_every_other_draw_alone():
+    """Turning the deformation on changes the self-warp source and its flow, nothing else of
+    an item (its own random stream), and stays a pure function of (seed, step, position)."""
+    from cyclecorr.train.config import load_config
+    from cyclecorr.train.data import AugmentedDataset
+
+    kw = dict(seed=0, zoom=1.0, zoom_range=(0.7, 1.3), zoom_fill="texture", self_warp=True)
+    plain = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), **kw)
+    bent = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), warp_deform=3.0, warp_jitter=0.2,
+                            **kw)
+    a, b, b2 = plain[(1, 5, 0)], bent[(1, 5, 0)], bent[(1, 5, 0)]
+    assert all(torch.equal(b[k], b2[k]) for k in b)
+    for k in a:
+        changed = not torch.equal(a[k], b[k])
+        assert changed == (k in ("warp_src", "warp_tgt", "flow_warp", "match_warp")), k
+    with pytest.raises(ValueError, match="warp_deform"):
+        load_config("cpu", ["augment.warp_deform=-1"])
+
+
 def test_cycle_step_with_self_warp_adds_the_weighted_pair_loss_in_one_pass():
     from cyclecorr.losses import truncated_flow_loss
     from cyclecorr.train.data import AugmentedDataset

@@ -127,8 +127,15 @@ class AugmentConfig:
     edge pixels, ``"texture"`` shows a random colour texture), x/y by up to ±``zoom_aspect``
     apart, and shifted by up to ``zoom_shift`` × size per axis; the ground-truth flow follows
     exactly. Tight VOC crops otherwise never show the scale and position changes of whole
-    photos (PF-WILLOW); not in the paper; 0 = off. Random draws are a pure function of
-    (seed, step, item index), so resume is exact without saving RNG state."""
+    photos (PF-WILLOW); not in the paper; 0 = off. ``warp_deform``, ``warp_deform_grid``,
+    ``warp_jitter`` shape the self-warp pair of ``loss.warp_weight`` (a photo against a
+    re-framed copy of itself): its source is bent by a smooth random displacement of up to about
+    ``warp_deform`` px (offsets on a ``warp_deform_grid``² lattice, bicubic in between) and each
+    side gets its own brightness / contrast change of amplitude ``warp_jitter``, so the copy
+    differs from the photo the way another object's photo does, not only by an affine
+    re-framing of identical pixels; the flow stays exact (not in the paper; 0 = off). Random
+    draws are a pure function of (seed, step, item index), so resume is exact without saving
+    RNG state."""
 
     hflip: float = 0.5
     color_jitter: float = 0.0
@@ -139,6 +146,9 @@ class AugmentConfig:
     zoom_shift: float = 0.15
     zoom_aspect: float = 0.1
     zoom_fill: str = "border"
+    warp_deform: float = 0.0
+    warp_deform_grid: int = 4
+    warp_jitter: float = 0.0
 
 
 @dataclass
@@ -256,6 +266,10 @@ class TrainConfig:
         if not (0 <= a.zoom_shift <= 1 and 0 <= a.zoom_aspect < 1):
             raise ValueError("augment.zoom_shift must be in [0, 1] and zoom_aspect in [0, 1), got "
                              f"{a.zoom_shift}, {a.zoom_aspect}")
+        if a.warp_deform < 0 or a.warp_deform_grid < 2 or not 0 <= a.warp_jitter < 1:
+            raise ValueError("augment.warp_deform must be ≥ 0, warp_deform_grid ≥ 2 and "
+                             f"warp_jitter in [0, 1), got {a.warp_deform}, "
+                             f"{a.warp_deform_grid}, {a.warp_jitter}")
         if a.zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"augment.zoom_fill must be one of {ZOOM_FILLS}, got {a.zoom_fill!r}")
         if self.logging.checkpoint_every < 1:

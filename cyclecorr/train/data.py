@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyclecorr.geometry import affine_flow, inside_mask, pixel_grid, sample, warp
+from cyclecorr.geometry import (affine_flow, compose_flow, inside_mask, pixel_grid, sample,
+                                warp)
 
 __all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler",
            "AugmentedDataset", "self_warp_pair", "hflip_quartet", "hflip_pair",
@@ -247,6 +248,41 @@ def self_warp_pair(img: torch.Tensor, g: torch.Generator, scale_range=(0.6, 1.3)
             "match_warp": out["valid"]}
 
 
+def smooth_deformation(g: torch.Generator, size: int, amplitude: float, grid: int = 4
+                       ) -> torch.Tensor:
+    """A random smooth displacement field ``(2, size, size)`` in pixels: offsets drawn uniformly in
+    ``[-amplitude, amplitude]`` on a ``grid × grid`` lattice of control points spanning the image,
+    interpolated bicubically (so it may exceed ``amplitude`` slightly between them)."""
+    if amplitude < 0 or grid < 2:
+        raise ValueError(f"deformation needs amplitude ≥ 0 and grid ≥ 2, got {amplitude}, {grid}")
+    ctrl = (torch.rand(1, 2, grid, grid, generator=g) * 2 - 1) * amplitude
+    return F.interpolate(ctrl, size=(size, size), mode="bicubic", align_corners=True)[0]
+
+
+def deform_self_warp(pair: dict, g: torch.Generator, amplitude: float, grid: int = 4,
+                     jitter: float = 0.0) -> dict:
+    """Make a :func:`self_warp_pair` look more like two photos of two objects: the source is
+    bent by a :func:`smooth_deformation` ``d`` (``src'(p) = src(p + d(p))``, edge pixels repeated)
+    and the two sides get independent brightness / contrast changes of amplitude ``jitter``.
+
+    The flow stays exact: ``flow'(p) = d(p) + flow(p + d(p))`` (:func:`compose_flow`; within the
+    photo ``flow`` is affine, which bilinear reading reproduces exactly), and a source pixel stays
+    matchable only where ``p + d(p)`` lies inside the image with all four neighbours matchable.
+    ``amplitude = jitter = 0`` returns ``pair`` unchanged."""
+    out = dict(pair)
+    if amplitude > 0:
+        size = pair["warp_src"].shape[-1]
+        d = smooth_deformation(g, size, amplitude, grid)[None]
+        out["warp_src"] = warp(pair["warp_src"][None], d, padding="border")[0]
+        out["flow_warp"] = compose_flow(d, pair["flow_warp"][None])[0]
+        m = warp(pair["match_warp"][None].float(), d, padding="zeros")[0]
+        out["match_warp"] = (m >= 0.999).to(pair["match_warp"].dtype)
+    if jitter > 0:
+        out["warp_src"] = _jitter(out["warp_src"], g, jitter)
+        out["warp_tgt"] = _jitter(out["warp_tgt"], g, jitter)
+    return out
+
+
 class AugmentedDataset(torch.utils.data.Dataset):
     """Wraps a dataset of dict items; ``__getitem__((index, step, position))`` returns the item
     with deterministic augmentation (see :class:`~cyclecorr.train.config.AugmentConfig`).
@@ -256,7 +292,9 @@ class AugmentedDataset(torch.utils.data.Dataset):
     probability ``render_background`` (each render its own texture).
     ``zoom``: probability of :func:`zoom_item` with two :func:`random_zoom` maps (``zoom_range``,
     ``zoom_shift``, ``zoom_aspect``); renders are padded with their black background, photos as
-    ``zoom_fill`` says (``"border"`` or ``"texture"``).
+    ``zoom_fill`` says (``"border"`` or ``"texture"``). ``self_warp`` adds a
+    :func:`self_warp_pair` of ``r1``, bent and jittered by :func:`deform_self_warp` when
+    ``warp_deform`` / ``warp_jitter`` are set.
     Order: flip, zoom, colour jitter, render background.
     """
 
@@ -264,7 +302,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
                  keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt"),
                  render_background: float = 0.0, render_keys: tuple = ("s1", "s2"),
                  zoom: float = 0.0, zoom_range=(0.6, 1.3), zoom_shift: float = 0.15,
-                 zoom_aspect: float = 0.1, zoom_fill: str = "border", self_warp: bool = False):
+                 zoom_aspect: float = 0.1, zoom_fill: str = "border", self_warp: bool = False,
+                 warp_deform: float = 0.0, warp_deform_grid: int = 4, warp_jitter: float = 0.0):
         if zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {zoom_fill!r}")
         self.base, self.seed = base, seed
@@ -275,6 +314,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
         self.keys, self.real_keys = keys, real_keys
         self.render_background, self.render_keys = render_background, render_keys
         self.self_warp = bool(self_warp)
+        self.warp_deform, self.warp_deform_grid = float(warp_deform), int(warp_deform_grid)
+        self.warp_jitter = float(warp_jitter)
 
     def __len__(self):
         return len(self.base)
@@ -315,8 +356,13 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 raise ValueError(f"training item {index}: the self-warp pair needs a photo 'r1' "
                                  f"(has {sorted(item)})")
             g_w = torch.Generator().manual_seed(_seed(self.seed, step, pos, 5))
-            item = {**item, **self_warp_pair(item["r1"], g_w, self.zoom_range, self.zoom_shift,
-                                             self.zoom_aspect, self.zoom_fill)}
+            pair = self_warp_pair(item["r1"], g_w, self.zoom_range, self.zoom_shift,
+                                  self.zoom_aspect, self.zoom_fill)
+            if self.warp_deform > 0 or self.warp_jitter > 0:  # own stream: other draws unchanged
+                g_d = torch.Generator().manual_seed(_seed(self.seed, step, pos, 6))
+                pair = deform_self_warp(pair, g_d, self.warp_deform, self.warp_deform_grid,
+                                        self.warp_jitter)
+            item = {**item, **pair}
         return item
 
     def _check(self, item, index):

@@ -608,7 +608,10 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
                           zoom_range=(cfg.augment.zoom_min, cfg.augment.zoom_max),
                           zoom_shift=cfg.augment.zoom_shift, zoom_aspect=cfg.augment.zoom_aspect,
                           zoom_fill=cfg.augment.zoom_fill,
-                          self_warp=stage == 2 and cfg.loss.warp_weight > 0)
+                          self_warp=stage == 2 and cfg.loss.warp_weight > 0,
+                          warp_deform=cfg.augment.warp_deform,
+                          warp_deform_grid=cfg.augment.warp_deform_grid,
+                          warp_jitter=cfg.augment.warp_jitter)
     sampler = StepBatchSampler(len(ds), st.batch_size, cfg.seed + stage, start, st.iterations,
                                dist.rank, dist.world)
     loader = torch.utils.data.DataLoader(
