@@ -1,4 +1,4 @@
-"""How sure a PCK difference between two methods is: a paired bootstrap over image pairs.
+"""How sure a PCK difference between two methods is: a paired bootstrap over a benchmark's images.
 
 A benchmark's PCK is an average over a few hundred image pairs, and two methods are run on the
 *same* pairs, so their difference is best judged on the same resamples: draw the set again with
@@ -50,7 +50,7 @@ def _check_records(name: str, rec: dict, alpha: str) -> None:
     n = len(rec["pair"])
     if not (len(rec["group"]) == len(rec["n"]) == len(rec["correct"][alpha]) == n):
         raise ValueError(f"{name}: per-pair records of different lengths")
-    if len(set(rec["pair"])) != n:
+    if len(set(zip(rec["group"], rec["pair"]))) != n:
         raise ValueError(f"{name}: a pair appears twice in the per-pair records")
 
 
