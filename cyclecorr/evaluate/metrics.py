@@ -149,8 +149,8 @@ class PCKAccumulator:
 
     def __init__(self, alphas=(0.1,)):
         self.alphas = tuple(float(a) for a in alphas)
-        self._kp = defaultdict(lambda: {a: [0, 0] for a in self.alphas})
-        self._pairs = defaultdict(lambda: {a: [] for a in self.alphas})
+        # one record per pair with ≥ 1 counted keypoint: (group, pair name, counted, {α: correct});
+        # every number of summary() and pairs() is derived from these
         self._records: list[tuple[str, str, int, dict]] = []
         self._added = 0
 
@@ -164,23 +164,23 @@ class PCKAccumulator:
             return
         self._records.append((group, pair, n, {a: int(result["correct"][a].sum())
                                                 for a in self.alphas}))
-        for a in self.alphas:
-            c = int(result["correct"][a].sum())
-            self._kp[group][a][0] += c
-            self._kp[group][a][1] += n
-            self._kp["all"][a][0] += c
-            self._kp["all"][a][1] += n
-            self._pairs[group][a].append(c / n)
-            self._pairs["all"][a].append(c / n)
 
     def summary(self) -> dict:
+        by_group: dict[str, list] = defaultdict(list)
+        for r in self._records:
+            by_group[r[0]].append(r)
+        if self._records:
+            by_group["all"] = self._records
         out = {}
-        for g in sorted(self._kp, key=lambda s: (s == "all", s)):
+        for g in sorted(by_group, key=lambda s: (s == "all", s)):
+            recs = by_group[g]
+            counted = sum(r[2] for r in recs)
             out[g] = {
-                "per_keypoint": {str(a): self._kp[g][a][0] / self._kp[g][a][1] for a in self.alphas},
-                "per_pair": {str(a): float(np.mean(self._pairs[g][a])) for a in self.alphas},
-                "n_pairs": len(self._pairs[g][self.alphas[0]]),
-                "n_keypoints": self._kp[g][self.alphas[0]][1],
+                "per_keypoint": {str(a): sum(r[3][a] for r in recs) / counted for a in self.alphas},
+                "per_pair": {str(a): float(np.mean([r[3][a] / r[2] for r in recs]))
+                             for a in self.alphas},
+                "n_pairs": len(recs),
+                "n_keypoints": counted,
             }
         groups = [g for g in out if g != "all"]
         if groups:

@@ -71,19 +71,20 @@ def _statistic(c: np.ndarray, n: np.ndarray, spans: list[slice], kind: str,
                weights: list[np.ndarray] | None) -> np.ndarray:
     """The statistic under every row of per-pair weights (a resample: how often each pair is
     drawn), or with ``weights=None`` once on the pairs as they are (a 1-element array)."""
-    per_group_c, per_group_n, per_group_mean = [], [], []
-    for s, span in enumerate(spans):
-        cg, ng = c[span], n[span]
-        w = weights[s] if weights is not None else np.ones((1, len(cg)))
-        per_group_c.append(w @ cg)
-        per_group_n.append(w @ ng)
+    if weights is None:
+        weights = [np.ones((1, sp.stop - sp.start)) for sp in spans]
+    if kind == "per_keypoint":  # Σ correct / Σ counted over all groups' drawn pairs
+        num = sum(w @ c[sp] for w, sp in zip(weights, spans))
+        den = sum(w @ n[sp] for w, sp in zip(weights, spans))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / den
+    per_group_mean = []  # per group: mean over its drawn pairs with a counted keypoint
+    for w, sp in zip(weights, spans):
+        cg, ng = c[sp], n[sp]
         has = ng > 0
         frac = np.where(has, cg / np.where(has, ng, 1), 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_group_mean.append((w @ frac) / (w @ has.astype(float)))
-    if kind == "per_keypoint":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.sum(per_group_c, 0) / np.sum(per_group_n, 0)
     with warnings.catch_warnings():  # a draw may leave no counted pair in every group: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(np.stack(per_group_mean), 0)
