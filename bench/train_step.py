@@ -17,6 +17,11 @@ convolutions and matmuls alike), ``tf32`` = TF32 tensor cores for both, ``bf16``
 ``torch.autocast(bfloat16)`` against a bfloat16 matmul. The reference matmul is n×n with n = 2048
 on CPU and 8192 on CUDA (large enough to reach the tensor cores' peak).
 
+``--procs N`` (CPU) splits each step's quartets over N ``DistributedDataParallel`` processes
+(gloo), each with threads / N torch threads, as ``cyclecorr train`` runs under ``torchrun`` or
+``cyclecorr.train.launch.run_local_ddp``; the step is timed between barriers and rank 0 measures
+the matmul reference with all threads while the others wait.
+
 ``--bind`` pins the OpenMP threads to cores (``OMP_PROC_BIND=true OMP_PLACES=cores``; the script
 starts itself again with them, since OpenMP reads them when it loads). On the 2-core machine this
 gave 2–5 MFU points in four paired runs, less than the machine's drift between runs
@@ -65,8 +70,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_batch(b, s, device, channels_last):
-    g = torch.Generator().manual_seed(0)
+def make_batch(b, s, device, channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
     batch = {k: torch.rand(b, 3, s, s, generator=g) for k in ("s1", "s2", "r1", "r2")}
     batch["flow_s1s2"] = torch.randn(b, 2, s, s, generator=g) * 5
     batch["match_s1s2"] = (torch.rand(b, 1, s, s, generator=g) > 0.3).float()
@@ -97,7 +102,15 @@ def set_precision(name, device):
     return torch.bfloat16 if "bf16" in name else None
 
 
-def run_variant(name, device, b, steps):
+def run_variant(name, device, b, steps, world=1, threads=0):
+    """One variant: ``steps`` timed steps of ``b`` quartets. With ``world`` > 1 (CPU only, inside
+    one of :func:`_ddp_child`'s processes) each process runs b / world quartets of the same step
+    through ``DistributedDataParallel`` (gloo), as ``cyclecorr train`` does under ``torchrun`` or
+    ``cyclecorr.train.launch``; the step is timed between barriers and rank 0 measures the matmul
+    reference alone, with all ``threads`` of the machine, while the other ranks wait."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if world > 1 else 0
     torch.manual_seed(0)
     if "keepmem" in name and device.type == "cpu":
         # what `cyclecorr train` does on a CPU (runtime.keep_memory): freed activations stay in
@@ -109,11 +122,17 @@ def run_variant(name, device, b, steps):
     cl = "channels_last" in name or "compile" in name
     if cl:
         net = net.to(memory_format=torch.channels_last)
-    flops = step_flops(net, b)
+    flops = step_flops(net, b)  # of the whole step, all processes together
     model = torch.compile(net) if "compile" in name else net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from cyclecorr.train.modules import CycleModule
+
+        model = DDP(CycleModule(net))
     # "fused": one fused Adam kernel per step (what cyclecorr train uses)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused="fused" in name)
-    batch = make_batch(b, net.config.image_size, device, cl)
+    batch = make_batch(b // world, net.config.image_size, device, cl, seed=rank)
     cfg = CycleLossConfig()
 
     def step():
@@ -131,25 +150,85 @@ def run_variant(name, device, b, steps):
     # Each timed step is paired with a matmul measurement right after it, and MFU is the median of
     # the per-pair ratios: on a shared machine the load drifts within seconds, and a reference
     # measured once, after all steps, can land in a quieter or busier moment than the steps did.
+    barrier = dist.barrier if world > 1 else (lambda: None)
     times, ratios, refs = [], [], []
     for _ in range(steps):
+        barrier()
         t = time.perf_counter()
         step()
         sync(device)
+        barrier()  # the step ends when the slowest process has its averaged gradients
         dt = time.perf_counter() - t
-        ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
+        if world > 1:
+            per_process = torch.get_num_threads()
+            if rank == 0:
+                torch.set_num_threads(threads)
+                ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
+                torch.set_num_threads(per_process)
+            barrier()
+            if rank:
+                continue
+        else:
+            ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
         times.append(dt)
         refs.append(ref)
         ratios.append(flops / dt / ref)
+    if rank:
+        return {}
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     dt, peak, mfu = med(times), med(refs), med(ratios)
     achieved = flops / dt
+    if world > 1:
+        name = f"{name}+procs{world}"
     return {"variant": name, "sec_per_step": dt, "quartets_per_s": b / dt,
             "gflop_per_step": flops / 1e9, "achieved_gflops": achieved / 1e9,
             "mfu": mfu, "mfu_min": min(ratios), "mfu_max": max(ratios),
             "matmul_gflops": peak / 1e9, "warmup_s": warm,
             "matmul_dtype": str(amp or torch.float32).replace("torch.", "") + (
                 "+tf32" if "tf32" in name and device.type == "cuda" else "")}
+
+
+def run_all(names, device, batch, steps, world=1, threads=0):
+    """Every variant in turn (keepmem last); prints each row on rank 0 and returns the rows."""
+    import torch.distributed as dist
+
+    main_rank = world == 1 or dist.get_rank() == 0
+    rows = []
+    for v in names:
+        try:
+            r = run_variant(v, device, batch, steps, world, threads)
+        except Exception as e:  # one variant failing (an op without bf16 support) ends no run
+            if main_rank:
+                print(f"{v:>14}: failed: {type(e).__name__}: {e}")
+            if world > 1:
+                raise  # the other processes would wait for this one at the next barrier
+            continue
+        if not main_rank:
+            continue
+        rows.append(r)
+        print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "
+              f"{r['achieved_gflops']:.1f} GFLOP/s vs matmul {r['matmul_gflops']:.1f} GFLOP/s: "
+              f"MFU {100 * r['mfu']:.1f} % (median of {steps} step/matmul pairs; "
+              f"{100 * r['mfu_min']:.0f}–{100 * r['mfu_max']:.0f} %) "
+              f"({r['gflop_per_step']:.1f} GFLOP/step, warm-up {r['warmup_s']:.1f} s)", flush=True)
+    return rows
+
+
+def _ddp_child(rank, world, port, names, batch, steps, threads, out):
+    """One of ``--procs`` processes: gloo group on 127.0.0.1, threads / world torch threads."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, threads // world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        rows = run_all(names, torch.device("cpu"), batch, steps, world, threads)
+        if rank == 0:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            with open(out, "w") as f:
+                json.dump({"rows": rows, "peak_mem_mib": rss}, f)
+    finally:
+        dist.destroy_process_group()
 
 
 def main():
@@ -163,6 +242,9 @@ def main():
                          "setting cannot be undone in the process)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="CPU only: split each step's quartets over this many DDP processes "
+                         "(gloo), each with threads / procs torch threads")
     ap.add_argument("--bind", action="store_true",
                     help="pin OpenMP threads to cores (OMP_PROC_BIND=true OMP_PLACES=cores)")
     args = ap.parse_args()
@@ -170,27 +252,45 @@ def main():
                           else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     binding = os.environ.get("OMP_PROC_BIND", "unset")
-    print(f"device {device}, threads {torch.get_num_threads()}, OMP_PROC_BIND {binding}")
-    rows = []
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     names = [v for v in names if "keepmem" not in v] + [v for v in names if "keepmem" in v]
-    for v in names:
-        try:
-            r = run_variant(v, device, args.batch, args.steps)
-        except Exception as e:  # one variant failing (an op without bf16 support) ends no run
-            print(f"{v:>14}: failed: {type(e).__name__}: {e}")
-            continue
-        rows.append(r)
-        print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "
-              f"{r['achieved_gflops']:.1f} GFLOP/s vs matmul {r['matmul_gflops']:.1f} GFLOP/s: "
-              f"MFU {100 * r['mfu']:.1f} % (median of {args.steps} step/matmul pairs; "
-              f"{100 * r['mfu_min']:.0f}–{100 * r['mfu_max']:.0f} %) "
-              f"({r['gflop_per_step']:.1f} GFLOP/step, warm-up {r['warmup_s']:.1f} s)")
-    peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(f"peak memory {peak_mem:.0f} MiB ({'CUDA allocated' if device.type == 'cuda' else 'process max RSS'})")
-    print(json.dumps({"peak_mem_mib": peak_mem, "omp_proc_bind": binding, "rows": rows}))
+    if args.procs > 1:
+        if device.type != "cpu":
+            ap.error("--procs is for CPU runs (on CUDA, one process per GPU: torchrun)")
+        if os.environ.get("OMP_PROC_BIND", "false").lower() not in ("false", "unset"):
+            ap.error("--procs with --bind (or OMP_PROC_BIND) would pin every process's threads "
+                     "to the same first cores")
+        if args.batch % args.procs or threads < args.procs:
+            ap.error(f"--batch {args.batch} must divide into --procs {args.procs}, and "
+                     f"--threads ({threads}) must be at least --procs")
+        import tempfile
+
+        import torch.multiprocessing as mp
+
+        from cyclecorr.train.launch import free_port
+
+        print(f"device cpu, {args.procs} processes × {threads // args.procs} threads "
+              f"(matmul reference: {threads} threads), OMP_PROC_BIND {binding}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "rows.json")
+            mp.spawn(_ddp_child, args=(args.procs, free_port(), names, args.batch, args.steps,
+                                       threads, out), nprocs=args.procs, join=True)
+            with open(out) as f:
+                res = json.load(f)
+        rows, peak_mem = res["rows"], res["peak_mem_mib"]
+        print(f"peak memory {peak_mem:.0f} MiB (process max RSS of rank 0; each process holds "
+              f"its own copy of the network)")
+    else:
+        print(f"device {device}, threads {threads}, OMP_PROC_BIND {binding}")
+        rows = run_all(names, device, args.batch, args.steps)
+        peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(f"peak memory {peak_mem:.0f} MiB "
+              f"({'CUDA allocated' if device.type == 'cuda' else 'process max RSS'})")
+    print(json.dumps({"peak_mem_mib": peak_mem, "omp_proc_bind": binding, "procs": args.procs,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":
