@@ -101,3 +101,32 @@ def test_compare_refuses_what_cannot_be_paired(tmp_path, capsys):
     assert "per-pair" in capsys.readouterr().err
     assert main(["compare", str(f1), "--methods", "zero,ghost", "--out", str(tmp_path / "o")]) == 2
     assert "ghost" in capsys.readouterr().err
+
+
+def test_compare_replicate_groups(tmp_path, capsys):
+    s = _samples()
+    # two "seeds" of each recipe: the recipe "good" is 2 px right, its runs 0 and +1 px off that
+    f = _write(tmp_path, "seeds", [Shift("good1", 2.0), Shift("poor1", 8.0), Shift("good2", 3.0),
+                                   Shift("poor2", 9.0)], s)
+    out = tmp_path / "rep"
+    rc = main(["compare", str(f), "--out", str(out), "--draws", "300", "--replicates", "good=good*",
+               "--replicates", "poor=poor1+poor2", "--paired-runs"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["replicates"] == {"good": ["good1", "good2"], "poor": ["poor1", "poor2"]}
+    assert "custom" not in res["comparisons"]  # no row-by-row table unless --methods asks
+    rows = res["replicate_comparisons"]["custom"]
+    assert {(r["a"], r["b"], r["alpha"]) for r in rows} == {("poor", "good", 0.1),
+                                                            ("poor", "good", 0.2)}
+    src = res["sets"]["custom"]
+    for r in rows:  # the means over runs are the file's own numbers
+        pck = lambda m: src[m]["pck"]["all"]["per_keypoint"][str(r["alpha"])]  # noqa: E731
+        assert r["estimate"] == pytest.approx((pck("poor1") + pck("poor2")) / 2)
+        assert r["run_diffs"] == pytest.approx([pck("poor1") - pck("good1"),
+                                                pck("poor2") - pck("good2")])
+    assert "| poor − good | all | 2 vs 2 paired |" in (out / "results.md").read_text()
+    for bad, why in ((["--replicates", "x=ghost*"], "matches none"),
+                     (["--replicates", "x"], "GROUP=ROW"),
+                     (["--replicates", "x=good1", "--replicates", "x=poor1"], "given twice")):
+        assert main(["compare", str(f), "--out", str(out)] + bad) == 2
+        assert why in capsys.readouterr().err

@@ -8,8 +8,8 @@ import torch
 from cyclecorr.evaluate import (PCKAccumulator, ZeroFlow, evaluate_pck_pf_willow, load_pf_willow,
                                 pck_pair)
 from cyclecorr.evaluate.report import markdown_report
-from cyclecorr.evaluate.stats import (category_of, compare_methods, compare_set,
-                                      paired_bootstrap)
+from cyclecorr.evaluate.stats import (category_of, compare_methods, compare_replicates,
+                                      compare_set, paired_bootstrap, replicate_bootstrap)
 
 ALPHAS = (0.05, 0.1)
 
@@ -178,3 +178,87 @@ def test_image_bootstrap_sees_that_pairs_share_images():
         rec = a.pairs()
         rec["pair"] = [f"x{k}" for k in range(len(rec["pair"]))]
         paired_bootstrap(rec, rec, 0.1, unit="image")
+
+
+# --- replicated methods: several training runs per recipe ---------------------------------------
+
+def _flat(correct, n_pairs=12, n=10, group="g"):
+    """Per-pair records of a method that gets ``correct`` of ``n`` keypoints right on every pair
+    of 4 images (pairs named "i-j", so the image bootstrap applies)."""
+    names = [f"{i}-{j}" for i in range(4) for j in range(4) if i != j][:n_pairs]
+    return {"group": [group] * len(names), "pair": names, "n": [n] * len(names),
+            "correct": {"0.1": [correct] * len(names)}}
+
+
+def test_one_run_each_is_the_paired_bootstrap(two_methods):
+    a, b, _ = two_methods
+    p = paired_bootstrap(a.pairs(), b.pairs(), 0.1, statistic="mean_over_groups", n_boot=3000,
+                         seed=4)
+    r = replicate_bootstrap([a.pairs()], [b.pairs()], 0.1, statistic="mean_over_groups",
+                            n_boot=3000, seed=4)
+    assert {k: r[k] for k in p} == p
+    assert r["run_estimates"] == [p["estimate"]] and r["ci_runs_only"] == [p["diff"]] * 2
+
+
+def test_copies_of_one_run_add_no_training_noise(two_methods):
+    a, b, _ = two_methods
+    one = replicate_bootstrap([a.pairs()], [b.pairs()], 0.1, n_boot=2000, seed=1, unit="pair")
+    three = replicate_bootstrap([a.pairs()] * 3, [b.pairs()] * 3, 0.1, n_boot=2000, seed=1,
+                                unit="pair")
+    assert three["ci"] == pytest.approx(one["ci"]) and three["diff"] == pytest.approx(one["diff"])
+    assert three["ci_runs_only"] == pytest.approx([one["diff"]] * 2)
+
+
+def test_training_noise_alone_has_the_closed_form_interval():
+    # run k of a gets 5 + k of 10 keypoints on every pair, b always 5: every image draw gives run
+    # k the difference k / 10, so the interval is that of the mean of 4 runs drawn from
+    # {0, .1, .2, .3}: P(mean <= .025) = 5/256 < 2.5 % < P(mean <= .05) = 15/256
+    runs_a = [_flat(5 + k) for k in range(4)]
+    runs_b = [_flat(5)] * 4
+    r = replicate_bootstrap(runs_a, runs_b, 0.1, n_boot=20000, seed=0)
+    assert r["unit"] == "image" and r["n_runs"] == [4, 4] and not r["paired_runs"]
+    assert r["diff"] == pytest.approx(0.15)
+    assert r["ci"] == pytest.approx([0.05, 0.25]) and r["ci_runs_only"] == pytest.approx(r["ci"])
+    assert r["run_estimates"] == pytest.approx([0.5, 0.6, 0.7, 0.8]) and "run_diffs" not in r
+
+
+def test_paired_runs_cancel_a_shared_seed_effect():
+    # run k of both recipes shares a seed worth 2k keypoints; a is 1 keypoint better in every run
+    runs_b = [_flat(2 * k) for k in range(4)]
+    runs_a = [_flat(2 * k + 1) for k in range(4)]
+    paired = replicate_bootstrap(runs_a, runs_b, 0.1, paired_runs=True, n_boot=5000)
+    assert paired["ci"] == pytest.approx([0.1, 0.1]) and paired["p_not_better"] == 0.0
+    assert paired["run_diffs"] == pytest.approx([0.1] * 4)
+    unpaired = replicate_bootstrap(runs_a, runs_b, 0.1, n_boot=5000)
+    assert unpaired["ci"][0] < 0 < unpaired["ci"][1]  # the seed effect swamps the gain
+
+
+def test_replicates_refuse_what_cannot_be_compared():
+    with pytest.raises(ValueError, match="as many runs"):
+        replicate_bootstrap([_flat(1)] * 2, [_flat(1)] * 3, 0.1, paired_runs=True)
+    with pytest.raises(ValueError, match="at least one run"):
+        replicate_bootstrap([], [_flat(1)], 0.1)
+    bad = _flat(1)
+    bad["n"] = bad["n"][:-1]
+    with pytest.raises(ValueError, match="new run 1: per-pair records of different lengths"):
+        replicate_bootstrap([_flat(1), bad], [_flat(1)], 0.1, names=("new", "old"))
+
+
+def test_compare_replicates_and_report():
+    rows = {f"a{k}": {"pck_pairs": _flat(5 + k), "protocol": {"alphas": [0.1]}}
+            for k in range(3)}
+    rows.update({f"b{k}": {"pck_pairs": _flat(4 + k)} for k in range(3)})
+    rows["base"] = {"pck_pairs": _flat(2)}
+    rows["old"] = {}  # a row without per-pair records: its group is left out
+    groups = {"b": ["b0", "b1", "b2"], "a": ["a0", "a1", "a2"], "base": ["base"], "old": ["old"]}
+    out = compare_replicates("custom-set", rows, groups, paired_runs=True, n_boot=500)
+    got = {(r["a"], r["b"]): r for r in out}
+    assert set(got) == {("a", "b"), ("base", "b"), ("base", "a")}
+    assert got[("a", "b")]["paired_runs"] and got[("a", "b")]["ci"] == pytest.approx([0.1, 0.1])
+    assert not got[("base", "a")]["paired_runs"] and got[("base", "a")]["n_runs"] == [1, 3]
+    assert got[("base", "a")]["diff"] == pytest.approx(0.2 - 0.6)
+    md = markdown_report({"sets": {"custom-set": {}}, "replicate_comparisons": {
+        "custom-set": out}})
+    assert "| a − b | all | 3 vs 3 paired | +0.100 [+0.100, +0.100] P=0.00" in md
+    assert ("Per run, PCK@0.10 (all classes): b 0.400, 0.500, 0.600; a 0.500, 0.600, 0.700; "
+            "base 0.200.") in md

@@ -9,6 +9,13 @@ Typical use: SIFT flow takes minutes per set, a model seconds; evaluate the base
 compare each new model's file against them. Methods are matched by row name; a name that means
 two different things in two files (another checkpoint, another size) is refused, as are sets
 evaluated on different pairs (``--limit``). Writes ``DIR/results.json`` and ``DIR/results.md``.
+
+One training run of a recipe is one draw of its training noise. When a recipe was trained several
+times (seeds), name its runs as a group and compare groups by their means, with the runs and the
+evaluation images redrawn together (:func:`cyclecorr.evaluate.stats.replicate_bootstrap`)::
+
+    cyclecorr compare runs/eval_seeds/results.json --out DIR \\
+        --replicates bent='bent*' --replicates ctrl='ctrl*' --paired-runs
 """
 from __future__ import annotations
 
@@ -29,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by them)")
     parser.add_argument("--draws", type=int, default=10000, help="bootstrap draws (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--replicates", action="append", default=[], metavar="GROUP=ROWS",
+                        help="a method trained several times: GROUP=ROW+ROW+… (row names or "
+                             "shell patterns, e.g. bent=bent* or sift=siftflow); repeat for each "
+                             "group. Groups are compared by means over their runs with runs and "
+                             "images redrawn together (and the per-row comparisons are then made "
+                             "only among --methods when given)")
+    parser.add_argument("--paired-runs", action="store_true",
+                        help="run k of each replicate group shares a seed (its batches) with run "
+                             "k of the others: redraw them together")
 
 
 def _identity(desc: dict) -> tuple:
@@ -84,28 +100,69 @@ def _choose(what: str, spec: str | None, have: list[str]) -> list[str]:
     return wanted
 
 
+def parse_replicates(specs: list[str], have: list[str]) -> dict[str, list[str]]:
+    """``["bent=bent*", "ctrl=ctrl1+ctrl2"]`` → ``{"bent": [rows matching bent*, in the order
+    met], "ctrl": ["ctrl1", "ctrl2"]}``; each item must match a row of ``have``."""
+    from fnmatch import fnmatchcase
+
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, rows = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not rows.strip():
+            raise ValueError(f"--replicates {spec!r}: expected GROUP=ROW+ROW+… (e.g. bent=bent*)")
+        if name in groups:
+            raise ValueError(f"--replicates: group {name!r} given twice")
+        chosen: list[str] = []
+        for item in (x.strip() for x in rows.split("+")):
+            hits = [m for m in have if fnmatchcase(m, item)]
+            if not item or not hits:
+                raise ValueError(f"--replicates {spec!r}: {item!r} matches none of the rows "
+                                 f"{have}")
+            chosen += [m for m in hits if m not in chosen]
+        groups[name] = chosen
+    return groups
+
+
 def run(args) -> int:
     from cyclecorr.evaluate.report import write_results
-    from cyclecorr.evaluate.stats import compare_set
+    from cyclecorr.evaluate.stats import compare_replicates, compare_set
 
     merged = merge_results(args.results)
     names = _choose("methods", args.methods, list(merged["methods"]))
+    replicates = parse_replicates(args.replicates, list(merged["methods"]))
+    for rows in replicates.values():  # the groups' rows are shown with the others
+        names += [m for m in rows if m not in names]
     sets = _choose("sets", args.sets, list(merged["sets"]))
     if args.draws < 1:
         raise ValueError(f"--draws must be ≥ 1, got {args.draws}")
     out = {"command": "cyclecorr compare " + " ".join(str(f) for f in args.results)
            + f" --out {args.out}" + (f" --methods {args.methods}" if args.methods else "")
            + (f" --sets {args.sets}" if args.sets else "")
+           + "".join(f" --replicates {r}" for r in args.replicates)
+           + (" --paired-runs" if args.paired_runs else "")
            + f" --unit {args.unit} --draws {args.draws} --seed {args.seed}",
            "seed": args.seed, "sources": merged["sources"],
            "methods": {m: merged["methods"][m] for m in names}, "sets": {}, "comparisons": {}}
+    if replicates:
+        out["replicates"] = replicates
+        out["replicate_comparisons"] = {}
+    # with replicate groups, row-by-row comparisons only among the rows asked for by name
+    pairwise = names if not replicates else (_choose("methods", args.methods, names)
+                                             if args.methods else [])
     for s in sets:
         rows = {m: merged["sets"][s][m] for m in names if m in merged["sets"][s]}
         out["sets"][s] = rows
-        comp = compare_set(s, rows, n_boot=args.draws, seed=args.seed, unit=args.unit)
+        comp = compare_set(s, {m: rows[m] for m in pairwise if m in rows}, n_boot=args.draws,
+                           seed=args.seed, unit=args.unit)
         if comp:
             out["comparisons"][s] = comp
-    if not out["comparisons"]:
+        if replicates:
+            rep = compare_replicates(s, rows, replicates, paired_runs=args.paired_runs,
+                                     unit=args.unit, n_boot=args.draws, seed=args.seed)
+            if rep:
+                out["replicate_comparisons"][s] = rep
+    if not out["comparisons"] and not out.get("replicate_comparisons"):
         raise ValueError("no set has per-pair keypoint results for two of the methods "
                          "(files from before per-pair records, or non-keypoint sets only)")
     j, md = write_results(out, args.out)

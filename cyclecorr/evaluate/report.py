@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["headline", "markdown_report", "write_results", "HEADLINE_COLUMNS"]
+__all__ = ["headline", "markdown_report", "write_results", "set_kind", "HEADLINE_COLUMNS"]
 
 
 def _get(d, *keys):
@@ -22,7 +22,10 @@ def _get(d, *keys):
     return d
 
 
-def _set_kind(set_name: str) -> str:
+def set_kind(set_name: str) -> str:
+    """The family of a benchmark set name ("pf-willow", "flowweb", "tss", "synthetic",
+    "shape2image", "embedding"; "custom" for any other), which decides its headline columns and
+    the statistic its comparisons use."""
     for kind in ("pf-willow", "flowweb", "tss", "synthetic", "shape2image", "embedding"):
         if set_name.startswith(kind):
             return kind
@@ -133,9 +136,48 @@ def _comparison_table(comparisons: list[dict] | None) -> list[str]:
     return lines
 
 
+def _replicate_table(comparisons: list[dict] | None) -> list[str]:
+    """Markdown lines: each replicate-group comparison (:func:`~cyclecorr.evaluate.stats.
+    replicate_bootstrap`) as "difference of means [interval]" per α, with the interval from
+    redrawing the runs alone beside it, then each group's per-run numbers."""
+    if not comparisons:
+        return []
+    alphas = list(dict.fromkeys(c["alpha"] for c in comparisons))
+    rows: dict[tuple, dict] = {}
+    for c in comparisons:
+        rows.setdefault((c["a"], c["b"], c.get("subset")), {})[c["alpha"]] = c
+    c0 = comparisons[0]
+    lines = ["", "Replicated methods (means over each group's runs; the interval redraws the runs "
+             f"and the evaluation {'images' if c0.get('unit') == 'image' else 'pairs'} together, "
+             f"{c0['level']:.0%}, {c0['n_boot']:,} draws, seed {c0['seed']}; 'runs only' redraws "
+             "the runs with the evaluation set fixed: the training noise alone; P = share of "
+             "draws where the first is not better):", "",
+             "| first − second | classes | runs | " + " | ".join(
+                 f"PCK@{a:.2f}" for a in alphas) + " |", "|---|---|---|" + "---|" * len(alphas)]
+    for (a, b, sub), by_alpha in rows.items():
+        c = next(iter(by_alpha.values()))
+        runs = f"{c['n_runs'][0]} vs {c['n_runs'][1]}" + (" paired" if c["paired_runs"] else "")
+        cells = []
+        for al in alphas:
+            c = by_alpha.get(al)
+            cells.append("–" if c is None else (
+                f"{_signed(c['diff'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
+                f"P={c['p_not_better']:.2f}; runs only [{_signed(c['ci_runs_only'][0])}, "
+                f"{_signed(c['ci_runs_only'][1])}]"))
+        lines.append(f"| {a} − {b} | {sub or 'all'} | {runs} | " + " | ".join(cells) + " |")
+    per_run: dict[str, list[float]] = {}
+    for c in comparisons:  # each group's runs at the first α, all classes
+        if c["alpha"] == alphas[0] and c.get("subset") is None:
+            per_run.setdefault(c["b"], c["run_references"])  # the earlier group first
+            per_run.setdefault(c["a"], c["run_estimates"])
+    lines += ["", f"Per run, PCK@{alphas[0]:.2f} (all classes): " + "; ".join(
+        f"{g} " + ", ".join(_fmt(v) for v in vals) for g, vals in per_run.items()) + "."]
+    return lines
+
+
 def headline(set_name: str, result: dict) -> dict:
     """``{column: value}`` of a benchmark dict (see :data:`HEADLINE_COLUMNS`)."""
-    return {label: _get(result, *path) for label, path in HEADLINE_COLUMNS[_set_kind(set_name)]}
+    return {label: _get(result, *path) for label, path in HEADLINE_COLUMNS[set_kind(set_name)]}
 
 
 def markdown_report(results: dict) -> str:
@@ -147,7 +189,7 @@ def markdown_report(results: dict) -> str:
     size_note = ("/".join(map(str, sizes)) + " (per method: Methods)" if len(sizes) > 1
                  else str(sizes[0] if sizes else 128))
     for set_name, by_method in results.get("sets", {}).items():
-        kind = _set_kind(set_name)
+        kind = set_kind(set_name)
         cols = [c for c, _ in HEADLINE_COLUMNS[kind]]
         lines += [f"## {set_name}", ""]
         first = next(iter(by_method.values()), {}) or {}
@@ -178,6 +220,7 @@ def markdown_report(results: dict) -> str:
                     lines.append(f"| {m} | " + " | ".join(
                         _fmt(_get(r, "pck", c, "per_pair", "0.1")) for c in classes) + " |")
         lines += _comparison_table(results.get("comparisons", {}).get(set_name))
+        lines += _replicate_table(results.get("replicate_comparisons", {}).get(set_name))
         if kind == "tss":
             groups = list((first.get("groups") or {}).keys())
             if groups:

@@ -30,7 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["STATISTICS", "category_of", "paired_bootstrap", "compare_methods", "compare_set"]
+__all__ = ["STATISTICS", "category_of", "paired_bootstrap", "replicate_bootstrap", "compare_methods",
+           "compare_set", "compare_replicates"]
 
 STATISTICS = ("per_keypoint", "mean_over_groups")
 
@@ -143,6 +144,41 @@ def paired_bootstrap(records_a: dict, records_b: dict, alpha: float | str = 0.1,
         "statistic", "alpha", "n_boot", "seed"}``; ``estimate``/``reference`` equal the
         benchmark's reported numbers.
     """
+    r = replicate_bootstrap([records_a], [records_b], alpha, statistic=statistic, groups=groups,
+                            unit=unit, n_boot=n_boot, seed=seed, level=level, names=names)
+    return {k: v for k, v in r.items() if k in _PAIRED_KEYS}
+
+
+_PAIRED_KEYS = ("a", "b", "estimate", "reference", "diff", "ci", "level", "p_not_better", "unit",
+                "n_pairs", "n_groups", "statistic", "alpha", "n_boot", "seed")
+
+
+def replicate_bootstrap(runs_a: Sequence[dict], runs_b: Sequence[dict],
+                        alpha: float | str = 0.1, *, statistic: str = "per_keypoint",
+                        groups: Sequence[str] | None = None, unit: str = "auto",
+                        paired_runs: bool = False, n_boot: int = 10000, seed: int = 0,
+                        level: float = 0.95, names: tuple[str, str] = ("a", "b")) -> dict:
+    """Bootstrap of ``mean_k statistic(a_k) − mean_k statistic(b_k)`` when each method is a set
+    of *runs* (training runs of one recipe with different seeds, say) evaluated on the same pairs.
+
+    One training run's number carries two kinds of noise: which evaluation images were drawn
+    (what :func:`paired_bootstrap` measures) and which run it was (seed, batch order). Each draw
+    here redraws both, at two levels: the runs of each method with replacement (with
+    ``paired_runs``, the same run indices for both: run k of ``a`` and run k of ``b`` share a
+    seed), and the evaluation images (or pairs; ``unit`` as in :func:`paired_bootstrap`), one
+    image draw applied to every run, since all runs were evaluated on the same images. With one
+    run each this is :func:`paired_bootstrap` exactly (same draws, same interval).
+
+    A percentile bootstrap over K runs knows only the spread those K runs show; with K below
+    about 5 its interval is too narrow (it cannot see a run unlike any drawn), so read it with the
+    per-run numbers it returns.
+
+    Returns :func:`paired_bootstrap`'s dict (``estimate`` / ``reference`` now means over runs)
+    plus ``"n_runs": [Ka, Kb]``, ``"paired_runs"``, ``"run_estimates"`` / ``"run_references"``
+    (each run's statistic), ``"run_diffs"`` (paired runs only) and ``"ci_runs_only"``: the
+    interval from redrawing the runs alone, evaluation images fixed (how much of the spread is
+    training noise).
+    """
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     if unit not in ("auto", "image", "pair"):
@@ -151,13 +187,21 @@ def paired_bootstrap(records_a: dict, records_b: dict, alpha: float | str = 0.1,
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be ≥ 1, got {n_boot}")
+    runs_a, runs_b = list(runs_a), list(runs_b)
+    if not runs_a or not runs_b:
+        raise ValueError(f"each side needs at least one run (got {len(runs_a)} of {names[0]}, "
+                         f"{len(runs_b)} of {names[1]})")
+    if paired_runs and len(runs_a) != len(runs_b):
+        raise ValueError(f"paired runs need as many runs of {names[0]} ({len(runs_a)}) as of "
+                         f"{names[1]} ({len(runs_b)})")
     a_key = str(float(alpha))
-    for name, rec in zip(names, (records_a, records_b)):
-        _check_records(name, rec, a_key)
-    # the union of both methods' pairs, by group: a pair one method counted nothing on is 0 / 0
-    # for it (as in its own headline), so each estimate equals its benchmark number
+    for name, runs in zip(names, (runs_a, runs_b)):
+        for k, rec in enumerate(runs):
+            _check_records(name if len(runs) == 1 else f"{name} run {k}", rec, a_key)
+    # the union of every run's pairs, by group: a pair a run counted nothing on is 0 / 0 for it
+    # (as in its own headline), so each run's estimate equals its benchmark number
     keys_by_group: dict[str, dict[tuple[str, str], None]] = {}
-    for rec in (records_a, records_b):
+    for rec in runs_a + runs_b:
         for g, p in zip(rec["group"], rec["pair"]):
             if groups is None or g in groups:
                 keys_by_group.setdefault(g, {})[(g, p)] = None
@@ -178,22 +222,48 @@ def paired_bootstrap(records_a: dict, records_b: dict, alpha: float | str = 0.1,
     for g in order:
         spans.append(slice(start, start + len(keys_by_group[g])))
         start += len(keys_by_group[g])
-    ca, na = _table(records_a, a_key, keys)
-    cb, nb = _table(records_b, a_key, keys)
+    tables = [[_table(rec, a_key, keys) for rec in runs] for runs in (runs_a, runs_b)]
     rng = np.random.default_rng(seed)
     weights = [_resample_weights(rng, [p for _, p in keys[sp]], unit, n_boot) for sp in spans]
-    est_a = float(_statistic(ca, na, spans, statistic, None)[0])
-    est_b = float(_statistic(cb, nb, spans, statistic, None)[0])
-    diff = (_statistic(ca, na, spans, statistic, weights)
-            - _statistic(cb, nb, spans, statistic, weights))
+    # each run's statistic as reported, and under every image draw: (K, n_boot) per side
+    point = [np.array([_statistic(c, n, spans, statistic, None)[0] for c, n in side])
+             for side in tables]
+    drawn = [np.stack([_statistic(c, n, spans, statistic, weights) for c, n in side])
+             for side in tables]
+    ka, kb = len(runs_a), len(runs_b)
+    idx_a = rng.integers(0, ka, size=(n_boot, ka))
+    idx_b = idx_a if paired_runs else rng.integers(0, kb, size=(n_boot, kb))
+    cols = np.arange(n_boot)[:, None]
+    with warnings.catch_warnings():  # a draw that left a run without pairs: NaN, dropped below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        diff = (np.mean(drawn[0][idx_a, cols], 1) - np.mean(drawn[1][idx_b, cols], 1))
     diff = diff[np.isfinite(diff)]
+    runs_only = np.mean(point[0][idx_a], 1) - np.mean(point[1][idx_b], 1)
     q = (1 - level) / 2
     lo, hi = (np.quantile(diff, [q, 1 - q]) if len(diff) else (np.nan, np.nan))
-    return {"a": names[0], "b": names[1], "estimate": est_a, "reference": est_b,
-            "diff": est_a - est_b, "ci": [float(lo), float(hi)], "level": level,
-            "p_not_better": float(np.mean(diff <= 0)) if len(diff) else float("nan"),
-            "unit": unit, "n_pairs": len(keys), "n_groups": len(order), "statistic": statistic,
-            "alpha": float(alpha), "n_boot": int(n_boot), "seed": int(seed)}
+    est_a, est_b = float(point[0].mean()), float(point[1].mean())
+    out = {"a": names[0], "b": names[1], "estimate": est_a, "reference": est_b,
+           "diff": est_a - est_b, "ci": [float(lo), float(hi)], "level": level,
+           "p_not_better": float(np.mean(diff <= 0)) if len(diff) else float("nan"),
+           "unit": unit, "n_pairs": len(keys), "n_groups": len(order), "statistic": statistic,
+           "alpha": float(alpha), "n_boot": int(n_boot), "seed": int(seed),
+           "n_runs": [ka, kb], "paired_runs": bool(paired_runs),
+           "run_estimates": point[0].tolist(), "run_references": point[1].tolist(),
+           "ci_runs_only": [float(v) for v in np.quantile(runs_only, [q, 1 - q])]}
+    if paired_runs:
+        out["run_diffs"] = (point[0] - point[1]).tolist()
+    return out
+
+
+def _subsets(records: dict, by_category: bool) -> list[tuple[str | None, list[str] | None]]:
+    """``(None, None)`` (all groups), then with ``by_category`` each category and its groups."""
+    subsets: list[tuple[str | None, list[str] | None]] = [(None, None)]
+    if by_category:
+        cats: dict[str, list[str]] = {}
+        for g in dict.fromkeys(records["group"]):
+            cats.setdefault(category_of(g), []).append(g)
+        subsets += sorted(cats.items())
+    return subsets
 
 
 def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] = (0.1,),
@@ -210,12 +280,7 @@ def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] 
     out = []
     for i, b in enumerate(names):
         for a in names[i + 1:]:
-            subsets: list[tuple[str | None, list[str] | None]] = [(None, None)]
-            if by_category:
-                cats: dict[str, list[str]] = {}
-                for g in dict.fromkeys(recs[a]["group"]):
-                    cats.setdefault(category_of(g), []).append(g)
-                subsets += sorted(cats.items())
+            subsets = _subsets(recs[a], by_category)
             for alpha in alphas:
                 for sub, groups in subsets:
                     r = paired_bootstrap(recs[a], recs[b], alpha, statistic=statistic,
@@ -231,17 +296,64 @@ _SET_STATISTIC = {"flowweb": ("per_keypoint", False), "pf-willow": ("mean_over_g
                   "synthetic": ("per_keypoint", False), "custom": ("per_keypoint", False)}
 
 
+def _set_spec(set_name: str, by_method: dict) -> tuple[str, bool, list] | None:
+    """(statistic, by category, α's) of ``set_name``'s headline PCK, the α's from the first
+    method with per-pair records; None for sets without a keypoint headline."""
+    from cyclecorr.evaluate.report import set_kind
+
+    spec = _SET_STATISTIC.get(set_kind(set_name))
+    with_pairs = [r for r in by_method.values() if r and r.get("pck_pairs")]
+    if spec is None or not with_pairs:
+        return None
+    alphas = (with_pairs[0].get("protocol") or {}).get("alphas") or [0.1]
+    return spec[0], spec[1], alphas
+
+
 def compare_set(set_name: str, by_method: dict, *, unit: str = "auto", n_boot: int = 10000,
                 seed: int = 0) -> list[dict]:
     """:func:`compare_methods` with the statistic of ``set_name``'s headline, at the set's
     α's (from the first method's protocol); ``[]`` for sets without per-pair PCK records or with
     fewer than two methods."""
-    from cyclecorr.evaluate.report import _set_kind
-
-    spec = _SET_STATISTIC.get(_set_kind(set_name))
-    with_pairs = [r for r in by_method.values() if r and r.get("pck_pairs")]
-    if spec is None or len(with_pairs) < 2:
+    spec = _set_spec(set_name, by_method)
+    if spec is None or sum(1 for r in by_method.values() if r and r.get("pck_pairs")) < 2:
         return []
-    alphas = (with_pairs[0].get("protocol") or {}).get("alphas") or [0.1]
-    return compare_methods(by_method, statistic=spec[0], alphas=alphas, by_category=spec[1],
+    return compare_methods(by_method, statistic=spec[0], alphas=spec[2], by_category=spec[1],
                            unit=unit, n_boot=n_boot, seed=seed)
+
+
+def compare_replicates(set_name: str, by_method: dict, replicates: dict[str, Sequence[str]], *,
+                       paired_runs: bool = False, unit: str = "auto", n_boot: int = 10000,
+                       seed: int = 0) -> list[dict]:
+    """Every later replicate group against every earlier one on one set
+    (:func:`replicate_bootstrap`, the set's headline statistic and α's, PF-WILLOW also per
+    category).
+
+    ``replicates``: ``{group name: [method rows of by_method, ...]}``, e.g. ``{"bent": ["bent1",
+    "bent2"], "ctrl": ["ctrl1", "ctrl2"], "siftflow": ["siftflow"]}`` (a deterministic baseline is
+    a group of one). ``paired_runs``: run k of one group shares a seed with run k of the other;
+    used where both groups have the same number of runs (more than one). A group with a row
+    lacking per-pair records on this set is left out of this set; ``[]`` when fewer than two
+    groups remain.
+    """
+    spec = _set_spec(set_name, by_method)
+    if spec is None:
+        return []
+    usable = {g: list(rows) for g, rows in replicates.items()
+              if rows and all((by_method.get(m) or {}).get("pck_pairs") for m in rows)}
+    names = list(usable)
+    out = []
+    for i, b in enumerate(names):
+        for a in names[i + 1:]:
+            ra = [by_method[m]["pck_pairs"] for m in usable[a]]
+            rb = [by_method[m]["pck_pairs"] for m in usable[b]]
+            paired = paired_runs and len(ra) == len(rb) > 1
+            subsets = _subsets(ra[0], spec[1])
+            for alpha in spec[2]:
+                for sub, groups in subsets:
+                    r = replicate_bootstrap(ra, rb, alpha, statistic=spec[0], groups=groups,
+                                            unit=unit, paired_runs=paired, n_boot=n_boot,
+                                            seed=seed, names=(a, b))
+                    r["subset"] = sub
+                    r["runs"] = {a: usable[a], b: usable[b]}
+                    out.append(r)
+    return out
