@@ -105,15 +105,33 @@ def _signed(v: float) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:+.3f}"
 
 
+def _rows_by_alpha(comparisons: list[dict]) -> tuple[list[float], dict[tuple, dict]]:
+    """The α's met, and ``{(first, second, subset): {α: comparison}}`` in the order met."""
+    alphas = list(dict.fromkeys(c["alpha"] for c in comparisons))
+    rows: dict[tuple, dict] = {}
+    for c in comparisons:
+        rows.setdefault((c["a"], c["b"], c.get("subset")), {})[c["alpha"]] = c
+    return alphas, rows
+
+
+def _cell(c: dict | None, runs_only: bool = False) -> str:
+    """"difference [interval] P=…" (and the runs-only interval) of one comparison; "–" if none."""
+    if c is None:
+        return "–"
+    text = (f"{_signed(c['diff'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
+            f"P={c['p_not_better']:.2f}")
+    if runs_only:
+        lo, hi = c["ci_runs_only"]
+        text += f"; runs only [{_signed(lo)}, {_signed(hi)}]"
+    return text
+
+
 def _comparison_table(comparisons: list[dict] | None) -> list[str]:
     """Markdown lines: each paired comparison (:mod:`cyclecorr.evaluate.stats`) as
     "difference [interval]" per α, one row per pair of methods and subset."""
     if not comparisons:
         return []
-    alphas = list(dict.fromkeys(c["alpha"] for c in comparisons))
-    rows: dict[tuple, dict] = {}
-    for c in comparisons:
-        rows.setdefault((c["a"], c["b"], c.get("subset")), {})[c["alpha"]] = c
+    alphas, rows = _rows_by_alpha(comparisons)
     c0 = comparisons[0]
     stat = {"per_keypoint": "PCK per keypoint",
             "mean_over_groups": "mean over classes of per-pair PCK"}[c0["statistic"]]
@@ -127,12 +145,8 @@ def _comparison_table(comparisons: list[dict] | None) -> list[str]:
              "| first − second | classes | " + " | ".join(f"PCK@{a:.2f}" for a in alphas) + " |",
              "|---|---|" + "---|" * len(alphas)]
     for (a, b, sub), by_alpha in rows.items():
-        cells = []
-        for al in alphas:
-            c = by_alpha.get(al)
-            cells.append("–" if c is None else f"{_signed(c['diff'])} [{_signed(c['ci'][0])}, "
-                         f"{_signed(c['ci'][1])}] P={c['p_not_better']:.2f}")
-        lines.append(f"| {a} − {b} | {sub or 'all'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a} − {b} | {sub or 'all'} | "
+                     + " | ".join(_cell(by_alpha.get(al)) for al in alphas) + " |")
     return lines
 
 
@@ -142,10 +156,7 @@ def _replicate_table(comparisons: list[dict] | None) -> list[str]:
     redrawing the runs alone beside it, then each group's per-run numbers."""
     if not comparisons:
         return []
-    alphas = list(dict.fromkeys(c["alpha"] for c in comparisons))
-    rows: dict[tuple, dict] = {}
-    for c in comparisons:
-        rows.setdefault((c["a"], c["b"], c.get("subset")), {})[c["alpha"]] = c
+    alphas, rows = _rows_by_alpha(comparisons)
     c0 = comparisons[0]
     lines = ["", "Replicated methods (means over each group's runs; the interval redraws the runs "
              f"and the evaluation {'images' if c0.get('unit') == 'image' else 'pairs'} together, "
@@ -157,14 +168,8 @@ def _replicate_table(comparisons: list[dict] | None) -> list[str]:
     for (a, b, sub), by_alpha in rows.items():
         c = next(iter(by_alpha.values()))
         runs = f"{c['n_runs'][0]} vs {c['n_runs'][1]}" + (" paired" if c["paired_runs"] else "")
-        cells = []
-        for al in alphas:
-            c = by_alpha.get(al)
-            cells.append("–" if c is None else (
-                f"{_signed(c['diff'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
-                f"P={c['p_not_better']:.2f}; runs only [{_signed(c['ci_runs_only'][0])}, "
-                f"{_signed(c['ci_runs_only'][1])}]"))
-        lines.append(f"| {a} − {b} | {sub or 'all'} | {runs} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a} − {b} | {sub or 'all'} | {runs} | "
+                     + " | ".join(_cell(by_alpha.get(al), True) for al in alphas) + " |")
     per_run: dict[str, list[float]] = {}
     for c in comparisons:  # each group's runs at the first α, all classes
         if c["alpha"] == alphas[0] and c.get("subset") is None:
