@@ -125,6 +125,9 @@ def run_variant(name, device, b, steps, world=1, threads=0):
     flops = step_flops(net, b)  # of the whole step, all processes together
     model = torch.compile(net) if "compile" in name else net
     if world > 1:
+        if "compile" in name:
+            raise ValueError("--procs runs DDP around the network's cycle view, which a compiled "
+                             "network does not reach: no compile variants with --procs")
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         from cyclecorr.train.modules import CycleModule
