@@ -129,8 +129,9 @@ def run(args) -> int:
     from cyclecorr.evaluate.stats import compare_replicates, compare_set
 
     merged = merge_results(args.results)
-    names = _choose("methods", args.methods, list(merged["methods"]))
+    chosen = _choose("methods", args.methods, list(merged["methods"]))
     replicates = parse_replicates(args.replicates, list(merged["methods"]))
+    names = list(chosen)
     for rows in replicates.values():  # the groups' rows are shown with the others
         names += [m for m in rows if m not in names]
     sets = _choose("sets", args.sets, list(merged["sets"]))
@@ -148,8 +149,7 @@ def run(args) -> int:
         out["replicates"] = replicates
         out["replicate_comparisons"] = {}
     # with replicate groups, row-by-row comparisons only among the rows asked for by name
-    pairwise = names if not replicates else (_choose("methods", args.methods, names)
-                                             if args.methods else [])
+    pairwise = names if not replicates else (chosen if args.methods else [])
     for s in sets:
         rows = {m: merged["sets"][s][m] for m in names if m in merged["sets"][s]}
         out["sets"][s] = rows

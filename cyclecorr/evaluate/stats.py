@@ -255,15 +255,21 @@ def replicate_bootstrap(runs_a: Sequence[dict], runs_b: Sequence[dict],
     return out
 
 
-def _subsets(records: dict, by_category: bool) -> list[tuple[str | None, list[str] | None]]:
-    """``(None, None)`` (all groups), then with ``by_category`` each category and its groups."""
-    subsets: list[tuple[str | None, list[str] | None]] = [(None, None)]
-    if by_category:
-        cats: dict[str, list[str]] = {}
-        for g in dict.fromkeys(records["group"]):
-            cats.setdefault(category_of(g), []).append(g)
-        subsets += sorted(cats.items())
-    return subsets
+def _each_comparison(names: list[str], records_of, alphas: Sequence[float], by_category: bool):
+    """``(later, earlier, α, subset, its groups)`` for every later name against every earlier one,
+    at each α, on all groups (subset None) and with ``by_category`` on each category's groups
+    (categories from ``records_of(later)``'s per-pair records)."""
+    for i, b in enumerate(names):
+        for a in names[i + 1:]:
+            subsets: list[tuple[str | None, list[str] | None]] = [(None, None)]
+            if by_category:
+                cats: dict[str, list[str]] = {}
+                for g in dict.fromkeys(records_of(a)["group"]):
+                    cats.setdefault(category_of(g), []).append(g)
+                subsets += sorted(cats.items())
+            for alpha in alphas:
+                for sub, groups in subsets:
+                    yield a, b, alpha, sub, groups
 
 
 def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] = (0.1,),
@@ -276,18 +282,12 @@ def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] 
     category's classes alone (``"subset"`` names it; ``None`` = all groups).
     """
     recs = {m: r["pck_pairs"] for m, r in by_method.items() if r and r.get("pck_pairs")}
-    names = list(recs)
     out = []
-    for i, b in enumerate(names):
-        for a in names[i + 1:]:
-            subsets = _subsets(recs[a], by_category)
-            for alpha in alphas:
-                for sub, groups in subsets:
-                    r = paired_bootstrap(recs[a], recs[b], alpha, statistic=statistic,
-                                         groups=groups, unit=unit, n_boot=n_boot, seed=seed,
-                                         names=(a, b))
-                    r["subset"] = sub
-                    out.append(r)
+    for a, b, alpha, sub, groups in _each_comparison(list(recs), recs.get, alphas, by_category):
+        r = paired_bootstrap(recs[a], recs[b], alpha, statistic=statistic, groups=groups,
+                             unit=unit, n_boot=n_boot, seed=seed, names=(a, b))
+        r["subset"] = sub
+        out.append(r)
     return out
 
 
@@ -340,20 +340,14 @@ def compare_replicates(set_name: str, by_method: dict, replicates: dict[str, Seq
         return []
     usable = {g: list(rows) for g, rows in replicates.items()
               if rows and all((by_method.get(m) or {}).get("pck_pairs") for m in rows)}
-    names = list(usable)
+    runs = {g: [by_method[m]["pck_pairs"] for m in rows] for g, rows in usable.items()}
     out = []
-    for i, b in enumerate(names):
-        for a in names[i + 1:]:
-            ra = [by_method[m]["pck_pairs"] for m in usable[a]]
-            rb = [by_method[m]["pck_pairs"] for m in usable[b]]
-            paired = paired_runs and len(ra) == len(rb) > 1
-            subsets = _subsets(ra[0], spec[1])
-            for alpha in spec[2]:
-                for sub, groups in subsets:
-                    r = replicate_bootstrap(ra, rb, alpha, statistic=spec[0], groups=groups,
-                                            unit=unit, paired_runs=paired, n_boot=n_boot,
-                                            seed=seed, names=(a, b))
-                    r["subset"] = sub
-                    r["runs"] = {a: usable[a], b: usable[b]}
-                    out.append(r)
+    for a, b, alpha, sub, groups in _each_comparison(list(runs), lambda g: runs[g][0], spec[2],
+                                                     spec[1]):
+        r = replicate_bootstrap(runs[a], runs[b], alpha, statistic=spec[0], groups=groups,
+                                unit=unit, n_boot=n_boot, seed=seed, names=(a, b),
+                                paired_runs=paired_runs and len(runs[a]) == len(runs[b]) > 1)
+        r["subset"] = sub
+        r["runs"] = {a: usable[a], b: usable[b]}
+        out.append(r)
     return out
