@@ -152,14 +152,22 @@ class _DeconvBiasGrad(torch.autograd.Function):
 class _ConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (same parameters and state-dict keys) whose CPU training backward
     takes :class:`_DeconvBiasGrad`'s faster bias gradient; elsewhere (CUDA, no gradient, groups
-    or dilation) the stock operator."""
+    or dilation) the stock operator. Under CPU autocast the operands are cast to the autocast
+    dtype first, as autocast casts a convolution's (the Function saves what it computes with)."""
 
     def forward(self, x, output_size=None):
         if (output_size is None and x.device.type == "cpu" and torch.is_grad_enabled()
                 and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
                 and (x.requires_grad or self.weight.requires_grad)):
-            return _DeconvBiasGrad.apply(x, self.weight, self.bias, self.stride, self.padding,
-                                         self.output_padding)
+            w, b = self.weight, self.bias
+            if torch.is_autocast_enabled("cpu"):
+                dt = torch.get_autocast_dtype("cpu")
+                x, w = x.to(dt), w.to(dt)
+                b = None if b is None else b.to(dt)
+                with torch.autocast("cpu", enabled=False):
+                    return _DeconvBiasGrad.apply(x, w, b, self.stride, self.padding,
+                                                 self.output_padding)
+            return _DeconvBiasGrad.apply(x, w, b, self.stride, self.padding, self.output_padding)
         return super().forward(x, output_size)
 
 

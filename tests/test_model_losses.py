@@ -118,6 +118,18 @@ def test_network_takes_the_bias_gradient_path_only_when_training_on_cpu():
     assert "_DeconvBiasGrad" not in str(seen[-1])  # inference: the stock operator
     assert set(net.state_dict()) == set(stock.state_dict())
     hook.remove()
+    # under CPU bf16 autocast the layer computes in bf16 like the stock one (same output dtype,
+    # gradients reach the float32 parameters)
+    for m in (net, stock):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x, y)
+        assert out["flow"].dtype == torch.bfloat16
+        out["flow"].float().square().mean().backward()
+    for (k, p), q in zip(net.named_parameters(), stock.parameters()):
+        if q.grad is not None:
+            assert p.grad.dtype == torch.float32
+            assert torch.allclose(p.grad, q.grad, rtol=0.05, atol=1e-3), k
 
 
 def test_bad_input_shape_named():
