@@ -80,6 +80,8 @@ def bench_forward(args) -> dict:
         "inference_mode + channels_last + bf16 autocast": make(net_cl, "inference",
                                                                mf=torch.channels_last,
                                                                autocast=True),
+        "inference_mode + channels_last + bf16 autocast, batch 16 (--precision bf16)": make(
+            net_cl, "inference", 16, mf=torch.channels_last, autocast=True),
         "inference_mode + channels_last, batch 1": make(net_cl, "inference", 1, **cl),
         "inference_mode + channels_last, batch 4": make(net_cl, "inference", 4, **cl),
         "inference_mode + channels_last, batch 8": make(net_cl, "inference", 8, **cl),

@@ -203,3 +203,32 @@ def test_evaluate_embedding_picture(tmp_path, data_dir, model_file):
     assert "![model synthetic]" in (out / "results.md").read_text()
     rc = main(["evaluate", "--methods", "zero", "--sets", "embedding-car", "--out", str(out)])
     assert rc == 2
+
+
+def test_bf16_precision_is_explicit_close_and_recorded(tmp_path, data_dir, model_file):
+    """``precision="bf16"`` runs the network under bf16 autocast (outputs differ from float32,
+    by little for the shipped model), returns float32, is recorded in the report, and a bad
+    precision is refused by name."""
+    from cyclecorr.evaluate.methods import make_method
+    from cyclecorr.matcher import Matcher
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    b = np.ascontiguousarray(np.roll(a, 5, axis=1))
+    ref = Matcher.from_checkpoint(None, device="cpu").match(a, b)
+    low = Matcher.from_checkpoint(None, device="cpu", precision="bf16").match(a, b)
+    assert low["flow"].dtype == np.float32 and low["matchability"].dtype == np.float32
+    d = np.abs(low["flow"] - ref["flow"])
+    assert d.max() > 0  # bf16 was used
+    assert d.mean() < 0.05 and np.abs(low["matchability"] - ref["matchability"]).mean() < 0.01
+    m = make_method("model", device="cpu", precision="bf16")
+    assert m.describe()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_method("model", device="cpu", precision="fp8")
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--model", str(model_file), "--methods", "model", "--sets", "tss",
+               "--limit", "2", "--precision", "bf16", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"]["model"]["precision"] == "bf16" and "--precision bf16" in res["command"]
+    assert "128×128 in bf16" in (out / "results.md").read_text()

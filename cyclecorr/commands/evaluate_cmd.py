@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16,
                         help="pairs per forward pass (default 16: fastest on CPU)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+                        help="the networks' inference precision (default float32, the protocol; "
+                             "bf16: autocast, faster on CPUs with bf16 units; recorded in the "
+                             "report)")
     parser.add_argument("--net-size", type=int, default=None,
                         help="run the networks at S×S (a multiple of 16; default: the size each "
                              "was trained at, 128 for the shipped model); baselines stay at 128. "
@@ -79,8 +83,8 @@ def run(args) -> int:
         # the forward's large activations stay in the heap between batches instead of being
         # mapped and page-faulted in again (cyclecorr._runtime; results unchanged)
         keep_freed_memory()
-    methods = [make_method(s, model=args.model, device=args.device, net_size=args.net_size)
-               for s in specs]
+    methods = [make_method(s, model=args.model, device=args.device, net_size=args.net_size,
+                           precision=args.precision) for s in specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a row name: {names} (use NAME=PATH)")
@@ -89,7 +93,9 @@ def run(args) -> int:
     cmd = (f"cyclecorr evaluate --model {args.model} --methods {args.methods} --sets {args.sets} "
            f"--out {args.out}" + (f" --data {args.data}" if args.data else "")
            + (f" --limit {args.limit}" if args.limit else "")
-           + (f" --net-size {args.net_size}" if args.net_size else "") + f" --seed {args.seed}")
+           + (f" --net-size {args.net_size}" if args.net_size else "")
+           + (f" --precision {args.precision}" if args.precision != "float32" else "")
+           + f" --seed {args.seed}")
     results = {"command": cmd, "seed": args.seed, "limit": args.limit,
                "methods": {m.name: m.describe() for m in methods}, "sets": {},
                "versions": {"torch": torch.__version__, "numpy": np.__version__}}

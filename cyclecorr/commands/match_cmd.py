@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "single-pair mode only; default: a grid")
     parser.add_argument("--grid", type=int, default=10, help="grid points per side (default 10)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+                        help="network precision (default float32; bf16: autocast, faster on CPUs "
+                             "with bf16 units)")
     parser.add_argument("--input-size", type=int, default=None,
                         help="run the network at S×S (a multiple of 16; default: its training "
                              "size, 128). Larger suits whole photos in which the object is small")
@@ -113,7 +116,7 @@ def run(args) -> int:
         if ((kps < -0.5) | (kps > np.array([w - 0.5, h - 0.5]))).any():
             raise ValueError(f"{args.keypoints}: keypoints outside the {w}×{h} source image")
     method = make_method(args.method, model=args.model, device=args.device,
-                         net_size=args.input_size)
+                         net_size=args.input_size, precision=args.precision)
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     entries = []
     from tqdm import tqdm

@@ -109,15 +109,20 @@ class NetworkMethod:
         name: row name in the tables (default ``"model"``).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, …
         channels_last: run the convolutions in channels-last memory format (faster on CPU).
+        precision: ``"float32"`` (the protocol) or ``"bf16"`` (autocast; recorded by
+            :meth:`describe`; see :data:`cyclecorr.matcher.PRECISIONS`).
     """
 
     def __init__(self, net, meta: dict | None = None, name: str = "model", device="auto",
-                 channels_last: bool = True, size: int | None = None):
-        from cyclecorr.matcher import resolve_device
+                 channels_last: bool = True, size: int | None = None,
+                 precision: str = "float32"):
+        from cyclecorr.matcher import precision_context, resolve_device
 
         if size is not None:  # run at another input size (CorrespondenceNet.set_input_size)
             net.set_input_size(size)
         self.device = resolve_device(device)
+        precision_context(self.device, precision)  # validates
+        self.precision = precision
         self.net = net.to(self.device).eval()
         self.channels_last = channels_last
         if channels_last:
@@ -145,13 +150,15 @@ class NetworkMethod:
     def describe(self) -> dict:
         keep = ("sha256", "path", "stage", "step", "code_version", "data_manifest_sha256")
         return {"name": self.name, "kind": "network", "size": self.size,
-                "net": self.net.config.to_dict(),
+                "precision": self.precision, "net": self.net.config.to_dict(),
                 **{k: self.meta[k] for k in keep if k in self.meta}}
 
     def predict_batch(self, src, tgt):
+        from cyclecorr.matcher import precision_context
+
         _check_pair(src, tgt, self.size)
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(self.device, self.precision):
             out = self.net(src.to(self.device, memory_format=mf),
                            tgt.to(self.device, memory_format=mf))
         return (out["flow"].float().cpu().contiguous(),
@@ -172,11 +179,12 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
 
 
 def make_method(spec: str, model: str | None = None, size: int = 128, device="auto",
-                net_size: int | None = None):
+                net_size: int | None = None, precision: str = "float32"):
     """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
     the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` / ``"NAME=PATH"``
     for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``). ``size``: the baselines'
-    input side; ``net_size``: the networks' (default: the size each was trained at)."""
+    input side; ``net_size``: the networks' (default: the size each was trained at);
+    ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
     spec = spec.strip()
     if spec == "zero":
         return ZeroFlow(size)
@@ -184,12 +192,15 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
         return SiftFlowMethod(size)
     if spec == "model":
         path = None if model in (None, "shipped") else model
-        return NetworkMethod.from_file(path, name="model", device=device, size=net_size)
+        return NetworkMethod.from_file(path, name="model", device=device, size=net_size,
+                                       precision=precision)
     if spec.startswith("model:"):
-        return NetworkMethod.from_file(spec[len("model:"):], device=device, size=net_size)
+        return NetworkMethod.from_file(spec[len("model:"):], device=device, size=net_size,
+                                       precision=precision)
     if "=" in spec:
         name, path = spec.split("=", 1)
-        return NetworkMethod.from_file(path, name=name.strip(), device=device, size=net_size)
+        return NetworkMethod.from_file(path, name=name.strip(), device=device, size=net_size,
+                                       precision=precision)
     raise ValueError(f"unknown method {spec!r}: use zero, siftflow, model, model:PATH or NAME=PATH")
 
 

@@ -241,6 +241,8 @@ def markdown_report(results: dict) -> str:
         for m, d in methods.items():
             extra = ", ".join(f"{k}={d[k]}" for k in ("sha256", "stage", "step", "path") if k in d)
             size = f" at {d['size']}×{d['size']}" if d.get("size") else ""
+            if d.get("precision", "float32") != "float32":  # not the protocol's float32: say so
+                size += f" in {d['precision']}"
             lines.append(f"- **{m}**: {d.get('kind', '')}{size}" + (f" ({extra})" if extra else ""))
         lines.append("")
     if "seed" in results:
