@@ -347,6 +347,7 @@ class CorrespondenceNet(nn.Module):
                     x = x + self.flow_skips[j](torch.cat((local_correlation(a, b, r), a), 1))
                 x = m(x)
             flow = x
+        flow = flow.float()  # float32 even under autocast: flows are composed and compared in pixels
         if self.config.flow_scale != 1.0:
             flow = flow * self.config.flow_scale
         return flow
@@ -354,7 +355,7 @@ class CorrespondenceNet(nn.Module):
     def decode_matchability(self, code_src: torch.Tensor, code_tgt: torch.Tensor) -> torch.Tensor:
         """Fuse two codes by concatenation and decode only the matchability logits,
         ``(B, 1, S, S)`` (the probability is their sigmoid)."""
-        return self.match_decoder(torch.cat((code_src, code_tgt), dim=1))
+        return self.match_decoder(torch.cat((code_src, code_tgt), dim=1)).float()
 
     def decode(self, code_src: torch.Tensor, code_tgt: torch.Tensor,
                skips_src: tuple = (), skips_tgt: tuple = ()) -> dict[str, torch.Tensor]:

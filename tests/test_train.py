@@ -137,6 +137,39 @@ def test_cycle_step_decreases_loss_and_module_matches_steps():
     assert float(after.detach()) < float(before.detach())
 
 
+def test_bf16_training_step_keeps_flows_and_losses_float32_and_learns(tmp_path):
+    from cyclecorr.matcher import precision_context
+    from cyclecorr.train.loop import train
+
+    ds = SyntheticQuartets(4, 32, seed=6)
+    batch = collate([ds[i] for i in range(2)])
+    net = _tiny_net(1)
+    for head in (net.flow_decoder, net.match_decoder):  # non-zero outputs (they start at zero)
+        torch.nn.init.normal_(head[-1].weight, std=0.05)
+    cfg = CycleLossConfig(truncation=3.75)
+    ref, _ = cycle_step_loss(net, batch, cfg)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    with precision_context(torch.device("cpu"), "bf16"):
+        out = net(batch["s1"], batch["r1"])
+        before, _ = cycle_step_loss(net, batch, cfg)
+    assert out["flow"].dtype == out["matchability_logits"].dtype == torch.float32
+    assert before.dtype == torch.float32 and before.item() != ref.item()  # bf16 was used
+    assert before.item() == pytest.approx(ref.item(), rel=0.05)
+    opt.zero_grad()
+    before.backward()
+    assert all(p.grad.dtype == torch.float32 for p in net.parameters() if p.grad is not None)
+    opt.step()
+    with precision_context(torch.device("cpu"), "bf16"):
+        after, _ = cycle_step_loss(net, batch, cfg)
+    assert after.item() < before.item()
+    res = train(load_config("smoke", ["runtime.precision=bf16"]), tmp_path / "run")
+    from cyclecorr.checkpoint import load_model
+    _, meta = load_model(res.final_model)
+    assert meta["train_config"]["runtime"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="runtime.precision must be"):
+        load_config("smoke", ["runtime.precision=fp16"]).validate()
+
+
 def test_cycle_module_decodes_matchability_of_the_real_pair_only():
     """Flows of the three legs (and the self-warp pair) and the r1→r2 matchability equal the
     plain network's outputs on those pairs; the matchability decoder sees only the B real pairs."""

@@ -195,13 +195,17 @@ class RuntimeConfig:
     count, which exact resume needs: resume with the same ``threads``); ``keep_memory``: on a
     CPU device, let the process keep freed memory for the next step instead of returning it to
     the kernel (glibc only; :func:`cyclecorr._runtime.keep_freed_memory`: no page faults per
-    step, results unchanged)."""
+    step, results unchanged); ``precision``: ``"float32"`` (default) or ``"bf16"``, the
+    network's forward under bf16 autocast in training steps (its outputs, the composition and the
+    losses stay float32; validation stays float32); about 1.6× the CPU step on a CPU with bf16
+    units (docs/RESULTS.md), far slower on one without."""
 
     threads: int = 0
     device: str = "auto"
     channels_last: bool = False
     deterministic: bool = True
     keep_memory: bool = True
+    precision: str = "float32"
 
 
 @dataclass
@@ -272,6 +276,9 @@ class TrainConfig:
                              f"{a.warp_deform_grid}, {a.warp_jitter}")
         if a.zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"augment.zoom_fill must be one of {ZOOM_FILLS}, got {a.zoom_fill!r}")
+        if self.runtime.precision not in ("float32", "bf16"):
+            raise ValueError("runtime.precision must be 'float32' or 'bf16', got "
+                             f"{self.runtime.precision!r}")
         if self.logging.checkpoint_every < 1:
             raise ValueError("logging.checkpoint_every must be ≥ 1")
 

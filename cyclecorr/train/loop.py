@@ -31,6 +31,7 @@ import torch
 from cyclecorr._runtime import keep_freed_memory
 from cyclecorr.checkpoint import atomic_write_bytes, save_model
 from cyclecorr.losses import CycleLossConfig
+from cyclecorr.matcher import precision_context
 from cyclecorr.model import CorrespondenceNet
 from cyclecorr.train.config import TrainConfig
 from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,
@@ -644,7 +645,8 @@ def _run_stage(stage, st, cfg, net, optimizer, trainset, valset, run, start, dev
             lr = st.optim.lr_at(step)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
-            loss, metrics = step_fn(module, batch)
+            with precision_context(device, cfg.runtime.precision):
+                loss, metrics = step_fn(module, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage} step {step}: loss is {float(loss)} "
                                          f"(metrics {metrics}); lower the learning rate")
