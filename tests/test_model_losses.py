@@ -118,14 +118,18 @@ def test_network_takes_the_bias_gradient_path_only_when_training_on_cpu():
     assert "_DeconvBiasGrad" not in str(seen[-1])  # inference: the stock operator
     assert set(net.state_dict()) == set(stock.state_dict())
     hook.remove()
-    # under CPU bf16 autocast the layer computes in bf16 like the stock one (same output dtype,
-    # gradients reach the float32 parameters)
+    # under CPU bf16 autocast the layer computes in bf16 like the stock one (the network's
+    # outputs are cast back to float32; gradients reach the float32 parameters)
     for m in (net, stock):
         m.zero_grad()
+        dts = []
+        layer = [d for d in m.flow_decoder if isinstance(d, torch.nn.ConvTranspose2d)][0]
+        h = layer.register_forward_hook(lambda mod, i, o: dts.append(o.dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = m(x, y)
-        assert out["flow"].dtype == torch.bfloat16
-        out["flow"].float().square().mean().backward()
+        h.remove()
+        assert dts == [torch.bfloat16] and out["flow"].dtype == torch.float32
+        out["flow"].square().mean().backward()
     for (k, p), q in zip(net.named_parameters(), stock.parameters()):
         if q.grad is not None:
             assert p.grad.dtype == torch.float32
