@@ -1,0 +1,61 @@
+"""The benchmark scripts run and report what they claim to (tiny settings; no timing asserted).
+
+Benchmarks are run by hand for their numbers (README, "Benchmarks"); these tests only keep them
+from breaking silently: a variant that fails, a reference that is missing, a FLOP count that
+drifts from the network's, a prototype that no longer matches oneDNN.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: int = 300) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+
+def test_train_step_bench_reports_both_references_and_the_step_flops():
+    from cyclecorr.model import CorrespondenceNet
+
+    out = _run("bench/train_step.py", "--threads", "1", "--batch", "1", "--steps", "1",
+               "--variants", "channels_last+fused+stockdeconv,channels_last+fused+keepmem")
+    assert "failed" not in out
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert [r["variant"] for r in rows] == ["channels_last+fused+stockdeconv",
+                                            "channels_last+fused+keepmem"]
+    f = CorrespondenceNet().flops_by_part()
+    expect = 3 * (4 * f["encoder"] + 3 * f["flow_decoder"] + f["match_decoder"]) / 1e9
+    for r in rows:
+        assert r["gflop_per_step"] == pytest.approx(expect)
+        assert r["sec_per_step"] > 0 and r["matmul_gflops"] > 0
+        # the strict reference is the faster of two GEMMs, so its ratio cannot be the larger
+        assert 0 < r["mfu_best_gemm"] <= r["mfu"] * (1 + 1e-9)
+        assert r["mfu"] == pytest.approx(expect * 1e9 / r["sec_per_step"]
+                                         / (r["matmul_gflops"] * 1e9), rel=1e-6)
+
+
+def test_conv_backward_bench_checks_its_prototypes_against_onednn():
+    out = _run("bench/conv_backward.py", "--threads", "1", "--batch", "2")
+    lines = [x for x in out.splitlines() if "GFLOP/s;" in x]
+    assert len(lines) == 5  # one per layer shape, each after its prototypes passed the check
+    assert all("weight grad" in x and "shifted" in x for x in lines)
+
+
+def test_evaluate_bench_runs_every_variant_including_bf16():
+    out = _run("bench/evaluate.py", "--skip-pf-willow", "--rounds", "1", "--seconds", "0.05",
+               "--batch", "2")
+    for name in ("plain no_grad (baseline)", "inference_mode + channels_last + bf16 autocast",
+                 "batch 16 (--precision bf16)"):
+        assert name in out
+    assert "fastest:" in out and "nan" not in out.lower()
