@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from cyclecorr.losses import CycleLossConfig  # noqa: E402
+from cyclecorr.matcher import precision_context  # noqa: E402
 from cyclecorr.model import CorrespondenceNet  # noqa: E402
 from cyclecorr.train.config import load_config  # noqa: E402
 from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,  # noqa: E402
@@ -60,7 +61,8 @@ def bench_stage(stage, cfg, trainset, device, steps, warmup, workers):
         t0 = time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
         t1 = time.perf_counter()
-        loss, _ = fn(module, batch)
+        with precision_context(device, cfg.runtime.precision):  # --set runtime.precision=bf16
+            loss, _ = fn(module, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
