@@ -59,3 +59,20 @@ def test_evaluate_bench_runs_every_variant_including_bf16():
                  "batch 16 (--precision bf16)"):
         assert name in out
     assert "fastest:" in out and "nan" not in out.lower()
+
+
+def test_siftflow_render_and_train_benches_report_their_targets():
+    out = _run("bench/siftflow.py", "--pairs", "1")
+    assert "128x128: single process" in out and "256x256" in out and "ratio" in out
+    out = _run("bench/render.py", "--seconds", "0.2", "--no-gl", "--no-parallel")
+    assert "GT pairs/s (two lit views + flow)" in out and "target 30" in out
+    out = _run("bench/train.py", "--steps", "2", "--warmup", "1", "--device", "cpu",
+               "--set", "runtime.precision=bf16")
+    rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert [(r["stage"], r["batch"]) for r in rows] == [(1, 16), (2, 6)]
+    assert all(r["it_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1 for r in rows)
+
+
+def test_prepare_bench_on_the_shared_data(data_dir):
+    out = _run("bench/prepare.py", "--quartets", "16", "--workers", "1", "--shard-size", "8")
+    assert "workers=1: 16 quartets" in out and "viewpoint retrieval" in out
