@@ -82,6 +82,15 @@ def test_resume_of_finished_run_is_a_no_op_and_data_change_is_refused(tmp_path):
                                   "data.synthetic_size=20"])
     with pytest.raises(ValueError, match="another configuration"):
         train(other, tmp_path / "r", resume=True)
+    # the arithmetic precision determines the weights too: not switched on resume
+    bf16 = load_config("smoke", ["stage1.iterations=2", "stage2.iterations=2",
+                                 "runtime.precision=bf16"])
+    with pytest.raises(ValueError, match="another configuration"):
+        train(bf16, tmp_path / "r", resume=True)
+    # how a run runs may change (threads)
+    threads = load_config("smoke", ["stage1.iterations=2", "stage2.iterations=2",
+                                    "runtime.threads=1"])
+    train(threads, tmp_path / "r", resume=True)
 
 
 @pytest.mark.parametrize("extra", [[], ["loss.warp_weight=0.5"], ["loss.warp_weight=0.5", *SKIPS]],
