@@ -25,6 +25,11 @@ Choices the paper leaves open (all options of :class:`NetConfig`, defaults marke
 - ``flow_scale`` (default 1): the flow head's output is multiplied by it (pixels); larger values
   make the last layer's effective learning rate larger for the large displacements of real pairs.
 
+Implementation notes (no effect on the function): in CPU training the transposed convolutions
+compute their bias gradient as one sum (:class:`_ConvTranspose2d`; PyTorch's own CPU backward
+of it is slow, docs/RESULTS.md); under autocast (``runtime.precision=bf16``) the two decoders
+return float32, so flows are composed and compared in float32.
+
 Beyond the paper (off by default and in the ``paper`` preset): ``skips="corr"`` gives the flow
 decoder what its 8×8 code cannot carry, the fine position of things. At each resolution the
 decoder up-samples to but the last (16, 32 and 64 at input 128), it receives the source's encoder
