@@ -436,10 +436,6 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         torch.use_deterministic_algorithms(True, warn_only=True)
     dist = init_distributed(device)
     progress = cfg.logging.progress if progress is None else progress
-    if progress and dist.main and device.type == "cpu" and cfg.runtime.precision == "float32" \
-            and _cpu_has_bf16():
-        print("cyclecorr train: this CPU has bf16 units; --set runtime.precision=bf16 trains "
-              "about 1.4-1.8x faster here (float32 outputs and losses; docs/RESULTS.md, 'bf16')")
     cfg_dict = cfg.to_dict()
 
     ptr = load_checkpoint_pointer(run)
@@ -557,7 +553,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     return result
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16, AMX, …) rather than emulated."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
