@@ -71,10 +71,11 @@ def to_tensor_image(image) -> torch.Tensor:
     arr = arr[..., :3]
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise ValueError(f"image is too small: {arr.shape}")
+    # copies: the caller's array (often read-only, as np.asarray of a PIL image) is never shared
     if arr.dtype == np.uint8:
-        t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+        t = torch.from_numpy(arr.astype(np.float32)) / 255.0
     else:
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        t = torch.from_numpy(np.array(arr, dtype=np.float32))
         if not torch.isfinite(t).all():
             raise ValueError("image contains NaN or infinite values")
     return t.permute(2, 0, 1)

@@ -110,3 +110,19 @@ def test_format_json_reader_names_file_and_problem(tmp_path):
     lst.write_text('[1, 2]')
     with pytest.raises(ValueError, match="format 'list'"):
         read_format_json(lst, "x-1", "pointer")
+
+
+def test_read_only_images_are_copied_not_shared():
+    """np.asarray of a PIL image is read-only; the tensor must not alias it (torch warns, and a
+    later in-place op would write into the caller's image)."""
+    import warnings
+
+    from cyclecorr.matcher import to_tensor_image
+
+    for arr in (np.full((4, 5, 3), 255, np.uint8), np.full((4, 5, 3), 0.5, np.float32)):
+        arr.setflags(write=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            t = to_tensor_image(arr)
+        t.mul_(0)  # must not touch (or fail on) the caller's array
+        assert arr.max() > 0 and t.shape == (3, 4, 5)
