@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from cyclecorr._runtime import precision_context  # noqa: E402
 from cyclecorr.losses import CycleLossConfig  # noqa: E402
-from cyclecorr.matcher import precision_context  # noqa: E402
 from cyclecorr.model import CorrespondenceNet  # noqa: E402
 from cyclecorr.train.config import load_config  # noqa: E402
 from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,  # noqa: E402

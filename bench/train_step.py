@@ -60,18 +60,23 @@ from cyclecorr.model import CorrespondenceNet  # noqa: E402
 from cyclecorr.train.steps import cycle_step_loss  # noqa: E402
 
 
+def _gemm_rate(fn, n, reps, device) -> float:
+    """FLOP/s of ``fn`` (one n×n×n GEMM) after two warm-up calls, over ``reps`` calls."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
 def matmul_flops(device, n=None, reps=10, dtype=torch.float32) -> float:
     n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return _gemm_rate(lambda: a @ b, n, reps, device)
 
 
 def onednn_gemm_flops(n=2048, reps=3) -> float:
@@ -81,12 +86,7 @@ def onednn_gemm_flops(n=2048, reps=3) -> float:
     oneDNN's GEMM was 1.3–1.4× faster: MFU against ``torch.matmul`` alone would flatter."""
     x = torch.randn(1, n, n, 1).contiguous(memory_format=torch.channels_last)
     w = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-    for _ in range(2):
-        torch.nn.functional.conv2d(x, w)
-    t = time.perf_counter()
-    for _ in range(reps):
-        torch.nn.functional.conv2d(x, w)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return _gemm_rate(lambda: torch.nn.functional.conv2d(x, w), n, reps, torch.device("cpu"))
 
 
 def sync(device):
@@ -184,6 +184,11 @@ def run_variant(name, device, b, steps, world=1, threads=0):
     barrier = dist.barrier if world > 1 else (lambda: None)
     times, ratios, refs, strict = [], [], [], []
     cpu_fp32 = device.type == "cpu" and amp is None
+
+    def references():
+        """(matmul FLOP/s, the faster of it and oneDNN's GEMM on a float32 CPU run)."""
+        ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
+        return ref, (max(ref, onednn_gemm_flops()) if cpu_fp32 else ref)
     for _ in range(steps):
         barrier()
         t = time.perf_counter()
@@ -195,15 +200,13 @@ def run_variant(name, device, b, steps, world=1, threads=0):
             per_process = torch.get_num_threads()
             if rank == 0:
                 torch.set_num_threads(threads)
-                ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
-                best = max(ref, onednn_gemm_flops()) if cpu_fp32 else ref
+                ref, best = references()
                 torch.set_num_threads(per_process)
             barrier()
             if rank:
                 continue
         else:
-            ref = matmul_flops(device, dtype=amp or torch.float32, reps=3)
-            best = max(ref, onednn_gemm_flops()) if cpu_fp32 else ref
+            ref, best = references()
         times.append(dt)
         refs.append(ref)
         ratios.append(flops / dt / ref)

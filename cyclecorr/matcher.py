@@ -12,7 +12,6 @@ bilinearly resized to the source's size.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cyclecorr._runtime import PRECISIONS, precision_context
 from cyclecorr.checkpoint import load_model, shipped_model_path
 from cyclecorr.geometry import resample_flow, transfer_keypoints
 from cyclecorr.model import CorrespondenceNet
@@ -32,22 +32,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-#: Inference precisions: ``"float32"`` (the default and the evaluation protocol) or ``"bf16"``
-#: (the network under ``torch.autocast(bfloat16)``; float32 outputs). On the project's AVX-512
-#: CPU bf16 ran the matcher 1.9× faster and moved the shipped car model's headline PCK by at
-#: most 0.001 (docs/RESULTS.md, "Speed"); without bf16 hardware it is much slower.
-PRECISIONS = ("float32", "bf16")
-
-
-def precision_context(device: torch.device, precision: str):
-    """The context a network forward runs in for ``precision`` (see :data:`PRECISIONS`)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def to_tensor_image(image) -> torch.Tensor:

@@ -45,6 +45,7 @@ shipped chain or from the start; docs/RESULTS.md, "Run 11").
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
 
@@ -164,15 +165,15 @@ class _ConvTranspose2d(nn.ConvTranspose2d):
         if (output_size is None and x.device.type == "cpu" and torch.is_grad_enabled()
                 and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
                 and (x.requires_grad or self.weight.requires_grad)):
-            w, b = self.weight, self.bias
+            w, b, plain = self.weight, self.bias, contextlib.nullcontext()
             if torch.is_autocast_enabled("cpu"):
                 dt = torch.get_autocast_dtype("cpu")
                 x, w = x.to(dt), w.to(dt)
                 b = None if b is None else b.to(dt)
-                with torch.autocast("cpu", enabled=False):
-                    return _DeconvBiasGrad.apply(x, w, b, self.stride, self.padding,
-                                                 self.output_padding)
-            return _DeconvBiasGrad.apply(x, w, b, self.stride, self.padding, self.output_padding)
+                plain = torch.autocast("cpu", enabled=False)
+            with plain:
+                return _DeconvBiasGrad.apply(x, w, b, self.stride, self.padding,
+                                             self.output_padding)
         return super().forward(x, output_size)
 
 

@@ -315,7 +315,7 @@ def test_cli_train(tmp_path, capsys):
     assert (out / "final.safetensors").is_file()
     text = capsys.readouterr().out
     assert str(out) in text
-    from cyclecorr.train.loop import cpu_has_bf16
+    from cyclecorr._runtime import cpu_has_bf16
     # the hint names the option exactly where the CPU has bf16 units (and the run is float32)
     assert ("runtime.precision=bf16" in text) == cpu_has_bf16()
     rc = main(["train", "--preset", "smoke", "--out", str(out), "--set", "stage2.iterations=3",

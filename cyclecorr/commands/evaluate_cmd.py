@@ -18,6 +18,8 @@ import argparse
 import time
 from pathlib import Path
 
+from cyclecorr._runtime import PRECISIONS
+
 SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
         "synthetic-aeroplane", "shape2image-car", "embedding-car")
 
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16,
                         help="pairs per forward pass (default 16: fastest on CPU)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="the networks' inference precision (default float32, the protocol; "
                              "bf16: autocast, faster on CPUs with bf16 units; recorded in the "
                              "report)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cyclecorr._runtime import PRECISIONS
+
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "single-pair mode only; default: a grid")
     parser.add_argument("--grid", type=int, default=10, help="grid points per side (default 10)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="network precision (default float32; bf16: autocast, faster on CPUs "
                              "with bf16 units)")
     parser.add_argument("--input-size", type=int, default=None,

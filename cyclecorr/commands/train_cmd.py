@@ -64,13 +64,12 @@ def run(args) -> int:
           f"pairs, stage 2 {cfg.stage2.iterations} it × {cfg.stage2.batch_size} quartets, "
           f"network width {cfg.net.width} at {cfg.net.image_size}px; data: {cfg.data.quartets}")
     print(f"writing to {out} (log.jsonl, checkpoints, final.safetensors)")
-    from cyclecorr.train.loop import TrainingInterrupted, cpu_has_bf16
+    from cyclecorr._runtime import cpu_has_bf16
+    from cyclecorr.matcher import resolve_device
+    from cyclecorr.train.loop import TrainingInterrupted
 
-    import torch
-
-    on_cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto"
-                                             and not torch.cuda.is_available())
-    if on_cpu and cfg.runtime.precision == "float32" and cpu_has_bf16():
+    if (resolve_device(cfg.runtime.device).type == "cpu" and cfg.runtime.precision == "float32"
+            and cpu_has_bf16()):
         print("this CPU has bf16 units: --set runtime.precision=bf16 trains about 1.4-1.9x "
               "faster here (float32 outputs and losses; docs/RESULTS.md, 'bf16')")
 

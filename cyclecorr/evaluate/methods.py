@@ -110,13 +110,14 @@ class NetworkMethod:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, …
         channels_last: run the convolutions in channels-last memory format (faster on CPU).
         precision: ``"float32"`` (the protocol) or ``"bf16"`` (autocast; recorded by
-            :meth:`describe`; see :data:`cyclecorr.matcher.PRECISIONS`).
+            :meth:`describe`; see :data:`cyclecorr._runtime.PRECISIONS`).
     """
 
     def __init__(self, net, meta: dict | None = None, name: str = "model", device="auto",
                  channels_last: bool = True, size: int | None = None,
                  precision: str = "float32"):
-        from cyclecorr.matcher import precision_context, resolve_device
+        from cyclecorr._runtime import precision_context
+        from cyclecorr.matcher import resolve_device
 
         if size is not None:  # run at another input size (CorrespondenceNet.set_input_size)
             net.set_input_size(size)
@@ -154,7 +155,7 @@ class NetworkMethod:
                 **{k: self.meta[k] for k in keep if k in self.meta}}
 
     def predict_batch(self, src, tgt):
-        from cyclecorr.matcher import precision_context
+        from cyclecorr._runtime import precision_context
 
         _check_pair(src, tgt, self.size)
         mf = torch.channels_last if self.channels_last else torch.contiguous_format

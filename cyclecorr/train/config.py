@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cyclecorr._runtime import PRECISIONS
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import NetConfig
 from cyclecorr.train.data import ZOOM_FILLS
@@ -276,8 +277,8 @@ class TrainConfig:
                              f"{a.warp_deform_grid}, {a.warp_jitter}")
         if a.zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"augment.zoom_fill must be one of {ZOOM_FILLS}, got {a.zoom_fill!r}")
-        if self.runtime.precision not in ("float32", "bf16"):
-            raise ValueError("runtime.precision must be 'float32' or 'bf16', got "
+        if self.runtime.precision not in PRECISIONS:
+            raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got "
                              f"{self.runtime.precision!r}")
         if self.logging.checkpoint_every < 1:
             raise ValueError("logging.checkpoint_every must be ≥ 1")

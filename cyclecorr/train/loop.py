@@ -28,10 +28,9 @@ from typing import Callable
 
 import torch
 
-from cyclecorr._runtime import keep_freed_memory
+from cyclecorr._runtime import keep_freed_memory, precision_context
 from cyclecorr.checkpoint import atomic_write_bytes, save_model
 from cyclecorr.losses import CycleLossConfig
-from cyclecorr.matcher import precision_context
 from cyclecorr.model import CorrespondenceNet
 from cyclecorr.train.config import TrainConfig
 from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,
@@ -551,14 +550,6 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
 
                 dist_.destroy_process_group()
     return result
-
-
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16, AMX, …) rather than emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _training_part(cfg_dict: dict) -> dict:
