@@ -20,6 +20,17 @@ def _texture(h: int, w: int, seed: int = 0, sigma: float = 1.0, channels: int = 
     return img / img.max()
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test of many tiny operations on one torch thread: with two threads on a loaded
+    machine each tiny parallel region (replicate padding, unfold, softmax) can wait a scheduler
+    slice (~20 ms) for the second thread. Restores the thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _as_batch(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
 
@@ -86,3 +97,159 @@ def test_sift_level_invariances_and_translation():
     assert 0.01 < faint.median() < 0.5
     with pytest.raises(ValueError, match="multiple of the stride 8"):
         sift_level(orientation_bands(x[..., :60, :60]), 8)
+
+
+# --- correlation operators --------------------------------------------------------------------
+
+def _shifted(f: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``g(x + dx, y + dy) = f(x, y)`` (zeros where nothing lands)."""
+    g = torch.zeros_like(f)
+    h, w = f.shape[-2:]
+    ys, yd = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    xs, xd = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    g[..., yd, xd] = f[..., ys, xs]
+    return g
+
+
+def _unit_features(b, c, h, w, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(b, c, h, w, generator=g, dtype=dtype), dim=1)
+
+
+def _local_correlation_reference(a, b, r):
+    h, w = a.shape[-2:]
+    bp = torch.nn.functional.pad(b, (r, r, r, r))
+    return torch.stack([(a * bp[:, :, dy:dy + h, dx:dx + w]).sum(1)
+                        for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)
+
+
+@pytest.mark.parametrize("dx,dy", [(3, -2), (-5, 0), (0, 7)])
+def test_global_correlation_peaks_at_the_shift_up_to_the_border(dx, dy):
+    from cyclecorr.costvol import global_correlation
+
+    fa = _unit_features(2, 16, 12, 10, seed=1)
+    fb = _shifted(fa, dx, dy)
+    corr = global_correlation(fa, fb)
+    assert corr.shape == (2, 120, 120)
+    best = corr.argmax(-1)  # (B, Ha·Wa) flattened target index
+    ys, xs = torch.meshgrid(torch.arange(12), torch.arange(10), indexing="ij")
+    inside = ((xs + dx >= 0) & (xs + dx < 10) & (ys + dy >= 0) & (ys + dy < 12)).flatten()
+    expect = ((ys + dy) * 10 + xs + dx).flatten()
+    assert inside.sum() > 40 and bool((best[:, inside] == expect[inside]).all())
+    torch.testing.assert_close(corr[:, inside].amax(-1), torch.ones(2, int(inside.sum())))
+
+
+@pytest.mark.parametrize("shape,r,tile", [((2, 5, 7, 9), 2, 4), ((1, 3, 16, 16), 3, 8),
+                                          ((2, 4, 6, 5), 1, 8)])
+def test_local_correlation_equals_the_direct_sum(shape, r, tile):
+    from cyclecorr.costvol import local_correlation
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(*shape, generator=g, dtype=torch.float64), torch.randn(
+        *shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(local_correlation(a, b, r, tile=tile),
+                               _local_correlation_reference(a, b, r))
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (a, b)]
+    torch.testing.assert_close(local_correlation(*cl, r, tile=tile),
+                               _local_correlation_reference(a, b, r))
+
+
+@pytest.mark.parametrize("dx,dy", [(2, -3), (-4, 4), (0, 0)])
+def test_local_correlation_peaks_at_the_shift_and_reads_zero_outside(dx, dy):
+    from cyclecorr.costvol import local_correlation
+
+    r, h, w = 4, 16, 24
+    fa = _unit_features(1, 32, h, w, seed=2)
+    corr = local_correlation(fa, _shifted(fa, dx, dy), r)
+    assert corr.shape == (1, 81, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    inside = (xs + dx >= 0) & (xs + dx < w) & (ys + dy >= 0) & (ys + dy < h)
+    assert bool((corr[0].argmax(0)[inside] == (dy + r) * 9 + dx + r).all())
+    torch.testing.assert_close(corr[0].amax(0)[inside], torch.ones(int(inside.sum())))
+    # displacement (+r, +r) from the last row/column leaves the map: exactly 0 there
+    assert corr[0, -1, -r:, :].abs().max() == 0 and corr[0, -1, :, -r:].abs().max() == 0
+
+
+def test_kernel_soft_argmax_closed_forms():
+    from cyclecorr.costvol import kernel_soft_argmax
+
+    h, w = 11, 13
+    q = torch.stack(torch.meshgrid(torch.arange(w, dtype=torch.float64),
+                                   torch.arange(h, dtype=torch.float64), indexing="xy"), -1)
+    q = q.reshape(-1, 2)  # (h·w, 2), row-major (x, y)
+    # a quadratic similarity around a non-integer q0: the product of two Gaussians (precision
+    # 2τ from the softmax, 1/σ² from the window at the argmax q*) has its mean at
+    # (2τ·q0 + q*/σ²) / (2τ + 1/σ²) (on a grid of unit spacing, up to the sampling error of a
+    # Gaussian of standard deviation 0.7 px: < 1e-3)
+    q0 = torch.tensor([6.3, 4.8], dtype=torch.float64)
+    corr = -((q - q0) ** 2).sum(-1).view(1, 1, -1)
+    tau, sigma = 0.5, 1.0
+    qs = torch.tensor([6.0, 5.0], dtype=torch.float64)
+    expect = (2 * tau * q0 + qs / sigma ** 2) / (2 * tau + 1 / sigma ** 2)
+    out = kernel_soft_argmax(corr, h, w, tau, sigma)
+    assert out.shape == (1, 1, 2)
+    torch.testing.assert_close(out[0, 0], expect, atol=1e-3, rtol=0)
+    # two modes far apart: the position stays at the stronger one (a global soft-argmax would
+    # land in between)
+    corr2 = torch.zeros(1, 1, h * w, dtype=torch.float64)
+    corr2[0, 0, 2 * w + 1] = 1.0  # (1, 2)
+    corr2[0, 0, 9 * w + 11] = 0.95  # (11, 9)
+    out2 = kernel_soft_argmax(corr2, h, w, 20.0, 1.0)
+    torch.testing.assert_close(out2[0, 0], torch.tensor([1.0, 2.0], dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+    glob = torch.softmax(20.0 * corr2, -1) @ q
+    assert (glob[0, 0] - torch.tensor([1.0, 2.0], dtype=torch.float64)).norm() > 3
+
+
+def test_convex_upsample_closed_forms():
+    from cyclecorr.costvol import convex_upsample
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, generator=g)
+    # all weight on the centre neighbour: nearest-neighbour up-sampling
+    mask = torch.full((2, 9, 2, 2, 5, 6), -1e4)
+    mask[:, 4] = 0
+    up = convex_upsample(x, mask.view(2, 36, 5, 6), 2)
+    torch.testing.assert_close(up, x.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    # a zero mask averages the 3×3 neighbours (edges replicated): a constant stays constant
+    c = torch.full((1, 2, 4, 4), 3.5)
+    torch.testing.assert_close(convex_upsample(c, torch.zeros(1, 36, 4, 4), 2),
+                               torch.full((1, 2, 8, 8), 3.5))
+    with pytest.raises(ValueError, match=r"mask must be \(2, 36, 5, 6\)"):
+        convex_upsample(x, torch.zeros(2, 9, 5, 6), 2)
+
+
+def test_correlation_and_warp_gradcheck_float64(one_thread):
+    from cyclecorr.costvol import (convex_upsample, kernel_soft_argmax, local_correlation,
+                                   warp_features)
+
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def check(fn, *args):  # the full Jacobian, numerical vs analytical (small sizes)
+        assert torch.autograd.gradcheck(fn, args, fast_mode=False)
+
+    check(lambda a, b: local_correlation(a, b, 1, tile=2), rnd(1, 2, 3, 4), rnd(1, 2, 3, 4))
+    # a larger case by random projections (gradcheck's fast mode): tiles, padding, radius 2
+    assert torch.autograd.gradcheck(lambda a, b: local_correlation(a, b, 2, tile=4),
+                                    (rnd(2, 3, 5, 6), rnd(2, 3, 5, 6)), fast_mode=True)
+    temp = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    check(lambda c, t: kernel_soft_argmax(c, 3, 4, t, 1.2), rnd(2, 3, 12), temp)
+    # positions kept away from integers and borders: bilinear sampling has kinks there
+    flow = (torch.rand(1, 2, 3, 3, generator=g, dtype=torch.float64) * 0.6 + 0.2
+            ).requires_grad_(True)
+    check(warp_features, rnd(1, 2, 4, 5), flow)
+    check(lambda x, m: convex_upsample(x, m, 2), rnd(1, 2, 2, 3), rnd(1, 36, 2, 3))
+
+
+def test_warp_features_reads_the_target_at_p_plus_flow():
+    from cyclecorr.costvol import warp_features
+
+    f = torch.arange(2 * 6 * 8, dtype=torch.float32).view(1, 2, 6, 8)
+    flow = torch.zeros(1, 2, 6, 8)
+    flow[:, 0], flow[:, 1] = 2.0, -1.0
+    out = warp_features(f, flow)
+    torch.testing.assert_close(out[..., 1:, :6], f[..., :-1, 2:])
+    assert out[..., 0, :].abs().max() < 1e-5 and out[..., :, 6:].abs().max() == 0  # outside: 0
