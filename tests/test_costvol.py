@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cyclecorr.costvol import dense_sift_liu, orientation_bands, sift_level
+from cyclecorr.costvol import (dense_sift_liu, local_correlation, orientation_bands, sift_cells,
+                               sift_descriptors, sift_local_correlation)
 from cyclecorr.siftflow.dense_sift import dense_sift
 
 
@@ -71,32 +72,49 @@ def test_orientation_bands_of_a_ramp_fill_the_bands_of_its_direction():
     assert b[2:7].abs().max() < 1e-12
 
 
-def test_sift_level_invariances_and_translation():
-    img = _texture(64, 64, seed=5)
-    x = _as_batch(img)
-    for stride in (2, 4, 8):
-        d = sift_level(orientation_bands(x), stride)
-        assert d.shape == (1, 128, 64 // stride, 64 // stride)
-        norms = d.norm(dim=1)
-        assert torch.allclose(norms, torch.ones_like(norms), atol=2e-2)  # textured: unit vectors
-        # adding a constant changes no gradient
-        torch.testing.assert_close(sift_level(orientation_bands(x + 0.3), stride), d)
-        # a translation by whole cells translates the descriptors (away from the replicated edges)
-        k = 2
-        shifted = torch.roll(x, (k * stride, k * stride), (2, 3))
-        ds = sift_level(orientation_bands(shifted), stride)
+def test_sift_descriptors_invariances_and_translation():
+    x = _as_batch(_texture(64, 64, seed=5))
+    cells = sift_cells(x, (2, 4, 8))
+    assert [tuple(c.shape) for c in cells] == [(1, 8, 32, 32), (1, 8, 16, 16), (1, 8, 8, 8)]
+    # the coarser cells are the band means over larger blocks
+    torch.testing.assert_close(cells[2], torch.nn.functional.avg_pool2d(
+        orientation_bands(x.mean(1, keepdim=True)), 8))
+    plus = sift_cells(x + 0.3, (2, 4, 8))  # adding a constant changes no gradient
+    shifted = sift_cells(torch.roll(x, (16, 16), (2, 3)), (2, 4, 8))
+    for stride, c, cp, cs in zip((2, 4, 8), cells, plus, shifted):
+        d = sift_descriptors(c)
         n = 64 // stride
-        inner = slice(k + 2, n - 3)
-        torch.testing.assert_close(ds[..., inner, inner],
-                                   d[..., k + 2 - k:n - 3 - k, k + 2 - k:n - 3 - k],
-                                   atol=1e-6, rtol=0)
+        assert d.shape == (1, 128, n, n)
+        inner = d.norm(dim=1)[0, 1:-2, 1:-2]  # all 16 cells inside: textured, unit vectors
+        assert torch.allclose(inner, torch.ones_like(inner), atol=2e-2)
+        torch.testing.assert_close(sift_descriptors(cp), d)
+        # a roll by 16 px moves the descriptors by 16 / stride (away from the wrapped edge)
+        m = 16 // stride
+        ds = sift_descriptors(cs)
+        torch.testing.assert_close(ds[..., m + 2:n - 3, m + 2:n - 3],
+                                   d[..., 2:n - m - 3, 2:n - m - 3], atol=1e-6, rtol=0)
     # a flat image matches nothing: (near-)zero descriptors; low contrast gives short ones
-    flat = sift_level(orientation_bands(torch.full((1, 3, 32, 32), 0.4)), 4)
+    flat = sift_descriptors(sift_cells(torch.full((1, 3, 32, 32), 0.4), (4,))[0])
     assert flat.norm(dim=1).max() < 1e-3
-    faint = sift_level(orientation_bands(0.5 + 1e-4 * x), 4).norm(dim=1)
+    faint = sift_descriptors(sift_cells(0.5 + 1e-4 * x, (4,))[0]).norm(dim=1)
     assert 0.01 < faint.median() < 0.5
-    with pytest.raises(ValueError, match="multiple of the stride 8"):
-        sift_level(orientation_bands(x[..., :60, :60]), 8)
+    # half-resolution gradients: same shapes; colour: the channel of largest gradient
+    half = sift_cells(x, (2, 4), input_stride=2)
+    assert [tuple(c.shape) for c in half] == [(1, 8, 32, 32), (1, 8, 16, 16)]
+    torch.testing.assert_close(sift_cells(x, (1,), colour=True)[0], orientation_bands(x))
+    with pytest.raises(ValueError, match="multiple of the previous"):
+        sift_cells(x, (4, 6))
+
+
+def test_sift_local_correlation_is_the_descriptors_local_correlation():
+    g = torch.Generator().manual_seed(3)
+    ca = torch.rand(2, 8, 9, 11, generator=g, dtype=torch.float64)
+    cb = torch.rand(2, 8, 9, 11, generator=g, dtype=torch.float64)
+    cb[:, :, :3, :4] = 0  # a flat corner: zero descriptors, similarity 0
+    ref = local_correlation(sift_descriptors(ca), sift_descriptors(cb), 2)
+    out = sift_local_correlation(ca, cb, 2)
+    assert out.shape == (2, 25, 9, 11)
+    torch.testing.assert_close(out, ref)
 
 
 # --- correlation operators --------------------------------------------------------------------
