@@ -124,7 +124,8 @@ def sift_cells(images: torch.Tensor, strides=(2, 4, 8), colour: bool = False,
     of the channel of largest magnitude (SIFT flow's choice, ~1.4× the time). With
     ``input_stride=2`` the bands are computed on the image averaged over 2×2 blocks (4× less
     work; the finest cells then hold one such block). Computed in float32 (float64 for float64
-    images; also under autocast), ``chunk`` images at a time (the bands of a few images stay in the CPU's cache).
+    images; also under autocast), ``chunk`` images at a time (the bands of a few images stay in
+    the CPU's cache).
     """
     _check_images("images", images)
     h, w = images.shape[-2:]
@@ -158,7 +159,8 @@ def _box4(x: torch.Tensor) -> torch.Tensor:
 
 
 def sift_descriptors(cells: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Dense-SIFT descriptors from cells (:func:`sift_cells`): ``(B, n, h, w)`` → ``(B, 16·n, h, w)``
+    """Dense-SIFT descriptors from cells (:func:`sift_cells`): ``(B, n, h, w)`` →
+    ``(B, 16·n, h, w)``
     (channels-last memory). The descriptor of pixel ``p`` concatenates the cells at
     ``p + (i, j)``, ``i, j ∈ {−1, 0, 1, 2}`` (zero outside the map; channel ``(j·4 + i)·n + k``
     for band ``k``), divided by ``‖v‖ + eps``: a unit vector where textured, a short one where
@@ -305,7 +307,8 @@ def kernel_soft_argmax(corr: torch.Tensor, height: int, width: int,
 
 
 def warp_features(feat_b: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """``feat_b`` read at ``p + flow(p)`` (bilinear, zeros outside; :func:`cyclecorr.geometry.warp`):
+    """``feat_b`` read at ``p + flow(p)`` (bilinear, zeros outside;
+    :func:`cyclecorr.geometry.warp`):
     ``(B, C, H_b, W_b)`` and a flow ``(B, 2, H, W)`` in ``feat_b``'s pixels → ``(B, C, H, W)``.
     Computed in the flow's dtype (float32 under autocast: positions stay exact)."""
     return warp(feat_b.to(flow.dtype), flow, padding="zeros")
@@ -387,14 +390,14 @@ class CostVolumeConfig:
 
     image_size: int = 128
     width: float = 1.0
-    pyramid_channels: tuple = (24, 48, 64)
+    pyramid_channels: tuple = (16, 32, 64)
     decoder_channels: tuple = (24, 32, 48)
     decoder_convs: int = 2
     norm: str = "none"
     sift: bool = True
     sift_levels: int = 2
-    sift_input_stride: int = 1
-    radius: tuple = (2, 3, 2)
+    sift_input_stride: int = 2
+    radius: tuple = (1, 3, 2)
     top_k: int = 4
     kernel_radius: int = 2
     kernel_sigma: float = 1.0
@@ -513,8 +516,11 @@ class CostVolumeNet(nn.Module):
             [_level(3 if i == 0 else ch[i - 1], ch[i], cfg.norm, i == 0) for i in range(3)])
         # the similarity scales of the learned and SIFT parts, per level (fine to coarse)
         self.feature_weight = nn.Parameter(torch.full((3,), float(cfg.feature_weight)))
-        self.sift_weight = nn.Parameter(torch.full((3,), float(cfg.sift_weight)),
-                                        requires_grad=cfg.sift)
+        # one SIFT scale per level that uses SIFT (fine to coarse; none without SIFT)
+        if cfg.sift:
+            self.sift_weight = nn.Parameter(torch.full((cfg.sift_levels,), float(cfg.sift_weight)))
+        else:
+            self.register_parameter("sift_weight", None)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.temperature)))
         k = [(2 * r + 1) ** 2 for r in cfg.radius]
         self.decoders = nn.ModuleList([
@@ -542,7 +548,8 @@ class CostVolumeNet(nn.Module):
                     nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.feature_weight.fill_(self.config.feature_weight)
-            self.sift_weight.fill_(self.config.sift_weight)
+            if self.sift_weight is not None:
+                self.sift_weight.fill_(self.config.sift_weight)
             self.log_temperature.fill_(math.log(self.config.temperature))
 
     def grown_keys(self) -> list[str]:
@@ -594,7 +601,8 @@ class CostVolumeNet(nn.Module):
         self._check("src", src)
         self._check("tgt", tgt)
         if src.shape[0] != tgt.shape[0]:
-            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
+            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt "
+                             f"{tuple(tgt.shape)}")
         code, skips = self.encode_levels(torch.cat((src, tgt), 0))
         cs, ct = code.chunk(2, 0)
         halves = [f.chunk(2, 0) for f in skips]
@@ -613,8 +621,12 @@ class CostVolumeNet(nn.Module):
         if source:
             parts[0] = parts[0] * self.feature_weight[2].square().to(f.dtype)
             if self._sift[2]:
-                parts[1] = parts[1] * self.sift_weight[2].square().to(f.dtype)
+                parts[1] = parts[1] * self._sift_scale(2).to(f.dtype)
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def _sift_scale(self, level: int) -> torch.Tensor:
+        """``b²`` of a level that uses SIFT."""
+        return self.sift_weight[level - (3 - len(self.sift_weight))].square()
 
     def _local(self, f_src: torch.Tensor, f_tgt: torch.Tensor, level: int) -> torch.Tensor:
         """``a²·(learned local correlation) + b²·(SIFT local correlation)`` of a source feature
@@ -624,7 +636,7 @@ class CostVolumeNet(nn.Module):
             self.feature_weight[level].square().to(f_src.dtype)
         if self._sift[level]:
             s = sift_local_correlation(f_src[:, c:], f_tgt[:, c:], r)
-            out = out + s.to(out.dtype) * self.sift_weight[level].square().to(out.dtype)
+            out = out + s.to(out.dtype) * self._sift_scale(level).to(out.dtype)
         return out
 
     def _check_levels(self, code_src, code_tgt, skips_src, skips_tgt) -> None:
@@ -698,6 +710,68 @@ class CostVolumeNet(nn.Module):
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.decode(*self.encode_pair(src, tgt))
+
+    # -- cost --------------------------------------------------------------------------------
+
+    def flops_per_pair(self) -> int:
+        """Multiply-accumulate count ×2 of one forward pass on one (src, tgt) pair: two encoder
+        passes and one decoder pass (convolutions and correlation matrix products)."""
+        f = self.flops_by_part()
+        return 2 * f["encoder"] + f["correlation"] + f["decoder"]
+
+    def flops_by_part(self) -> dict[str, int]:
+        """Multiply-accumulate count ×2 of one forward pass of each part at ``image_size``:
+
+        - ``encoder``: the pyramid's convolutions on one image (hooks on a zero input);
+        - ``decoder``: the decoders' convolutions for one pair (hooks);
+        - ``correlation``: the correlations of one pair as computed: the global ``bmm``, the
+          tiled local-correlation ``bmm`` products (their redundant dot products included, see
+          :func:`local_correlation`), the SIFT cell correlations and their 4×4 box sums;
+        - ``flow_decoder`` and ``match_decoder``: what :meth:`decode_flow` and
+          :meth:`decode_matchability` each compute for one pair, ``correlation + decoder`` (both
+          run the whole decoder: the matchability is read from the correlations).
+
+        The dense-SIFT bands, warps, soft-argmax and up-sampling are element-wise and not
+        counted.
+        """
+        s = self.config.image_size
+        totals = {"encoder": 0, "decoder": 0}
+        part_of = {m: "encoder" for m in self.pyramid.modules()}
+        part_of.update({m: "decoder" for m in self.decoders.modules()})
+        hooks = []
+
+        def hook(m, inp, out):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            n = 2 * out.shape[-1] * out.shape[-2] * k * (m.in_channels // m.groups) * m.out_channels
+            totals[part_of[m]] += n * out.shape[0]
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                hooks.append(m.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, 3, s, s, device=self.mean.device)
+                self(x, x)
+        finally:
+            for h in hooks:
+                h.remove()
+        totals["encoder"] //= 2  # the pair's forward encodes both images in one batch
+        corr = 0
+        n8 = (s // 8) ** 2
+        corr += 2 * n8 * n8 * (self._ch[2] + 128 * self._sift[2])  # global
+        for level in range(3):
+            side = s // _STRIDES[level]
+            r = self.config.radius[level]
+            k = (2 * r + 1) ** 2
+            for c in (self._ch[level], 8 if self._sift[level] else 0):
+                if c:
+                    t = min(4 if c < 32 else 8, side)
+                    corr += 2 * ((side + t - 1) // t) ** 2 * t * t * (t + 2 * r) ** 2 * c
+            if self._sift[level]:
+                corr += 2 * 16 * k * side * side  # the 4×4 box sums of the cell correlations
+        totals["correlation"] = corr
+        totals["flow_decoder"] = totals["match_decoder"] = corr + totals["decoder"]
+        return totals
 
 
 def _cat(*ts: torch.Tensor) -> torch.Tensor:

@@ -271,3 +271,172 @@ def test_warp_features_reads_the_target_at_p_plus_flow():
     out = warp_features(f, flow)
     torch.testing.assert_close(out[..., 1:, :6], f[..., :-1, 2:])
     assert out[..., 0, :].abs().max() < 1e-5 and out[..., :, 6:].abs().max() == 0  # outside: 0
+
+
+# --- the network ------------------------------------------------------------------------------
+
+def _translated_pair(dx: int, dy: int, size: int = 128, seed: int = 0):
+    """A textured source and its target moved so that ``src(p) = tgt(p − (dx, dy))``: the true
+    flow is ``(−dx, −dy)`` (cut from one larger texture, so both sides have real content)."""
+    m = 40
+    big = _as_batch(_texture(size + 2 * m, size + 2 * m, seed=seed, sigma=1.5)).float()
+    src = big[..., m:m + size, m:m + size]
+    tgt = big[..., m + dy:m + dy + size, m + dx:m + dx + size]
+    return src.contiguous(), tgt.contiguous()
+
+
+def _interior(dx: int, dy: int, size: int = 128, margin: int = 16) -> torch.Tensor:
+    """Source pixels at least ``margin`` from the border whose match is too."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ok = (xs >= margin) & (xs < size - margin) & (ys >= margin) & (ys < size - margin)
+    return ok & (xs - dx >= margin) & (xs - dx < size - margin) & (ys - dy >= margin) & (
+        ys - dy < size - margin)
+
+
+@pytest.mark.parametrize("features", ["sift-only", "sift+random", "random-only"])
+def test_untrained_network_recovers_a_translation(features):
+    """An untrained network outputs the kernel soft-argmax of the 1/8 correlation, up-sampled:
+    for a translation by whole 1/8 cells the correlation peaks exactly at it (the features of
+    the two images are the same up to the shift away from the borders), so the flow equals the
+    translation over the interior. ``sift-only``: the learned part's weight set to ~0;
+    ``random-only``: no SIFT, the randomly initialised pyramid as fixed features."""
+    from cyclecorr.costvol import CostVolumeNet
+
+    torch.manual_seed(0)
+    net = CostVolumeNet(sift=features != "random-only").eval()
+    if features == "sift-only":
+        with torch.no_grad():
+            net.feature_weight.fill_(1e-3)
+    for dx, dy in [(8, -16), (-24, 8)]:
+        src, tgt = _translated_pair(dx, dy)
+        with torch.no_grad():
+            flow = net(src, tgt)["flow"][0]
+        err = (flow - torch.tensor([-dx, -dy], dtype=flow.dtype).view(2, 1, 1)).norm(dim=0)
+        err = err[_interior(dx, dy)]
+        if features == "random-only":  # random features: a weaker, smoother peak
+            assert err.median() < 0.5 and (err < 1).float().mean() > 0.9, (dx, dy)
+        else:
+            assert err.median() < 0.1 and (err < 1).float().mean() > 0.99, (dx, dy)
+
+
+def test_config_validation_and_round_trip():
+    import json
+
+    from cyclecorr.costvol import CostVolumeConfig, CostVolumeNet
+
+    cfg = CostVolumeConfig(pyramid_channels=[8, 16, 24], radius=[1, 2, 2], norm="instance")
+    d = json.loads(json.dumps(cfg.to_dict()))  # as a model file stores it
+    assert CostVolumeConfig(**d) == cfg and cfg.pyramid_channels == (8, 16, 24)
+    for bad, msg in [(dict(image_size=100), "multiple of 16"), (dict(norm="layer"), "norm"),
+                     (dict(radius=(1, 2)), "3 values"), (dict(sift_levels=0), "sift_levels"),
+                     (dict(pyramid_channels=(8, 0, 8)), "positive"),
+                     (dict(kernel_radius=0), "kernel_radius"), (dict(width=0), "width")]:
+        with pytest.raises(ValueError, match=msg):
+            CostVolumeConfig(**bad)
+    net = CostVolumeNet(image_size=64)
+    assert net.grown_keys() == [] and net.config.image_size == 64
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\), got \(1, 3, 32, 32\)"):
+        net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        net(torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64))
+
+
+def _perturbed_net(seed=0, **kw):
+    """A network whose zero-initialised heads are given small random weights (so that every
+    layer shapes the output)."""
+    from cyclecorr.costvol import CostVolumeNet
+
+    torch.manual_seed(seed)
+    net = CostVolumeNet(**kw)
+    with torch.no_grad():
+        for d in net.decoders:
+            for m in (d.head, d.mask):
+                if m is not None:
+                    m.weight.normal_(std=0.02)
+                    m.bias.normal_(std=0.02)
+    return net
+
+
+def test_interface_halves_equal_forward_and_sizes(one_thread):
+    net = _perturbed_net(image_size=64).eval()
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        out = net(src, tgt)
+        assert out["flow"].shape == (3, 2, 64, 64) and out["flow"].dtype == torch.float32
+        assert out["matchability"].shape == (3, 1, 64, 64)
+        torch.testing.assert_close(out["matchability"], torch.sigmoid(out["matchability_logits"]))
+        assert out["flow"].abs().max() > 0 and out["matchability"].std() > 0
+        halves = net.encode_pair(src, tgt)
+        dec = net.decode(*halves)
+        for k in out:
+            torch.testing.assert_close(dec[k], out[k])
+        torch.testing.assert_close(net.decode_flow(*halves), out["flow"])
+        torch.testing.assert_close(net.decode_matchability(*halves), out["matchability_logits"])
+        # encode_levels is batch-first: one pass over four images, sliced per image
+        code, skips = net.encode_levels(torch.cat((src, tgt, tgt, src)))
+        assert code.shape[-1] == 8 and [s.shape[-1] for s in skips] == [16, 32]
+        lv = [t.split(3) for t in (code, *skips)]
+        f = net.decode_flow(lv[0][2], lv[0][3], (lv[1][2], lv[2][2]), (lv[1][3], lv[2][3]))
+        torch.testing.assert_close(f, net(tgt, src)["flow"])
+        # any multiple of 16, same weights
+        for size in (128, 192, 64):
+            net.set_input_size(size)
+            o = net(torch.rand(1, 3, size, size), torch.rand(1, 3, size, size))
+            assert o["flow"].shape == (1, 2, size, size) and torch.isfinite(o["flow"]).all()
+
+
+def test_bf16_autocast_channels_last_and_determinism(one_thread):
+    net = _perturbed_net(image_size=64).eval()
+    src, tgt = _translated_pair(8, 0, size=64)
+    with torch.no_grad():
+        ref = net(src, tgt)
+        cl = net.to(memory_format=torch.channels_last)(
+            src.contiguous(memory_format=torch.channels_last),
+            tgt.contiguous(memory_format=torch.channels_last))
+        for k in ref:
+            torch.testing.assert_close(cl[k], ref[k], atol=1e-3, rtol=1e-3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(src, tgt)
+    assert all(v.dtype == torch.float32 for v in low.values())
+    # bf16 features: the flow of a clean translation stays within a fraction of a pixel
+    inner = _interior(-8, 0, size=64, margin=12)
+    assert (low["flow"] - ref["flow"]).norm(dim=1)[0][inner].median() < 0.25
+    again = _perturbed_net(image_size=64).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(src, tgt)["flow"], ref["flow"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sift=False, norm="batch"),
+                                dict(sift_levels=3, norm="instance", sift_input_stride=1)])
+def test_every_parameter_gets_a_gradient(kw, one_thread):
+    """A flow loss + a matchability loss reach every parameter (no dead branch). The heads are
+    perturbed first: a zero-initialised last layer passes no gradient back through itself."""
+    net = _perturbed_net(image_size=64, **kw).train()
+    g = torch.Generator().manual_seed(2)
+    src, tgt = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    out = net(src, tgt)
+    target = torch.randn(2, 2, 64, 64, generator=g)
+    loss = (out["flow"] - target).abs().mean() + torch.nn.functional.binary_cross_entropy(
+        out["matchability"], torch.rand(2, 1, 64, 64, generator=g))
+    loss.backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not dead
+
+
+def test_flops_count_the_convolutions_and_correlations():
+    from cyclecorr.costvol import CostVolumeNet
+
+    net = CostVolumeNet()
+    f = net.flops_by_part()
+    c1, c2, c3 = net.config.pyramid_channels
+    # the pyramid by hand: two 3×3 convolutions per level at 64, 32, 16 pixels
+    enc = 2 * 9 * (64 * 64 * (3 * c1 + c1 * c1) + 32 * 32 * (c1 * c2 + c2 * c2)
+                   + 16 * 16 * (c2 * c3 + c3 * c3))
+    assert f["encoder"] == enc
+    assert f["correlation"] >= 2 * 256 * 256 * (c3 + 128)  # at least the global product
+    assert net.flops_per_pair() == 2 * enc + f["correlation"] + f["decoder"]
+    assert f["flow_decoder"] == f["match_decoder"] == f["correlation"] + f["decoder"]
+    # the global correlation grows with the square of the pixel count, the rest linearly
+    big = CostVolumeNet(image_size=256).flops_by_part()
+    assert big["encoder"] == 4 * enc and big["correlation"] > 4 * f["correlation"]
