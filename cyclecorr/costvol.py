@@ -1,19 +1,54 @@
-"""A correspondence network with a cost volume (``arch="costvol"``).
+"""A correspondence network with a cost volume (``arch="costvol"``): flow and matchability from
+feature similarities, trained by the same objective as the paper network (:mod:`cyclecorr.model`).
 
-Dense-SIFT layer (this part): a fixed, non-learned dense SIFT-like descriptor in plain torch ops.
+Default layers (``width=1``, input 128×128; every convolution 3×3 unless marked, ReLU between)::
 
-- :func:`orientation_bands`: per-pixel gradients with the 5-tap derivative ``[1, -8, 0, 8, -1]/12``
-  (edges replicated), the colour channel of largest magnitude ``m`` kept, and soft orientation
-  binning into ``n`` bands ``θ_k = 2πk/n``: ``e_k = m · max(cos(θ − θ_k), 0)^9``.
-- :func:`dense_sift_liu`: Liu et al.'s full-resolution construction (SIFT flow's
-  ``cyclecorr.siftflow.dense_sift``), for checking the bands against the numpy reference.
-- :func:`sift_level`: the descriptor used by the network at a pyramid level of stride ``s``: the
-  bands are averaged over ``s × s`` cells aligned with the level's pixels, the 4×4 cells at
-  offsets ``−1 … 2`` (edges replicated) are concatenated (``16·n`` = 128 values), L2-normalised,
-  clipped at 0.2 and normalised again (Lowe's SIFT normalisation).
+    pyramid (shared)   conv/2 3→16, conv 16→16            @64  (1/2)
+                       conv/2 16→32, conv 32→32           @32  (1/4)
+                       conv/2 32→64, conv 64→64           @16  (1/8)   each level L2-normalised
+    dense SIFT         8 orientation bands of the grey image averaged over 2×2 pixels, cells of
+                       4×4 and 8×8 pixels at 1/4 and 1/8 (128-d descriptors of 4×4 cells)
+    1/8   global correlation 256×256 of [a²·learned, b²·SIFT] (192-d), top-4 similarities,
+          windowed kernel soft-argmax (5×5 around the argmax, σ = 1, learned temperature) →
+          initial flow; local correlation r=2 around it;
+          decoder [corr 25, source 64, flow 2, top-4 4] → 1×1 48 → 48 → 48 → head 3
+    1/4   flow, logit, hidden ×2 (bilinear); target warped by the flow; local correlation r=3
+          (learned + SIFT); decoder [49, 32, 2, 1, 48] → 1×1 32 → 32 → 32 → head 3
+    1/2   the same with r=1, no SIFT; decoder [9, 16, 2, 1, 32] → 1×1 24 → 24 → 24 → head 3,
+          convex-up-sampling mask 1×1 24 → 36
+    1/1   convex up-sampling ×2 of the flow and the matchability logit
 
-Conventions: images ``(B, 3, H, W)`` (or ``(B, 1, H, W)``) float on [0, 1]; band ``k`` holds
-gradients pointing along ``(cos θ_k, sin θ_k)`` in pixel axes (x right, y down).
+Each head outputs a residual flow (in its level's pixels, scaled to input pixels) and a residual
+matchability logit; the flow and logits are float32 also under autocast. 0.39 GFLOP per pair
+(:meth:`CostVolumeNet.flops_by_part`: pyramid 0.08 per image, decoders 0.18, correlations 0.05).
+
+Pieces, each usable alone and tested in closed form:
+
+- dense SIFT: :func:`orientation_bands` (5-tap derivative, edges replicated, the colour channel of
+  largest gradient or the grey image, soft binning ``e_k = m·max(cos(θ − 2πk/8), 0)^9``),
+  :func:`dense_sift_liu` (Liu et al.'s full-resolution construction, equal to
+  ``cyclecorr.siftflow.dense_sift``), :func:`sift_cells` (band means per level),
+  :func:`sift_descriptors` (4×4 cells, L2-normalised, not clipped) and
+  :func:`sift_local_correlation` (the descriptors' similarity from the 8 cell channels);
+- correlations: :func:`global_correlation` (one ``bmm``), :func:`local_correlation` (tiled
+  ``bmm``), :func:`kernel_soft_argmax`, :func:`warp_features` (``cyclecorr.geometry.warp``,
+  zeros outside), :func:`convex_upsample` (RAFT's idea).
+
+Choices beyond the description in the issue, all options of :class:`CostVolumeConfig`, made for the
+CPU budget (``bench/evaluate.py --arch costvol``; measured as CPU time per pair at one thread
+because this 2-core machine was shared while they were made):
+
+- SIFT similarity without Lowe's 0.2 clip (as Liu's dense SIFT): the dot product of two
+  descriptors is then a 4×4 box sum of 8-channel cell dot products, so the network never stores
+  the 128-d descriptor at the finer levels (a 64×64×128 descriptor per image cost more than the
+  whole rest of the encoder);
+- SIFT at 1/8 and 1/4 only (``sift_levels=3`` adds 1/2: +30 % time per pair) and from gradients
+  of the image averaged over 2×2 pixels (``sift_input_stride=1``: +1.2 ms per pair; the untrained
+  network's re-framing test on 20 FlowWeb car crops: 54 % of pixels within 5 px vs 57 %);
+- radius 1 at 1/2 (radius 2: +8 % time), a windowed kernel soft-argmax and top-k statistics
+  instead of a softmax entropy (each full pass over the 256×256 correlation costs about as much as
+  a 3×3 convolution layer at 1/8);
+- pyramid normalisation ``"none"`` by default (``"batch"`` and ``"instance"`` are options).
 """
 from __future__ import annotations
 
@@ -330,9 +365,9 @@ def convex_upsample(x: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.T
     wts = torch.softmax(mask.reshape(b, 9, f * f, h, w).to(x.dtype), dim=1)
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     out = None
-    for n in range(9):
+    for n, wn in enumerate(wts.unbind(1)):  # unbind: one backward op, not 9 zero-filled copies
         dy, dx = divmod(n, 3)
-        term = xp[:, :, dy:dy + h, dx:dx + w].unsqueeze(2) * wts[:, n].unsqueeze(1)
+        term = xp[:, :, dy:dy + h, dx:dx + w].unsqueeze(2) * wn.unsqueeze(1)
         out = term if out is None else out + term  # (B, C, f², H, W)
     return out.view(b, c, f, f, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c, f * h, f * w)
 
@@ -383,6 +418,10 @@ class CostVolumeConfig:
         kernel_radius: the kernel soft-argmax's window around the argmax, in 1/8-level pixels.
         kernel_sigma: its Gaussian kernel's standard deviation, in 1/8-level pixels.
         temperature: initial softmax temperature on the global correlation (learned).
+        detach_warp: warp the target features by the current flow without a gradient into
+            the sampling positions (as RAFT detaches its flow between iterations): each level's
+            flow still receives the loss's gradient through the residual sum; the warps' and
+            the SIFT correlations' backward passes are then not computed.
         feature_weight, sift_weight: initial scales of the L2-normalised learned and SIFT parts
             of the correlation features (learned, one pair per level); a similarity is
             ``feature_weight²·cos(learned) + sift_weight²·cos(SIFT)``.
@@ -402,6 +441,7 @@ class CostVolumeConfig:
     kernel_radius: int = 2
     kernel_sigma: float = 1.0
     temperature: float = 20.0
+    detach_warp: bool = True
     feature_weight: float = 0.5
     sift_weight: float = 1.0
 
@@ -423,6 +463,8 @@ class CostVolumeConfig:
             raise ValueError(f"decoder_convs must be an integer >= 1, got {self.decoder_convs!r}")
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        if not isinstance(self.detach_warp, bool):
+            raise ValueError(f"detach_warp must be true or false, got {self.detach_warp!r}")
         if not isinstance(self.sift, bool):
             raise ValueError(f"sift must be true or false, got {self.sift!r}")
         if self.sift_levels not in (1, 2, 3):
@@ -617,12 +659,19 @@ class CostVolumeNet(nn.Module):
         c = self._ch[2]
         parts = [f[:, :c]]
         if self._sift[2]:
-            parts.append(sift_descriptors(f[:, c:]).to(f.dtype))
+            parts.append(sift_descriptors(f[:, c:].detach()).to(f.dtype))  # fixed: no gradient
         if source:
             parts[0] = parts[0] * self.feature_weight[2].square().to(f.dtype)
             if self._sift[2]:
                 parts[1] = parts[1] * self._sift_scale(2).to(f.dtype)
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def _warp(self, f_tgt: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """The target features read at ``p + flow(p)`` (level pixels), in their dtype; with
+        ``detach_warp`` the sampling positions carry no gradient."""
+        if self.config.detach_warp:
+            flow = flow.detach()
+        return warp_features(f_tgt, flow).to(f_tgt.dtype)
 
     def _sift_scale(self, level: int) -> torch.Tensor:
         """``b²`` of a level that uses SIFT."""
@@ -635,7 +684,7 @@ class CostVolumeNet(nn.Module):
         out = local_correlation(f_src[:, :c], f_tgt[:, :c], r) * \
             self.feature_weight[level].square().to(f_src.dtype)
         if self._sift[level]:
-            s = sift_local_correlation(f_src[:, c:], f_tgt[:, c:], r)
+            s = sift_local_correlation(f_src[:, c:].detach(), f_tgt[:, c:].detach(), r)
             out = out + s.to(out.dtype) * self._sift_scale(level).to(out.dtype)
         return out
 
@@ -665,7 +714,7 @@ class CostVolumeNet(nn.Module):
         pos = kernel_soft_argmax(corr, h, w, temp, cfg.kernel_sigma, cfg.kernel_radius, best)
         flow = pos.transpose(1, 2).reshape(b, 2, h, w) - pixel_grid(h, w, device=fa.device)
         stats = top.transpose(1, 2).reshape(b, -1, h, w)  # flow above: 1/8-level pixels
-        local = self._local(code_src, warp_features(code_tgt, flow).to(code_src.dtype), 2)
+        local = self._local(code_src, self._warp(code_tgt, flow), 2)
         src = code_src[:, :self._ch[2]]
         hid, out, _ = self.decoders[2](_cat(local, src, flow, stats))
         flow = flow + out[:, :2].float()
@@ -678,8 +727,8 @@ class CostVolumeNet(nn.Module):
             s = _STRIDES[level]
             flow, logit, hid = (_up2(t) for t in (flow, logit, hid))
             flow_l = flow / s
-            local = self._local(f_src, warp_features(f_tgt, flow_l).to(f_src.dtype), level)
-            x = _cat(local, f_src[:, :self._ch[level]], flow_l, logit, hid)
+            local = self._local(f_src, self._warp(f_tgt, flow_l), level)
+            x = _cat(local, f_src[:, :self._ch[level]], torch.cat((flow_l, logit), 1), hid)
             hid, out, mask = self.decoders[level](x)
             flow = flow + out[:, :2].float() * s
             logit = logit + out[:, 2:].float()
@@ -775,21 +824,15 @@ class CostVolumeNet(nn.Module):
 
 
 def _cat(*ts: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``(B, C_i, H, W)`` tensors over channels into one of the first tensor's dtype
-    and memory layout (channels-last when its channels are the innermost axis). ``torch.cat`` of
-    mixed layouts (a 1-channel map has no definite one) comes out NCHW and the next convolution
-    copies it back; under autocast float32 parts would promote the whole input to float32."""
+    """Concatenate ``(B, C_i, H, W)`` tensors (each ``C_i ≥ 2``) over channels in the first
+    tensor's dtype and memory layout (channels-last when its channels are the innermost axis):
+    ``torch.cat`` of mixed layouts comes out NCHW, and the next convolution would copy it back;
+    under autocast float32 parts would promote the whole input to float32. (A 1-channel map has
+    no definite layout: join it to another part first.)"""
     first = ts[0]
-    cl = first.stride(1) == 1 and first.shape[1] > 1
-    b, _, h, w = first.shape
-    out = torch.empty((b, sum(t.shape[1] for t in ts), h, w), dtype=first.dtype,
-                      device=first.device,
-                      memory_format=torch.channels_last if cl else torch.contiguous_format)
-    i = 0
-    for t in ts:
-        out[:, i:i + t.shape[1]] = t
-        i += t.shape[1]
-    return out
+    fmt = torch.channels_last if first.stride(1) == 1 and first.shape[1] > 1 else \
+        torch.contiguous_format
+    return torch.cat([t.to(first.dtype).contiguous(memory_format=fmt) for t in ts], 1)
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
