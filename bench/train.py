@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from cyclecorr._runtime import precision_context  # noqa: E402
 from cyclecorr.losses import CycleLossConfig  # noqa: E402
-from cyclecorr.model import CorrespondenceNet  # noqa: E402
+from cyclecorr.model import build_network  # noqa: E402
 from cyclecorr.train.config import load_config  # noqa: E402
 from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,  # noqa: E402
                                   collate)
@@ -39,7 +39,7 @@ from cyclecorr.train.steps import cycle_step_loss, stage1_step_loss  # noqa: E40
 def bench_stage(stage, cfg, trainset, device, steps, warmup, workers):
     st = cfg.stage1 if stage == 1 else cfg.stage2
     torch.manual_seed(0)
-    net = CorrespondenceNet(cfg.net).to(device)
+    net = build_network(cfg.net).to(device)
     if cfg.runtime.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if stage == 1:

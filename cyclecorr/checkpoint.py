@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
-from cyclecorr.model import CorrespondenceNet, NetConfig
+from cyclecorr.model import CorrespondenceNet, build_network
 
 __all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256", "atomic_write_bytes",
            "shipped_model_path", "unwrap_model"]
@@ -101,7 +101,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                ) -> tuple[CorrespondenceNet, dict]:
     """Load a model file written by :func:`save_model`. Returns ``(model in eval mode, metadata)``."""
     meta = read_metadata(path)
-    net = CorrespondenceNet(NetConfig(**meta["net"]))
+    net = build_network(meta["net"])
     load_weights(net, path)
     meta["sha256"] = file_sha256(path)
     return net.to(device).eval(), meta

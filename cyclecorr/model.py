@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from cyclecorr._corr import correlation
 
-__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS"]
+__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS", "build_network", "ARCHITECTURES"]
 
 # (out_channels, stride or up-sampling) for width=1; "up" doubles the resolution.
 _ENCODER = [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2)]
@@ -441,3 +441,39 @@ class CorrespondenceNet(nn.Module):
         else:
             del totals["flow_skips"]
         return totals
+
+
+#: Network architectures by the ``arch`` name of a network configuration (absent: ``"paper"``).
+ARCHITECTURES = ("paper",)
+
+
+def build_network(config: dict | NetConfig | None = None) -> nn.Module:
+    """The network that ``config`` describes; every place that constructs a network (training,
+    model files, the matcher) goes through here.
+
+    ``config``: a :class:`NetConfig`, or its dict (a model file's ``"net"`` metadata, a training
+    configuration's ``net`` section); ``None`` is the paper's network. A dict's ``"arch"`` (one of
+    :data:`ARCHITECTURES`, default ``"paper"``) chooses the architecture: ``"paper"`` is
+    :class:`CorrespondenceNet`. Another architecture is added here, with its configuration class,
+    and must offer the interface the training cycle and the matcher use: ``config.image_size``,
+    ``set_input_size``, ``grown_keys``, ``encode_levels`` / ``encode_pair``, ``decode_flow`` /
+    ``decode_matchability`` / ``decode`` and ``forward(src, tgt) -> {"flow", "matchability",
+    "matchability_logits"}``.
+    """
+    if config is None:
+        config = NetConfig()
+    if isinstance(config, dict):
+        fields = dict(config)
+        arch = fields.pop("arch", "paper")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown network architecture {arch!r} (known: {ARCHITECTURES})")
+        known = {f.name for f in dataclasses.fields(NetConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"network configuration: unknown field(s) {unknown} for the "
+                             f"{arch!r} network (known: {sorted(known)})")
+        config = NetConfig(**fields)
+    if not isinstance(config, NetConfig):
+        raise TypeError(f"a network configuration is a NetConfig or a dict, got "
+                        f"{type(config).__name__}")
+    return CorrespondenceNet(config)

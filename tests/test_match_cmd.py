@@ -10,13 +10,13 @@ from PIL import Image
 
 from cyclecorr.checkpoint import save_model
 from cyclecorr.cli import main
-from cyclecorr.model import CorrespondenceNet
+from cyclecorr.model import build_network
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     torch.manual_seed(0)
-    net = CorrespondenceNet()
+    net = build_network()
     # non-zero output layers so that flow and matchability are not constant
     for head in (net.flow_decoder, net.match_decoder):
         last = [m for m in head if isinstance(m, torch.nn.Conv2d)][-1]

@@ -7,13 +7,13 @@ import torch
 
 from cyclecorr import Matcher
 from cyclecorr.checkpoint import load_model, read_metadata, save_model
-from cyclecorr.model import CorrespondenceNet, NetConfig
+from cyclecorr.model import NetConfig, build_network
 
 
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)
-    net = CorrespondenceNet(NetConfig(width=0.25, image_size=64))
+    net = build_network(NetConfig(width=0.25, image_size=64))
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.02)
     path = tmp_path / "m.safetensors"
@@ -57,7 +57,7 @@ def test_match_shapes_any_size(model_file, hw_src, hw_tgt):
 def test_zero_network_flow_maps_relative_positions():
     """An untrained network predicts zero flow at its own resolution; in original pixels that is
     the map between relative positions of the two images."""
-    net = CorrespondenceNet(NetConfig(width=0.25, image_size=32))
+    net = build_network(NetConfig(width=0.25, image_size=32))
     m = Matcher(net, device="cpu")
     out = m.match(np.zeros((20, 40, 3), np.uint8), np.zeros((60, 10, 3), np.uint8))
     ys, xs = np.mgrid[0:20, 0:40]

@@ -9,7 +9,25 @@ import torch
 
 from cyclecorr.losses import (CycleLossConfig, compose_cycle, cycle_loss, matchability_loss,
                               truncated_flow_loss)
-from cyclecorr.model import PAPER_LAYERS, CorrespondenceNet, NetConfig
+from cyclecorr.model import PAPER_LAYERS, CorrespondenceNet, NetConfig, build_network
+
+
+def test_build_network_from_a_config_or_its_dict():
+    cfg = NetConfig(width=0.25, image_size=32, norm="batch")
+    torch.manual_seed(3)
+    a = build_network(cfg)
+    torch.manual_seed(3)
+    b = build_network({**cfg.to_dict(), "arch": "paper"})  # a model file's "net" metadata
+    assert type(a) is CorrespondenceNet and a.config == b.config == cfg
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert build_network().config == NetConfig()
+    with pytest.raises(ValueError, match="unknown network architecture 'nosuch'"):
+        build_network({"arch": "nosuch"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['depth'\]"):
+        build_network({"width": 0.5, "depth": 3})
+    with pytest.raises(TypeError, match="NetConfig or a dict"):
+        build_network(0.5)
 
 
 def test_default_network_is_papers_table():

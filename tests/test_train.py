@@ -13,7 +13,7 @@ import torch
 
 from cyclecorr.geometry import warp
 from cyclecorr.losses import CycleLossConfig
-from cyclecorr.model import CorrespondenceNet, NetConfig
+from cyclecorr.model import NetConfig, build_network
 from cyclecorr.train.config import TrainConfig, list_presets, load_config
 from cyclecorr.train.data import (StepBatchSampler, SyntheticQuartets, collate, global_batch,
                                   hflip_quartet, rank_slice)
@@ -98,7 +98,7 @@ def test_synthetic_quartet_flow_is_exact_and_flip_consistent():
 
 def _tiny_net(seed=0, size=32):
     torch.manual_seed(seed)
-    return CorrespondenceNet(NetConfig(width=0.125, image_size=size))
+    return build_network(NetConfig(width=0.125, image_size=size))
 
 
 def test_stage1_step_decreases_loss():
@@ -496,7 +496,7 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
 
     cfg = load_config("smoke")
     torch.manual_seed(11)
-    src = CorrespondenceNet(cfg.net)
+    src = build_network(cfg.net)
     for p in src.parameters():
         p.data.normal_(0, 0.01)
     save_model(tmp_path / "init.safetensors", src)
@@ -513,7 +513,7 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     bad = load_config("smoke", [f"init={tmp_path / 'missing.safetensors'}"])
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         train(bad, tmp_path / "run1")
-    other = CorrespondenceNet(NetConfig(width=0.25, image_size=32))
+    other = build_network(NetConfig(width=0.25, image_size=32))
     save_model(tmp_path / "wide.safetensors", other)
     wrong = load_config("smoke", [f"init={tmp_path / 'wide.safetensors'}"])
     with pytest.raises(ValueError, match="do not fit"):

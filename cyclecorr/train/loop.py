@@ -31,7 +31,7 @@ import torch
 from cyclecorr._runtime import keep_freed_memory, precision_context
 from cyclecorr.checkpoint import atomic_write_bytes, save_model
 from cyclecorr.losses import CycleLossConfig
-from cyclecorr.model import CorrespondenceNet
+from cyclecorr.model import CorrespondenceNet, build_network
 from cyclecorr.train.config import TrainConfig
 from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,
                                   SyntheticQuartets, collate, sample_stage1_pairs)
@@ -451,7 +451,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         atomic_write_bytes(run / "config.json", json.dumps(cfg_dict, indent=1).encode())
 
     torch.manual_seed(cfg.seed)
-    net = CorrespondenceNet(cfg.net).to(device)
+    net = build_network(cfg.net).to(device)
     if cfg.runtime.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if dist.world > 1 and cfg.net.norm == "batch":
