@@ -66,7 +66,7 @@ def run(args) -> int:
     from cyclecorr.evaluate.methods import NetworkMethod, make_method
     from cyclecorr.evaluate.report import write_results
     from cyclecorr.evaluate.stats import compare_set
-    from cyclecorr.matcher import resolve_device
+    from cyclecorr._runtime import resolve_device
 
     sets = _split(args.sets)
     if sets == ["all"]:

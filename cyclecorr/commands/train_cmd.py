@@ -65,7 +65,7 @@ def run(args) -> int:
           f"network width {cfg.net.width} at {cfg.net.image_size}px; data: {cfg.data.quartets}")
     print(f"writing to {out} (log.jsonl, checkpoints, final.safetensors)")
     from cyclecorr._runtime import cpu_has_bf16
-    from cyclecorr.matcher import resolve_device
+    from cyclecorr._runtime import resolve_device
     from cyclecorr.train.loop import TrainingInterrupted
 
     if (resolve_device(cfg.runtime.device).type == "cpu" and cfg.runtime.precision == "float32"

@@ -3,8 +3,8 @@
 Every function takes a *method* (see :mod:`cyclecorr.evaluate.methods`) and already-loaded samples
 (:class:`cyclecorr.data.samples.Sample` / ``PairSample``), so training code can call them on any
 list of images. The method always runs at its own side ``S`` (128, the network's input): each whole
-image is resized to ``S × S`` (aspect not kept, antialiased bilinear, as
-:class:`cyclecorr.matcher.Matcher` does); where a protocol measures in the original pixels, the
+image is resized to ``S × S`` by :func:`cyclecorr.matcher.resize_image` (aspect not kept,
+antialiased bilinear: the matcher's resizing); where a protocol measures in the original pixels, the
 flow is carried back with the pixel-area convention of
 :func:`cyclecorr.geometry.resample_flow` (``x_S = (x + 0.5)·S/W − 0.5``).
 
@@ -34,12 +34,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cyclecorr.evaluate.metrics import (IoUAccumulator, PCKAccumulator, accuracy,
                                         average_precision, flow_accuracy, iou, pck_pair,
                                         reference_length)
 from cyclecorr.geometry import resample_flow, rescale_points, transfer_keypoints
+from cyclecorr.matcher import resize_image
 
 __all__ = [
     "resize_image",
@@ -68,22 +68,6 @@ def _tqdm(iterable, progress: bool, **kw):
 
 
 # ----------------------------------------------------------------------------- image handling
-def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """``H×W×3`` uint8 → ``(3, size, size)`` float in [0, 1] (antialiased bilinear, aspect not kept;
-    the same resize as :class:`cyclecorr.matcher.Matcher`)."""
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image must be H×W×3, got {arr.shape}")
-    t = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float()
-    if arr.dtype == np.uint8:
-        t = t / 255.0
-    if tuple(t.shape[-2:]) == (size, size):
-        return t.clamp(0, 1)
-    t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False,
-                      antialias=True)[0]
-    return t.clamp(0, 1)
-
-
 def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour resize of an integer/bool ``H×W`` map to ``size × size`` (pixel centres:
     output pixel i reads input pixel ``floor((i + 0.5)·H/size)``)."""

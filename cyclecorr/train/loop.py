@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from cyclecorr._runtime import keep_freed_memory, precision_context
+from cyclecorr._runtime import keep_freed_memory, precision_context, resolve_device
 from cyclecorr.checkpoint import atomic_write_bytes, save_model
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import CorrespondenceNet, build_network
@@ -367,10 +367,12 @@ class _RealPCK:
             return {}
         from cyclecorr.evaluate.benchmarks import evaluate_pck_pf_willow
         from cyclecorr.evaluate.methods import NetworkMethod
+        from cyclecorr.matcher import Matcher
 
         was = net.training
-        method = NetworkMethod(net, name="training", device=next(net.parameters()).device,
-                               channels_last=False)
+        # the training network as it is (its memory format stays), through the one inference path
+        matcher = Matcher(net, device=next(net.parameters()).device, channels_last=False)
+        method = NetworkMethod(matcher, name="training")
         try:
             res = evaluate_pck_pf_willow(method, samples_by_class=self.samples, alphas=(0.1,))
         finally:
@@ -383,14 +385,14 @@ class _RealPCK:
 # --------------------------------------------------------------------------- the loop
 
 def _device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
-    want = cfg.runtime.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda":
+    """``runtime.device`` resolved (:func:`cyclecorr._runtime.resolve_device`); a CUDA device
+    without an index is this process's GPU (its local rank under DDP)."""
+    device = resolve_device(cfg.runtime.device)
+    if device.type == "cuda" and device.index is None:
         if not torch.cuda.is_available():
             raise ValueError("runtime.device=cuda but CUDA is not available")
         return torch.device("cuda", dist.local_rank if dist.world > 1 else torch.cuda.current_device())
-    return torch.device(want)
+    return device
 
 
 def _set_threads(cfg: TrainConfig):
