@@ -7,7 +7,13 @@ On a quartet ``<s1, s2, r1, r2>`` the network predicts ``F_s1r1``, ``F_r1r2``, `
 - flow loss (truncated Euclidean): ``L_flow = Σ_p ~M(p) · min(‖~F(p) − F_cyc(p)‖², T²)``;
 - matchability loss: ``M_cyc(p) = M_r1r2(p + F_s1r1(p))`` (``M_s1r1 = M_r2s2 = 1``, fixed) and
   ``L_mat = Σ_p BCE(M_cyc(p), ~M(p))``;
-- ``L = L_flow + λ · L_mat``.
+- ``L = L_flow + λ · L_mat``;
+- two optional terms outside the paper (off by default): the leg prior ``leg_weight · L_leg`` and
+  the self-warp term ``warp_weight · L_warp`` (see :class:`CycleLossConfig`).
+
+:func:`cycle_objective` is the whole objective of a stage-2 training step, from the network's
+predictions and the batch's targets; :func:`cycle_loss` is its cycle part on explicit tensors.
+:func:`flow_regression_loss` is stage 1's: ``Σ_p ‖F(p) − F_target(p)‖²`` on a pair.
 
 Reductions (left open by the paper): ``"sum"`` sums over the pixels of each quartet and averages
 over the batch (the paper's Σ); ``"mean"`` averages over the pixels that count. Whether the
@@ -25,6 +31,10 @@ from cyclecorr.geometry import compose_flow, compose_matchability
 
 __all__ = [
     "CycleLossConfig",
+    "cycle_objective",
+    "check_cycle_batch",
+    "flow_regression_loss",
+    "WARP_KEYS",
     "truncated_flow_loss",
     "matchability_loss",
     "cycle_loss",
@@ -33,6 +43,9 @@ __all__ = [
 ]
 
 _EPS = 1e-6
+
+#: Batch keys of the self-warp pair (``cyclecorr.train.data.self_warp_pair``).
+WARP_KEYS = ("warp_src", "warp_tgt", "flow_warp", "match_warp")
 
 
 @dataclass
@@ -215,3 +228,57 @@ def leg_magnitudes(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: 
     """Mean end-point magnitude (pixels, over all pixels) of each of the three predicted legs."""
     return {f"leg_{k}": float(f.detach().norm(dim=1).mean())
             for k, f in (("s1r1", flow_s1r1), ("r1r2", flow_r1r2), ("r2s2", flow_r2s2))}
+
+
+def check_cycle_batch(batch: dict, config: CycleLossConfig, keys: tuple = WARP_KEYS) -> None:
+    """Raise ``ValueError`` when ``config.warp_weight > 0`` and ``batch`` lacks some of the
+    self-warp pair's ``keys`` (default all of :data:`WARP_KEYS`: images and targets)."""
+    if config.warp_weight > 0:
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"loss.warp_weight > 0 needs the self-warp pair in the batch; "
+                             f"missing {missing} (AugmentedDataset(self_warp=...) adds them)")
+
+
+def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = None
+                    ) -> tuple[torch.Tensor, dict]:
+    """The whole objective of one batch of quartets: :func:`cycle_loss` plus ``warp_weight ·`` the
+    truncated flow loss of the self-warp pair when ``config.warp_weight > 0``.
+
+    Args:
+        pred: the network's predictions, ``flow_s1r1``, ``flow_r1r2``, ``flow_r2s2``
+            ``(B, 2, H, W)`` and ``match_r1r2`` ``(B, 1, H, W)``; with the self-warp term also
+            ``flow_warp`` (the flow ``warp_src → warp_tgt``).
+        batch: the targets, ``flow_s1s2`` ``(B, 2, H, W)`` and ``match_s1s2`` ``(B, 1, H, W)``;
+            with the self-warp term also ``flow_warp`` and ``match_warp`` (:data:`WARP_KEYS`).
+
+    Returns:
+        ``(loss, metrics)``: the metrics of :func:`cycle_loss` (``loss`` is the total) and, with
+        the self-warp term, ``loss_warp`` and its flow metrics as ``warp_epe``, ``warp_px1``,
+        ``warp_px5``, ``warp_truncated``.
+    """
+    cfg = config or CycleLossConfig()
+    check_cycle_batch(batch, cfg, ("flow_warp", "match_warp"))
+    loss, metrics = cycle_loss(pred["flow_s1r1"], pred["flow_r1r2"], pred["flow_r2s2"],
+                               pred["match_r1r2"], batch["flow_s1s2"], batch["match_s1s2"], cfg)
+    if cfg.warp_weight > 0:
+        l_w, m_w = truncated_flow_loss(pred["flow_warp"], batch["flow_warp"], batch["match_warp"],
+                                       cfg.truncation, cfg.reduction)
+        loss = loss + cfg.warp_weight * l_w
+        metrics = {**metrics, "loss": float(loss.detach()), "loss_warp": float(l_w.detach()),
+                   **{f"warp_{k}": v for k, v in m_w.items()}}
+    return loss, metrics
+
+
+def flow_regression_loss(flow_pred: torch.Tensor, flow_target: torch.Tensor,
+                         valid: torch.Tensor | None = None, reduction: str = "mean"
+                         ) -> tuple[torch.Tensor, dict]:
+    """Stage 1's Euclidean regression of a predicted flow onto a target flow (paper: SIFT flow):
+    ``L = Σ_p valid(p) · ‖F(p) − F_target(p)‖²`` (:func:`truncated_flow_loss` without a cap;
+    ``reduction="sum"``: per-pair sum, batch mean; ``"mean"``: per-pixel mean).
+
+    Returns ``(loss, metrics)`` with ``loss`` and the flow metrics ``epe``, ``px1``, ``px5``,
+    ``truncated``."""
+    loss, metrics = truncated_flow_loss(flow_pred, flow_target, valid, truncation=float("inf"),
+                                        reduction=reduction)
+    return loss, {"loss": float(loss.detach()), **metrics}
