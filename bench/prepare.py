@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     from cyclecorr._paths import shared_data_dir
-    from cyclecorr.data.quartets import (PLAN_FILE, REAL_FILE, RETRIEVAL_FILE, QuartetConfig,
-                                         collect_models, prepare_quartets)
+    from cyclecorr.data.quartet_files import PLAN_FILE, REAL_FILE, RETRIEVAL_FILE
+    from cyclecorr.data.quartets import QuartetConfig, collect_models, prepare_quartets
     from cyclecorr.data.retrieval import (get_mesh, hog_descriptor, render_bank_views,
                                           viewpoint_grid)
 

@@ -7,7 +7,6 @@ Loading never executes code (safetensors holds tensors and strings only). Writes
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,22 +15,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr._io import atomic_path, atomic_write_bytes, file_sha256
 from cyclecorr.model import CorrespondenceNet, build_network
 
 __all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256", "atomic_write_bytes",
            "shipped_model_path", "unwrap_model"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

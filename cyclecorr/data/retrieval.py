@@ -214,7 +214,7 @@ def _worker_init():
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 
-def _pool(workers: int):
+def spawn_pool(workers: int):
     """A process pool of ``workers`` *spawned* processes (a worker never inherits a GL context,
     see :mod:`cyclecorr.render`); a worker that dies raises ``BrokenProcessPool`` instead of
     hanging the run."""
@@ -293,7 +293,7 @@ def build_bank(models, viewpoints: np.ndarray | None = None, cache: str | os.Pat
             _store(t[0], _bank_task(t))
             bar.update()
     else:
-        with _pool(min(workers, len(tasks))) as pool:
+        with spawn_pool(min(workers, len(tasks))) as pool:
             for t, d in zip(tasks, pool.map(_bank_task, tasks)):
                 _store(t[0], d)
                 bar.update()
