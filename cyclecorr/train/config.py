@@ -22,13 +22,15 @@ from typing import Any
 from cyclecorr._runtime import PRECISIONS
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import NetConfig
-from cyclecorr.train.data import ZOOM_FILLS
 
-__all__ = ["TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
+__all__ = ["ZOOM_FILLS", "TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
            "LoggingConfig", "ValidationConfig", "RuntimeConfig", "load_config", "preset_path",
            "list_presets", "apply_overrides", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+#: What a re-framed photo shows outside its old frame (``AugmentConfig.zoom_fill``).
+ZOOM_FILLS = ("border", "texture")
 
 
 @dataclass
