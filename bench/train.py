@@ -7,9 +7,9 @@ time the loop waits for data (loading must not starve the model).
 
 Prints one JSON line per (stage, device) with: it_per_s, items_per_s, data_wait_share (time
 blocked on the DataLoader / total), step_ms (compute) and the settings. Synthetic quartets are
-generated once before timing (the loader then only augments and collates them). Timings exclude the first
-``--warmup`` iterations. The data source is the training loop's own pipeline (AugmentedDataset +
-StepBatchSampler + DataLoader with ``--workers`` processes).
+generated once before timing (the loader then only augments and collates them). Timings exclude
+the first ``--warmup`` iterations. The data source is the training loop's own pipeline
+(AugmentedDataset + StepBatchSampler + DataLoader with ``--workers`` processes).
 """
 from __future__ import annotations
 
@@ -29,10 +29,9 @@ from cyclecorr._runtime import precision_context  # noqa: E402
 from cyclecorr.losses import CycleLossConfig  # noqa: E402
 from cyclecorr.model import build_network  # noqa: E402
 from cyclecorr.train.config import AugmentConfig, load_config  # noqa: E402
-from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,  # noqa: E402
-                                  collate)
-from cyclecorr.train.run_data import RenderPairs, build_quartets  # noqa: E402
+from cyclecorr.train.data import QUARTET_KEYS, AugmentedDataset, StepBatchSampler, collate  # noqa: E402
 from cyclecorr.train.modules import CycleModule, FlowModule  # noqa: E402
+from cyclecorr.train.run_data import RenderPairs, build_quartets  # noqa: E402
 from cyclecorr.train.steps import cycle_step_loss, stage1_step_loss  # noqa: E402
 
 

@@ -12,13 +12,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cyclecorr._io import atomic_path, atomic_write_bytes, file_sha256
 from cyclecorr.model import CorrespondenceNet, build_network
 
-__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256", "atomic_write_bytes",
+__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256",
+           "atomic_write_bytes",
            "shipped_model_path", "unwrap_model"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -28,7 +29,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The plain network inside DistributedDataParallel / ``torch.compile`` wrappers."""
     # DistributedDataParallel / torch.compile wrappers must not leak into key names
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 
@@ -43,8 +44,6 @@ def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | N
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``cyclecorr`` metadata JSON of a model file, as a dict."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -54,7 +53,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable safetensors model file ({e})") from e
     if "cyclecorr" not in meta:
-        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr model)")
+        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr "
+                         "model)")
     return json.loads(meta["cyclecorr"])
 
 
@@ -89,7 +89,8 @@ def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = F
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                ) -> tuple[CorrespondenceNet, dict]:
-    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode, metadata)``."""
+    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode,
+    metadata)``."""
     meta = read_metadata(path)
     net = build_network(meta["net"])
     load_weights(net, path)
@@ -101,6 +102,7 @@ def shipped_model_path(category: str = "car") -> Path:
     """Path of the model shipped inside the package for ``category``."""
     p = _WEIGHTS_DIR / f"{category}.safetensors"
     if not p.is_file():
-        avail = sorted(x.stem for x in _WEIGHTS_DIR.glob("*.safetensors")) if _WEIGHTS_DIR.is_dir() else []
+        avail = (sorted(x.stem for x in _WEIGHTS_DIR.glob("*.safetensors"))
+                 if _WEIGHTS_DIR.is_dir() else [])
         raise FileNotFoundError(f"no shipped model for category {category!r} (available: {avail})")
     return p

@@ -6,22 +6,31 @@ import argparse
 import importlib
 import sys
 
+from cyclecorr import __version__
+
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("cyclecorr.commands.demo_cmd", "end-to-end demo on embedded data: render, quartets, train, match, pictures"),
-    "render": ("cyclecorr.commands.render_cmd", "render CAD models / synthetic ground-truth pairs to PNG"),
-    "prepare": ("cyclecorr.commands.prepare_cmd", "build training quartets from real photos and CAD models"),
-    "siftflow": ("cyclecorr.commands.siftflow_cmd", "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
-    "train": ("cyclecorr.commands.train_cmd", "train a model (stage 1: SIFT-flow imitation, stage 2: cycle consistency)"),
-    "evaluate": ("cyclecorr.commands.evaluate_cmd", "evaluate models and baselines (PCK, matchability, segmentation, flow)"),
-    "compare": ("cyclecorr.commands.compare_cmd", "compare the methods of evaluation result files pair by pair (bootstrap intervals)"),
-    "match": ("cyclecorr.commands.match_cmd", "match two images (or a folder of pairs) and write pictures + HTML"),
+    "demo": ("cyclecorr.commands.demo_cmd",
+             "end-to-end demo on embedded data: render, quartets, train, match, pictures"),
+    "render": ("cyclecorr.commands.render_cmd",
+               "render CAD models / synthetic ground-truth pairs to PNG"),
+    "prepare": ("cyclecorr.commands.prepare_cmd",
+                "build training quartets from real photos and CAD models"),
+    "siftflow": ("cyclecorr.commands.siftflow_cmd",
+                 "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
+    "train": ("cyclecorr.commands.train_cmd",
+              "train a model (stage 1: SIFT-flow imitation, stage 2: cycle consistency)"),
+    "evaluate": ("cyclecorr.commands.evaluate_cmd",
+                 "evaluate models and baselines (PCK, matchability, segmentation, flow)"),
+    "compare": ("cyclecorr.commands.compare_cmd",
+                "compare the methods of evaluation result files pair by pair (bootstrap "
+                "intervals)"),
+    "match": ("cyclecorr.commands.match_cmd",
+              "match two images (or a folder of pairs) and write pictures + HTML"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cyclecorr import __version__
-
     parser = argparse.ArgumentParser(
         prog="cyclecorr",
         description="Dense correspondence across object instances by 3D-guided cycle consistency.")

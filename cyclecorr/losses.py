@@ -123,7 +123,8 @@ def truncated_flow_loss(flow_pred: torch.Tensor, flow_gt: torch.Tensor,
     if mask is None:
         mask = torch.ones_like(flow_pred[:, :1])
     if mask.shape != flow_pred[:, :1].shape:
-        raise ValueError(f"mask must have shape {tuple(flow_pred[:, :1].shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"mask must have shape {tuple(flow_pred[:, :1].shape)}, got "
+                         f"{tuple(mask.shape)}")
     sq = (flow_pred - flow_gt).pow(2).sum(dim=1, keepdim=True)
     capped = torch.clamp(sq, max=truncation ** 2)
     weighted = capped * mask
@@ -148,7 +149,8 @@ def truncated_flow_loss(flow_pred: torch.Tensor, flow_gt: torch.Tensor,
 
 def matchability_loss(match_pred: torch.Tensor, match_gt: torch.Tensor,
                       reduction: str = "sum") -> tuple[torch.Tensor, dict]:
-    """Per-pixel binary cross-entropy ``−[m log p + (1 − m) log(1 − p)]`` (p clamped to [1e-6, 1−1e-6]).
+    """Per-pixel binary cross-entropy ``−[m log p + (1 − m) log(1 − p)]`` (p clamped to
+    [1e-6, 1−1e-6]).
 
     Args:
         match_pred: ``(B, 1, H, W)`` probabilities.

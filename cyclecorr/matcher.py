@@ -120,7 +120,8 @@ class Matcher:
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         category: str = "car", input_size: int | None = None,
                         precision: str = "float32") -> Matcher:
-        """Load a model file; ``path=None`` loads the model shipped with the package for ``category``.
+        """Load a model file; ``path=None`` loads the model shipped with the package for
+        ``category``.
 
         ``input_size``: the side both images are resized to (default: the size the model was
         trained at, 128 for the shipped model). Larger sizes suit whole photos in which the object
@@ -146,8 +147,9 @@ class Matcher:
         """Dense correspondence from ``src`` to ``tgt`` (images of any size).
 
         Returns:
-            ``{"flow": (H_src, W_src, 2) float32, "matchability": (H_src, W_src) float32}``; the flow
-            is in source pixels and points into target pixels: ``q = p + flow[p_y, p_x]``.
+            ``{"flow": (H_src, W_src, 2) float32, "matchability": (H_src, W_src) float32}``;
+            the flow is in source pixels and points into target pixels:
+            ``q = p + flow[p_y, p_x]``.
         """
         s, t = to_tensor_image(src), to_tensor_image(tgt)
         out = self.predict(resize_image(s, self.size)[None], resize_image(t, self.size)[None])

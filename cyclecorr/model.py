@@ -225,8 +225,8 @@ def _stage_ends(seq: nn.Sequential, conv_ids: list[int]) -> list[int]:
 class CorrespondenceNet(nn.Module):
     """Dense flow + matchability between a source and a target image.
 
-    ``forward(src, tgt)`` takes two ``(B, 3, S, S)`` float tensors in [0, 1] (``S = image_size``) and
-    returns a dict:
+    ``forward(src, tgt)`` takes two ``(B, 3, S, S)`` float tensors in [0, 1]
+    (``S = image_size``) and returns a dict:
 
     - ``"flow"``: ``(B, 2, S, S)``, flow_src→tgt in pixels (channel 0 = x, 1 = y);
     - ``"matchability"``: ``(B, 1, S, S)`` in [0, 1] (sigmoid);
@@ -286,7 +286,7 @@ class CorrespondenceNet(nn.Module):
         load_weights` ``(…, grow=True)`` and computes the same output."""
         return [f"flow_skips.{k}" for k in self.flow_skips.state_dict()]
 
-    def set_input_size(self, size: int) -> "CorrespondenceNet":
+    def set_input_size(self, size: int) -> CorrespondenceNet:
         """Run at ``size × size`` from now on (a positive multiple of 16); returns ``self``.
 
         Every layer is convolutional, so a network trained at one size runs at another: its flow is
@@ -325,7 +325,8 @@ class CorrespondenceNet(nn.Module):
         self._check("src", src)
         self._check("tgt", tgt)
         if src.shape[0] != tgt.shape[0]:
-            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
+            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt "
+                             f"{tuple(tgt.shape)}")
         codes, skips = self.encode_levels(torch.cat((src, tgt), dim=0))
         code_src, code_tgt = codes.chunk(2, dim=0)
         halves = [f.chunk(2, dim=0) for f in skips]
@@ -353,7 +354,8 @@ class CorrespondenceNet(nn.Module):
                     x = x + self.flow_skips[j](torch.cat((local_correlation(a, b, r), a), 1))
                 x = m(x)
             flow = x
-        flow = flow.float()  # float32 even under autocast: flows are composed and compared in pixels
+        # float32 even under autocast: flows are composed and compared in pixels
+        flow = flow.float()
         if self.config.flow_scale != 1.0:
             flow = flow * self.config.flow_scale
         return flow

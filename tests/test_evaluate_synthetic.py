@@ -37,7 +37,8 @@ def test_synthetic_pairs_and_oracle(data_dir):
     assert len(pairs) == 2
     same, cross = pairs
     assert same.flow_ab is not None and cross.flow_ab is None
-    assert same.meta["model_a"] == same.meta["model_b"] != "" and cross.meta["model_a"] != cross.meta["model_b"]
+    assert same.meta["model_a"] == same.meta["model_b"] != ""
+    assert cross.meta["model_a"] != cross.meta["model_b"]
     assert same.image_a.shape == (128, 128, 3) and len(same.keypoint_names) == len(same.kps_a)
     assert np.isfinite(same.kps_a).all(1).sum() >= 3
     r = evaluate_synthetic(Oracle(pairs), pairs, alphas=(0.1,))

@@ -28,7 +28,8 @@ def test_model_file_round_trip(model_file):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         a, b = net.eval()(x, x.flip(0)), loaded(x, x.flip(0))
-    assert torch.allclose(a["flow"], b["flow"]) and torch.allclose(a["matchability"], b["matchability"])
+    assert torch.allclose(a["flow"], b["flow"])
+    assert torch.allclose(a["matchability"], b["matchability"])
 
 
 def test_not_a_model_file_is_a_clear_error(tmp_path):

@@ -7,9 +7,15 @@ import math
 import pytest
 import torch
 
-from cyclecorr.losses import (CycleLossConfig, compose_cycle, cycle_loss, cycle_objective,
-                              flow_regression_loss, matchability_loss,
-                              truncated_flow_loss)
+from cyclecorr.losses import (
+    CycleLossConfig,
+    compose_cycle,
+    cycle_loss,
+    cycle_objective,
+    flow_regression_loss,
+    matchability_loss,
+    truncated_flow_loss,
+)
 from cyclecorr.model import PAPER_LAYERS, CorrespondenceNet, NetConfig, build_network
 
 
@@ -143,7 +149,7 @@ def test_network_takes_the_bias_gradient_path_only_when_training_on_cpu():
         m.zero_grad()
         dts = []
         layer = [d for d in m.flow_decoder if isinstance(d, torch.nn.ConvTranspose2d)][0]
-        h = layer.register_forward_hook(lambda mod, i, o: dts.append(o.dtype))
+        h = layer.register_forward_hook(lambda mod, i, o, dts=dts: dts.append(o.dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = m(x, y)
         h.remove()

@@ -15,11 +15,16 @@ from cyclecorr.geometry import warp
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import NetConfig, build_network
 from cyclecorr.train.config import AugmentConfig, TrainConfig, list_presets, load_config
-from cyclecorr.train.data import (StepBatchSampler, SyntheticQuartets, collate, global_batch,
-                                  hflip_quartet, rank_slice)
+from cyclecorr.train.data import (
+    StepBatchSampler,
+    SyntheticQuartets,
+    collate,
+    global_batch,
+    hflip_quartet,
+    rank_slice,
+)
 from cyclecorr.train.modules import CycleModule, FlowModule
-from cyclecorr.train.state import (load_checkpoint_pointer, restore_checkpoint,
-                                   save_checkpoint)
+from cyclecorr.train.state import load_checkpoint_pointer, restore_checkpoint, save_checkpoint
 from cyclecorr.train.steps import cycle_step_loss, stage1_step_loss
 
 torch.set_num_threads(1)
@@ -605,8 +610,12 @@ def test_deformed_self_warp_keeps_the_exact_flow():
     original pair's flow says; checked against the closed-form affine flow of the two
     re-framings, and through the images (the copy's content follows the new flow)."""
     from cyclecorr.geometry import pixel_grid
-    from cyclecorr.train.data import (deform_self_warp, random_zoom, self_warp_pair,
-                                      smooth_deformation)
+    from cyclecorr.train.data import (
+        deform_self_warp,
+        random_zoom,
+        self_warp_pair,
+        smooth_deformation,
+    )
 
     S = 48
     img = SyntheticQuartets(2, S, seed=3)[0]["r1"]
@@ -635,7 +644,8 @@ def test_deformed_self_warp_keeps_the_exact_flow():
     lit = deform_self_warp(pair, torch.Generator().manual_seed(2), 0.0, 4, 0.3)
     assert torch.equal(lit["flow_warp"], pair["flow_warp"])
     assert not torch.equal(lit["warp_src"], pair["warp_src"])
-    assert not torch.allclose(lit["warp_src"] - pair["warp_src"], lit["warp_tgt"] - pair["warp_tgt"])
+    assert not torch.allclose(lit["warp_src"] - pair["warp_src"],
+                              lit["warp_tgt"] - pair["warp_tgt"])
     with pytest.raises(ValueError, match="grid"):
         smooth_deformation(g, S, 1.0, 1)
 

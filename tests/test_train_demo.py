@@ -10,8 +10,7 @@ import torch
 
 from cyclecorr.geometry import warp
 from cyclecorr.train.config import AugmentConfig
-from cyclecorr.train.data import (AugmentedDataset, SiftPairs, SyntheticQuartets,
-                                  sample_stage1_pairs)
+from cyclecorr.train.data import AugmentedDataset, SiftPairs, SyntheticQuartets, sample_stage1_pairs
 
 torch.set_num_threads(1)
 

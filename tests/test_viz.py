@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclecorr.viz import (color_wheel, draw_correspondences, flow_to_color, grid_points, heatmap,
-                           warp_image, write_html_page, write_pair_pictures)
+from cyclecorr.viz import (
+    color_wheel,
+    draw_correspondences,
+    flow_to_color,
+    grid_points,
+    heatmap,
+    warp_image,
+    write_html_page,
+    write_pair_pictures,
+)
 from cyclecorr.viz.embedding import embed_features, plot_embedding, tsne
 
 

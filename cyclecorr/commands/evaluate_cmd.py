@@ -18,7 +18,9 @@ import argparse
 import time
 from pathlib import Path
 
-from cyclecorr._runtime import PRECISIONS
+import numpy as np
+
+from cyclecorr._runtime import PRECISIONS, keep_freed_memory, resolve_device
 
 SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
         "synthetic-aeroplane", "shape2image-car", "embedding-car")
@@ -57,16 +59,16 @@ def _split(s: str) -> list[str]:
 
 
 def run(args) -> int:
-    import numpy as np
+    # on use: these load torch; `cyclecorr --help` imports every command module
     import torch
 
-    from cyclecorr._runtime import keep_freed_memory
     from cyclecorr.evaluate import benchmarks as B
     from cyclecorr.evaluate import datasets as D
+    from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
     from cyclecorr.evaluate.methods import NetworkMethod, make_method
     from cyclecorr.evaluate.report import write_results
+    from cyclecorr.evaluate.shape_transfer import build_template_bank, evaluate_shape_to_image
     from cyclecorr.evaluate.stats import compare_set
-    from cyclecorr._runtime import resolve_device
 
     sets = _split(args.sets)
     if sets == ["all"]:
@@ -134,9 +136,6 @@ def run(args) -> int:
                                                    progress=True, set_name=set_name,
                                                    seed=args.seed, generation=gen)
         elif set_name == "shape2image-car":
-            from cyclecorr.evaluate.shape_transfer import (build_template_bank,
-                                                           evaluate_shape_to_image)
-
             samples = D.load_flowweb_car(args.data, limit=lim)
             bank = build_template_bank(args.data, "car", progress=True)
             for m in methods:
@@ -149,8 +148,6 @@ def run(args) -> int:
                     print("  embedding-car: skipped (needs a model method)")
                     continue
                 raise ValueError("set embedding-car needs a model method (model or NAME=PATH)")
-            from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
-
             for m in nets:
                 res[m.name] = feature_embedding_pictures(m, args.data, out, n=lim or 120,
                                                          seed=args.seed)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from cyclecorr._runtime import PRECISIONS
+from cyclecorr.data.io import read_image, read_pairs_file
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -23,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SRC TGT (two images), or one FOLDER of pairs")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--model", default="shipped",
-                        help="model file (.safetensors) or 'shipped' (the car model in the package)")
+                        help="model file (.safetensors) or 'shipped' (the car model in the "
+                             "package)")
     parser.add_argument("--method", default="model", choices=("model", "siftflow", "zero"),
                         help="what computes the correspondence (default: the model)")
     parser.add_argument("--keypoints", default=None,
@@ -40,8 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_keypoints(path: Path):
-    import numpy as np
-
     if not path.is_file():
         raise FileNotFoundError(f"keypoint file not found: {path}")
     try:
@@ -66,8 +68,6 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path, str]]:
     lst = folder / "pairs.txt"
     pairs = []
     if lst.is_file():
-        from cyclecorr.data.io import read_pairs_file
-
         return [(a, b, f"{a.stem}-{b.stem}") for a, b in read_pairs_file(lst)]
     for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
         imgs = sorted(p for p in sub.iterdir() if _is_image(p))
@@ -81,9 +81,9 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path, str]]:
 
 
 def run(args) -> int:
-    import numpy as np
+    # on use: these load torch; `cyclecorr --help` imports every command module
+    from tqdm import tqdm
 
-    from cyclecorr.data.io import read_image
     from cyclecorr.evaluate.methods import dense_match, make_method
     from cyclecorr.viz.report import write_html_page, write_pair_pictures
 
@@ -121,8 +121,6 @@ def run(args) -> int:
                          net_size=args.input_size, precision=args.precision)
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     entries = []
-    from tqdm import tqdm
-
     used = set()
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
         while name in used:

@@ -25,12 +25,29 @@ folder against its manifest (:mod:`cyclecorr.data.quartet_files`, the on-disk la
 """
 import importlib
 
-from cyclecorr.data.io import DataError, read_image, read_mask, load_mat, read_flo, write_flo
-from cyclecorr.data.samples import (Sample, PairSample, crop_sample, flip_sample, mask_box,
-                                    crop_array, swap_left_right, image_to_tensor)
-from cyclecorr.data.datasets import (PFWillow, FlowWebCars, TSSPairs, ImageFolder, VOCDetection,
-                                     Pascal3D, list_shapenet, list_images, PASCAL3D_KEYPOINTS,
-                                     SHAPENET_SYNSETS)
+from cyclecorr.data.datasets import (
+    PASCAL3D_KEYPOINTS,
+    SHAPENET_SYNSETS,
+    FlowWebCars,
+    ImageFolder,
+    Pascal3D,
+    PFWillow,
+    TSSPairs,
+    VOCDetection,
+    list_images,
+    list_shapenet,
+)
+from cyclecorr.data.io import DataError, load_mat, read_flo, read_image, read_mask, write_flo
+from cyclecorr.data.samples import (
+    PairSample,
+    Sample,
+    crop_array,
+    crop_sample,
+    flip_sample,
+    image_to_tensor,
+    mask_box,
+    swap_left_right,
+)
 
 __all__ = [
     "DataError", "read_image", "read_mask", "load_mat", "read_flo", "write_flo",

@@ -18,8 +18,14 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from cyclecorr.data.io import DataError
-from cyclecorr.data.quartet_files import (MANIFEST, PLAN_FILE, REAL_FILE, RETRIEVAL_FILE,
-                                          read_manifest, verify_quartets)
+from cyclecorr.data.quartet_files import (
+    MANIFEST,
+    PLAN_FILE,
+    REAL_FILE,
+    RETRIEVAL_FILE,
+    read_manifest,
+    verify_quartets,
+)
 from cyclecorr.data.quartets import collect_real, quartet_generator
 from cyclecorr.data.samples import crop_sample
 
@@ -180,7 +186,8 @@ class PairDataset(Dataset):
         else:
             dirs = [source] if isinstance(source, (str, os.PathLike)) else list(source)
             self._path = None
-            self._items = [(ds, i) for _, ds in collect_real(dirs, category) for i in range(len(ds))]
+            self._items = [(ds, i) for _, ds in collect_real(dirs, category)
+                           for i in range(len(ds))]
             n = len(self._items)
         if n < 2:
             raise DataError(f"{source}: PairDataset needs at least 2 real images, found {n}")

@@ -53,14 +53,28 @@ from cyclecorr._paths import cache_dir
 from cyclecorr.data.datasets import ImageFolder, Pascal3D, VOCDetection
 from cyclecorr.data.io import DataError, atomic_write_bytes
 from cyclecorr.data.quartet_config import QuartetConfig
-from cyclecorr.data.quartet_files import (FORMAT, MANIFEST, PLAN_FILE, REAL_FILE, RETRIEVAL_FILE,
-                                          VERSION, shard_path)
-from cyclecorr.data.retrieval import (POSE_AZIMUTH, build_bank, estimate_viewpoints, get_mesh,
-                                      hog_descriptors, nearest_grid_viewpoint, nearest_models,
-                                      spawn_pool, viewpoint_grid)
+from cyclecorr.data.quartet_files import (
+    FORMAT,
+    MANIFEST,
+    PLAN_FILE,
+    REAL_FILE,
+    RETRIEVAL_FILE,
+    VERSION,
+    shard_path,
+)
+from cyclecorr.data.retrieval import (
+    POSE_AZIMUTH,
+    build_bank,
+    estimate_viewpoints,
+    get_mesh,
+    hog_descriptors,
+    nearest_grid_viewpoint,
+    nearest_models,
+    spawn_pool,
+    viewpoint_grid,
+)
 from cyclecorr.data.samples import crop_sample
-from cyclecorr.render import (Renderer, Viewpoint, correspondence_between, list_meshes,
-                              random_light)
+from cyclecorr.render import Renderer, Viewpoint, correspondence_between, list_meshes, random_light
 
 __all__ = ["QuartetConfig", "prepare_quartets", "collect_real", "collect_models", "parse_shard",
            "QuartetGenerator", "quartet_generator"]
@@ -392,9 +406,10 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
     return tensors, meta
 
 
-def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: QuartetConfig | None = None,
-                     workers: int = 1, shard: str | tuple | None = None, progress: bool = True,
-                     log=print, bank_cache=None) -> dict:
+def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
+                     config: QuartetConfig | None = None, workers: int = 1,
+                     shard: str | tuple | None = None, progress: bool = True, log=print,
+                     bank_cache=None) -> dict:
     """Prepare ``num_quartets`` quartets into ``out`` (resumable; see the module docstring).
 
     Args:
@@ -532,7 +547,8 @@ def _write_manifest(out: Path, plan: dict, counts, real, ret) -> Path:
         **plan,
         "files": {"real_crops": {"file": REAL_FILE, "sha256": file_sha256(out / REAL_FILE),
                                  "count": int(len(real["images"]))},
-                  "retrieval": {"file": RETRIEVAL_FILE, "sha256": file_sha256(out / RETRIEVAL_FILE)}},
+                  "retrieval": {"file": RETRIEVAL_FILE,
+                                "sha256": file_sha256(out / RETRIEVAL_FILE)}},
         "shards": shards,
         "keys": {"s1": "render of the model at r1's viewpoint, uint8 (n,H,W,3)",
                  "s2": "render of the model at r2's viewpoint, uint8 (n,H,W,3)",

@@ -11,9 +11,10 @@ Synthetic pairs (:func:`make_synthetic_pairs`), seeded and deterministic:
 - pair k: source model drawn at random; the target is the *same* model for even k (dense ground
   truth: flow and matchability from the renderer) and a *different* model for odd k (keypoint
   ground truth only, as between two real instances);
-- viewpoints: source azimuth uniform in [0, 360), target azimuth = source ± U(0, ``max_azimuth_gap``)
-  (default 45°), elevations uniform in [0, 30]°, distance 2.5, θ = 0; both renders cropped to the
-  object's box at ``size × size`` (the paper's crop), black background, default light;
+- viewpoints: source azimuth uniform in [0, 360), target azimuth = source ±
+  U(0, ``max_azimuth_gap``) (default 45°), elevations uniform in [0, 30]°, distance 2.5, θ = 0;
+  both renders cropped to the object's box at ``size × size`` (the paper's crop), black
+  background, default light;
 - keypoints: the model's named 3D keypoints projected into each render; a keypoint counts when it
   is visible (not self-occluded, inside the crop) in both.
 """
@@ -23,8 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from cyclecorr._paths import shared_data_dir
+from cyclecorr.data import FlowWebCars, PFWillow, TSSPairs
+from cyclecorr.render import (
+    Viewpoint,
+    correspondence_between,
+    default_renderer,
+    load_mesh,
+    project_keypoints,
+)
 
 __all__ = ["resolve_dataset_dir", "load_pf_willow", "load_flowweb_car", "load_tss",
            "SyntheticPair", "make_synthetic_pairs", "SYNTHETIC_CATEGORIES"]
@@ -51,8 +61,6 @@ def resolve_dataset_dir(root, *rel: str, marker: str | None = None) -> Path:
 
 def load_pf_willow(root=None, classes=None, limit: int | None = None) -> dict[str, list]:
     """PF-WILLOW as ``{class: [Sample]}`` (0-based keypoints), first ``limit`` images per class."""
-    from cyclecorr.data import PFWillow
-
     ds = PFWillow(resolve_dataset_dir(root, "real", "pf-willow", marker="*/*.mat"), classes=classes)
     out: dict[str, list] = {}
     for i, (cls, _, _) in enumerate(ds.items):
@@ -63,8 +71,6 @@ def load_pf_willow(root=None, classes=None, limit: int | None = None) -> dict[st
 
 def load_flowweb_car(root=None, limit: int | None = None) -> list:
     """FlowWeb/PASCAL car crops as a list of ``Sample`` (0-based keypoints, masks, parts)."""
-    from cyclecorr.data import FlowWebCars
-
     ds = FlowWebCars(resolve_dataset_dir(root, "real", "flowweb-car", marker="*.mat"))
     n = len(ds) if limit is None else min(limit, len(ds))
     return [ds[i] for i in range(n)]
@@ -72,8 +78,6 @@ def load_flowweb_car(root=None, limit: int | None = None) -> list:
 
 def load_tss(root=None, limit: int | None = None) -> list:
     """TSS pairs as a list of ``PairSample`` (``meta`` has ``group`` and ``name``)."""
-    from cyclecorr.data import TSSPairs
-
     ds = TSSPairs(resolve_dataset_dir(root, "real", "tss", marker="**/image1.png"))
     n = len(ds) if limit is None else min(limit, len(ds))
     return [ds[i] for i in range(n)]
@@ -104,9 +108,6 @@ def make_synthetic_pairs(root=None, category: str = "car", n_pairs: int = 20, se
                          size: int = 128, max_azimuth_gap: float = 45.0,
                          progress: bool = False) -> list[SyntheticPair]:
     """Render ``n_pairs`` seeded pairs of PASCAL3D+ CAD models of ``category`` (see module doc)."""
-    from cyclecorr.render import (Viewpoint, correspondence_between, default_renderer, load_mesh,
-                                  project_keypoints)
-
     if category not in SYNTHETIC_CATEGORIES:
         raise ValueError(f"unknown synthetic category {category!r}; choose from "
                          f"{SYNTHETIC_CATEGORIES}")
@@ -120,8 +121,6 @@ def make_synthetic_pairs(root=None, category: str = "car", n_pairs: int = 20, se
     pairs = []
     it = range(n_pairs)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc=f"render synthetic-{category}", leave=False)
     for k in it:
         ia = int(rng.integers(len(meshes)))

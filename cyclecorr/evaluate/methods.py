@@ -187,10 +187,10 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
 def make_method(spec: str, model: str | None = None, size: int = 128, device="auto",
                 net_size: int | None = None, precision: str = "float32"):
     """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
-    the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` / ``"NAME=PATH"``
-    for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``). ``size``: the baselines'
-    input side; ``net_size``: the networks' (default: the size each was trained at);
-    ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
+    the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` /
+    ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``).
+    ``size``: the baselines' input side; ``net_size``: the networks' (default: the size each was
+    trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
     spec = spec.strip()
     if spec == "zero":
         return ZeroFlow(size)

@@ -118,7 +118,7 @@ class Mesh:
 
     @classmethod
     def from_arrays(cls, vertices, faces, keypoints: dict | None = None,
-                    normalize: bool = False) -> "Mesh":
+                    normalize: bool = False) -> Mesh:
         """A mesh from arrays already in the canonical axes; ``normalize`` recentres and scales
         it to bbox diagonal 1 (keypoints follow)."""
         v = np.asarray(vertices, dtype=np.float64)
@@ -230,7 +230,7 @@ def _load_pascal3d_json(path: Path):
 
 
 def _load_trimesh(path: Path):
-    import trimesh
+    import trimesh  # on use: heavy (0.6 s), needed only for formats read through trimesh
 
     try:
         loaded = trimesh.load(str(path), process=False, maintain_order=True)

@@ -22,6 +22,8 @@ signals), :mod:`~cyclecorr.train.launch` (local multi-process), :mod:`~cyclecorr
 """
 from __future__ import annotations
 
+import importlib
+
 __all__ = ["TrainConfig", "load_config", "train", "TrainResult", "run_local_ddp", "run_demo",
            "write_model_card"]
 
@@ -36,9 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):  # lazy: importing cyclecorr.train stays cheap
+def __getattr__(name):  # on use: importing cyclecorr.train stays cheap
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cyclecorr.train' has no attribute {name!r}")

@@ -239,7 +239,7 @@ class TrainConfig:
         return _to_jsonable(asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
         return _build(cls, d, where)
 
     def validate(self) -> None:
@@ -255,7 +255,8 @@ class TrainConfig:
                 raise ValueError(f"{st_name}.optim.skips_lr_mult must be positive, got "
                                  f"{st.optim.skips_lr_mult}")
         if self.stage1_reduction not in ("sum", "mean"):
-            raise ValueError(f"stage1_reduction must be 'sum' or 'mean', got {self.stage1_reduction!r}")
+            raise ValueError("stage1_reduction must be 'sum' or 'mean', got "
+                             f"{self.stage1_reduction!r}")
         if self.data.stage1_pair_source not in ("quartet", "random"):
             raise ValueError("data.stage1_pair_source must be 'quartet' or 'random', got "
                              f"{self.data.stage1_pair_source!r}")
@@ -305,7 +306,7 @@ def _build(cls, d: Any, where: str):
                          f"(known: {sorted(known)})")
     defaults = cls()
     kwargs = {}
-    for name, f in known.items():
+    for name in known:
         cur = getattr(defaults, name)
         if name not in d:
             kwargs[name] = cur

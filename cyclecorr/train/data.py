@@ -20,8 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyclecorr.geometry import (affine_flow, compose_flow, inside_mask, pixel_grid, sample,
-                                warp)
+from cyclecorr.geometry import affine_flow, compose_flow, inside_mask, pixel_grid, sample, warp
 from cyclecorr.siftflow import compute_sift_flow_batch, load_sift_flow
 from cyclecorr.train.config import ZOOM_FILLS, AugmentConfig
 

@@ -44,12 +44,22 @@ from cyclecorr.train.config import StageConfig, TrainConfig
 from cyclecorr.train.data import QUARTET_KEYS, AugmentedDataset, StepBatchSampler, collate
 from cyclecorr.train.modules import CycleModule, FlowModule
 from cyclecorr.train.monitor import Monitor
-from cyclecorr.train.process import (DistInfo, TrainingInterrupted, graceful_stop,
-                                     ignore_stop_signals, init_distributed, set_up_process,
-                                     stop_requested)
+from cyclecorr.train.process import (
+    DistInfo,
+    TrainingInterrupted,
+    graceful_stop,
+    ignore_stop_signals,
+    init_distributed,
+    set_up_process,
+    stop_requested,
+)
 from cyclecorr.train.run_data import build_quartets, build_stage1_pairs, manifest_sha256
-from cyclecorr.train.state import (code_version, load_checkpoint_pointer, restore_checkpoint,
-                                   save_checkpoint)
+from cyclecorr.train.state import (
+    code_version,
+    load_checkpoint_pointer,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from cyclecorr.train.steps import cycle_step_loss, stage1_step_loss
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted"]

@@ -67,7 +67,8 @@ def training_device(device: str, dist: DistInfo) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         if not torch.cuda.is_available():
             raise ValueError("runtime.device=cuda but CUDA is not available")
-        return torch.device("cuda", dist.local_rank if dist.world > 1 else torch.cuda.current_device())
+        index = dist.local_rank if dist.world > 1 else torch.cuda.current_device()
+        return torch.device("cuda", index)
     return dev
 
 

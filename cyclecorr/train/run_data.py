@@ -136,7 +136,8 @@ class RenderPairs(Dataset):
 
 
 def build_stage1_pairs(cfg: TrainConfig, quartets, run_dir: Path, dist: DistInfo) -> Dataset:
-    """The stage-1 training pairs (SIFT flow targets cached under the run or ``data.sift_cache``)."""
+    """The stage-1 training pairs (SIFT flow targets cached under the run or
+    ``data.sift_cache``)."""
     if cfg.data.stage1_targets == "ground_truth":
         return RenderPairs(quartets)
     pairs = sample_stage1_pairs(len(quartets), cfg.data.stage1_pairs, cfg.seed,

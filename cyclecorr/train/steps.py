@@ -14,8 +14,12 @@ from __future__ import annotations
 import torch
 
 from cyclecorr.checkpoint import unwrap_model
-from cyclecorr.losses import (CycleLossConfig, check_cycle_batch, cycle_objective,
-                              flow_regression_loss)
+from cyclecorr.losses import (
+    CycleLossConfig,
+    check_cycle_batch,
+    cycle_objective,
+    flow_regression_loss,
+)
 from cyclecorr.train.modules import CycleModule
 
 __all__ = ["cycle_predictions", "cycle_step_loss", "stage1_step_loss"]

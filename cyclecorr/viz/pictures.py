@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from cyclecorr._io import atomic_path
-from cyclecorr.geometry import rescale_points
+from cyclecorr.geometry import inside_mask, pixel_grid, rescale_points, sample
 
 __all__ = ["warp_image", "heatmap", "blend", "grid_points", "draw_correspondences",
            "save_png", "side_by_side"]
@@ -38,10 +40,6 @@ def _check_image(name: str, image) -> np.ndarray:
 def warp_image(image_b, flow_ab, fill: int = 0) -> np.ndarray:
     """Target warped onto the source: ``out(p) = image_b(p + flow_ab(p))`` (bilinear; points
     outside b get ``fill``). Output has the flow's ``H×W``; b may have another size."""
-    import torch
-
-    from cyclecorr.geometry import inside_mask, pixel_grid, sample
-
     b = _check_image("image_b", image_b)
     f = torch.from_numpy(_flow_chw(flow_ab))[None]
     img = torch.from_numpy(np.array(b)).permute(2, 0, 1)[None].float()
@@ -54,7 +52,7 @@ def warp_image(image_b, flow_ab, fill: int = 0) -> np.ndarray:
 
 def heatmap(values, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """``H×W`` values → ``H×W×3`` uint8 with a matplotlib colour map (default: inferno, 0 dark)."""
-    import matplotlib
+    import matplotlib  # on use: heavy, needed by the pictures that draw with it
 
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
@@ -93,8 +91,6 @@ def grid_points(height: int, width: int, step: int | None = None, n: int = 10,
 def side_by_side(image_a, image_b, gap: int = 8) -> tuple[np.ndarray, float, float]:
     """``[a | gap | b]`` on white, both scaled to the same height. Returns the canvas and the
     scale and x offset of b (a keeps its size: b is resized to a's height)."""
-    from PIL import Image
-
     a = _check_image("image_a", image_a)
     b = _check_image("image_b", image_b)
     h = a.shape[0]
@@ -113,12 +109,10 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
     in a's and b's pixels), each pair in its own colour; optional ground truth ``kps_b_true``
     (drawn as crosses); rows with ``valid = False`` or NaN are skipped. Pictures lower than
     ``min_height`` px are enlarged for display. Saves a PNG to ``path``."""
-    import matplotlib
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from PIL import Image
 
     canvas, sb, off = side_by_side(image_a, image_b)
     # small images are enlarged for display (coordinates scaled to match)
@@ -167,8 +161,6 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
 
 def save_png(path, image) -> Path:
     """Write an ``H×W×3`` (or ``H×W``) uint8 image as PNG (folders created)."""
-    from PIL import Image
-
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"{path}: save_png needs uint8, got {a.dtype}")

@@ -18,10 +18,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from cyclecorr.data.io import write_flo
+from cyclecorr.geometry import transfer_keypoints
 from cyclecorr.viz.flow_color import color_wheel_legend, flow_to_color
-from cyclecorr.viz.pictures import (draw_correspondences, grid_points, heatmap, save_png,
-                                    warp_image)
+from cyclecorr.viz.pictures import draw_correspondences, grid_points, heatmap, save_png, warp_image
 
 __all__ = ["write_pair_pictures", "write_html_page"]
 
@@ -41,11 +43,6 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
             ``grid × grid`` points (on pixels with matchability ≥ 0.5 when available).
         keypoints_b_true: optional ground truth in b, drawn as crosses.
     """
-    import torch
-
-    from cyclecorr.data.io import write_flo
-    from cyclecorr.geometry import transfer_keypoints
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     f = np.asarray(flow_ab, np.float32)
@@ -76,7 +73,8 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
             raise ValueError(f"matchability is {m.shape}, source image is {(ha, wa)}")
         save_png(out / "matchability.png", heatmap(m))
         files["matchability"] = "matchability.png"
-        save_png(out / "warped_masked.png", np.where((m >= 0.5)[..., None], warped, 0).astype(np.uint8))
+        masked = np.where((m >= 0.5)[..., None], warped, 0).astype(np.uint8)
+        save_png(out / "warped_masked.png", masked)
         files["warped where matchable"] = "warped_masked.png"
         np.save(out / "matchability.npy", m)
         stats["matchable_fraction"] = float((m >= 0.5).mean())
