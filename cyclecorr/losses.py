@@ -50,36 +50,27 @@ WARP_KEYS = ("warp_src", "warp_tgt", "flow_warp", "match_warp")
 
 @dataclass
 class CycleLossConfig:
-    """Options of the cycle objective (paper defaults where it gives one).
+    """Options of the cycle objective (paper defaults where it gives one)."""
 
-    Attributes:
-        truncation: T in pixels at 128×128 (paper: 15). Scale it with the image size.
-        match_weight: λ, weight of the matchability loss relative to the flow loss.
-        reduction: ``"sum"`` (paper) or ``"mean"``.
-        match_grad_to_flow: let the matchability loss back-propagate into ``F_s1r1``.
-        padding: out-of-image policy when reading a flow during composition.
-        leg_weight: weight of an optional prior (not in the paper; 0 = off) that the two
-            synthetic–real legs are small: ``leg_weight · (Σ_p ~M(p) min(‖F_s1r1(p)‖², T²) +
-            Σ_p min(‖F_r2s2(p)‖², T²))``, same reduction as the flow loss. s1 is rendered from
-            r1's viewpoint and s2 from r2's, so those flows only carry shape differences; without
-            the prior the cycle admits a shortcut where ``F_r1r2 ≈ 0`` and the two
-            synthetic–real legs carry the whole viewpoint change (the network tells renders from
-            photos), which fits the cycle without learning real-to-real matching
-            (docs/RESULTS.md, "the synthetic-leg shortcut").
-        warp_weight: weight of an optional self-supervised term (not in the paper; 0 = off): the
-            flow from a photo r1 to a randomly re-framed copy of itself, whose flow is exact
-            (``cyclecorr.train.data.self_warp_pair``), under the same truncated loss and
-            reduction as the cycle. Every other signal the real-to-real leg gets passes through
-            a CAD model's shape and pose; this one asks it to follow a photo's own content
-            (docs/RESULTS.md, "Where the real pair's flow falls short").
-    """
-
+    #: T in pixels at 128×128 (paper: 15); scale it with the image size.
     truncation: float = 15.0
+    #: λ, the matchability loss's weight relative to the flow loss.
     match_weight: float = 1.0
+    #: ``"sum"`` (paper) or ``"mean"``.
     reduction: str = "sum"
+    #: let the matchability loss back-propagate into ``F_s1r1`` (through the sampling position).
     match_grad_to_flow: bool = False
+    #: out-of-image policy when reading a flow during composition.
     padding: str = "border"
+    #: weight of a prior that the synthetic–real legs are small (not in the paper; 0 = off):
+    #: ``Σ_p ~M(p) min(‖F_s1r1(p)‖², T²) + Σ_p min(‖F_r2s2(p)‖², T²)``, same reduction as the flow
+    #: loss. It closes the shortcut where ``F_r1r2 ≈ 0`` and those legs carry the whole viewpoint
+    #: change (docs/RESULTS.md, "The synthetic-leg shortcut").
     leg_weight: float = 0.0
+    #: weight of the self-warp term (not in the paper; 0 = off): the truncated flow loss from a
+    #: photo r1 to a re-framed copy of itself, whose flow is exact
+    #: (``cyclecorr.train.data.self_warp_pair``), so the real-to-real leg also follows a photo's
+    #: own content (docs/RESULTS.md, "Where the real pair's flow falls short").
     warp_weight: float = 0.0
 
     def __post_init__(self):

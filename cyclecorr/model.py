@@ -27,8 +27,8 @@ Choices the paper leaves open (all options of :class:`NetConfig`, defaults marke
 
 Implementation notes (no effect on the function): in CPU training the transposed convolutions
 compute their bias gradient as one sum (:class:`_ConvTranspose2d`; PyTorch's own CPU backward
-of it is slow, docs/RESULTS.md); under autocast (``runtime.precision=bf16``) the two decoders
-return float32, so flows are composed and compared in float32.
+of it is slow: ``bench/train_step.py``); under autocast (``runtime.precision=bf16``) the two
+decoders return float32, so flows are composed and compared in float32.
 
 Beyond the paper (off by default and in the ``paper`` preset): ``skips="corr"`` gives the flow
 decoder what its 8×8 code cannot carry, the fine position of things. At each resolution the
@@ -40,8 +40,8 @@ layer's output before its ReLU (+5 % FLOPs, about +40 % time of a CPU cycle step
 1/2; the correlation is a serial numba kernel on a CPU). The 1×1 convolutions start at zero, so
 a network with skips computes exactly what the same weights compute without them: a trained
 paper network grows skips without changing its output (:meth:`CorrespondenceNet.grown_keys`)
-and fine-tuning starts from where it was. Measured on the car data, it did not help (grown on the
-shipped chain or from the start; docs/RESULTS.md, "Run 11").
+and fine-tuning starts from where it was. Its measurements on the car data (grown on a trained
+network and from the start): docs/RESULTS.md, "encoder skips with a local correlation".
 """
 from __future__ import annotations
 

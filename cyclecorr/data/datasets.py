@@ -1,5 +1,6 @@
 """Loaders of real-image datasets, each returning :class:`~cyclecorr.data.samples.Sample` items
 (images, **0-based** keypoints with visibility, masks where present, the source file).
+(Over 600 lines: seven short loaders, one per dataset layout, that share these conventions.)
 
 All loaders are lazy sequences (``len(ds)``, ``ds[i]``, iteration): they list the files at
 construction (raising a clear error for a missing or empty folder) and read one item per access

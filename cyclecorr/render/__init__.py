@@ -1,4 +1,4 @@
-"""Rendering CAD models and exact synthetic correspondence (issue 3).
+"""Rendering CAD models and exact synthetic correspondence.
 
 Canonical object frame: z up, front towards −y, centred, bounding-box diagonal 1 (the PASCAL3D+
 CAD frame); each source's axis convention is in :data:`SOURCE_CONVENTIONS`. Images are H×W×3
