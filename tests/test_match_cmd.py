@@ -54,7 +54,11 @@ def test_match_odd_sizes_writes_everything(tmp_path, model_file):
     t = np.loadtxt(d / "transfer.txt")
     assert t.shape == (2, 4)
     np.testing.assert_allclose(t[:, :2], [[3, 4], [50.5, 30]])
-    assert "a-b/flow.png" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "a-b/flow.png" in page and "Your 2 keypoints" in page
+    assert (out / "model_card.md").is_file() is False  # a bare model file has no card
+    # one flow scale for the page, from the image sizes: 53 px / 5 -> 10 px
+    assert (out / "flow_key_10px.png").is_file()
 
 
 def test_match_folder_of_pairs(tmp_path):
@@ -95,6 +99,10 @@ def test_match_bad_inputs_exit_nonzero(tmp_path, capsys, model_file):
     assert rc == 2 and "nomodel.safetensors" in capsys.readouterr().err
     rc = main(["match", str(tmp_path / "nofolder"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "nofolder" in capsys.readouterr().err
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--points", "0"])
+    assert rc == 2 and "--points" in capsys.readouterr().err
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--flow-scale", "-3"])
+    assert rc == 2 and "--flow-scale" in capsys.readouterr().err
 
 
 def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):
