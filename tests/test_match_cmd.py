@@ -240,3 +240,28 @@ def test_bf16_precision_is_explicit_close_and_recorded(tmp_path, data_dir, model
     res = json.loads((out / "results.json").read_text())
     assert res["methods"]["model"]["precision"] == "bf16" and "--precision bf16" in res["command"]
     assert "128×128 in bf16" in (out / "results.md").read_text()
+
+
+def test_evaluate_progress_bars_name_method_and_set(tmp_path, data_dir, capsys):
+    rc = main(["evaluate", "--methods", "zero", "--sets", "flowweb-car", "--limit", "2",
+               "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    assert "zero on flowweb-car" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    """Every option of the user-facing commands says what it does (and the defaults users ask
+    about are stated)."""
+    import argparse
+
+    from cyclecorr.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("demo", "match", "evaluate", "train", "compare", "prepare", "render", "siftflow"):
+        for action in subs.choices[name]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"cyclecorr {name} {action.option_strings[0]} has no help"
+    helps = {n: subs.choices[n].format_help() for n in ("match", "train")}
+    assert "default: the car model shipped" in " ".join(helps["match"].split())
+    assert "about an hour" not in helps["train"] and "13 min" in " ".join(helps["train"].split())

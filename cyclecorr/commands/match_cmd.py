@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flow length drawn at full colour, in pixels, the same for every "
                              "pair of the page (default: a round number near a fifth of the "
                              "largest image side)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+    parser.add_argument("--device", default="auto",
+                        help="where the network runs: auto (default: cuda when available, else "
+                             "cpu), cpu, cuda, …")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="network precision (default float32; bf16: autocast, faster on CPUs "
                              "with bf16 units)")
