@@ -163,13 +163,16 @@ def model_summary(path=None, *, method: str = "model", name: str | None = None) 
                 "note": "the trivial baseline: every pixel matches the same position"}
     from cyclecorr.checkpoint import file_sha256, read_metadata, shipped_model_path
 
-    shipped = path in (None, "shipped")
-    p = Path(shipped_model_path("car") if shipped else path)
+    p = Path(shipped_model_path("car") if path in (None, "shipped") else path)
+    try:
+        shipped = p.resolve() == shipped_model_path("car").resolve()
+    except FileNotFoundError:
+        shipped = False
     meta = read_metadata(p)
     cfg = meta.get("train_config", {})
-    card = p.with_suffix(".md") if shipped else p.parent / "MODEL_CARD.md"
-    if not card.is_file():
-        card = None
+    # a shipped model's card sits beside it (car.md), a run's is the run folder's MODEL_CARD.md
+    card = next((c for c in (p.with_suffix(".md"), p.parent / "MODEL_CARD.md") if c.is_file()),
+                None)
     title = ""
     if card is not None:
         first = card.read_text(encoding="utf-8").splitlines()[:1]
