@@ -115,6 +115,7 @@ def test_wheel_installs_and_runs(dist, tmp_path):
     import json
 
     mod, weights, card, size, preset = json.loads(r.stdout.strip().splitlines()[-1])
-    assert Path(mod).resolve().is_relative_to(venv.resolve()), mod  # the wheel's copy, not the tree's
+    # the wheel's copy, not the source tree's
+    assert Path(mod).resolve().is_relative_to(venv.resolve()), mod
     assert Path(weights).resolve().is_relative_to(venv.resolve()) and card
     assert size == 128 and preset == "cpu"

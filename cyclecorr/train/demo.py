@@ -173,7 +173,8 @@ def _preview(quartets, path: Path, n: int = 4, max_flow: float | None = None):
 
     rows = []
     for q in quartets[:n]:
-        ims = [(q[k].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for k in ("s1", "s2", "r1", "r2")]
+        ims = [(q[k].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+               for k in ("s1", "s2", "r1", "r2")]
         f = q["flow_s1s2"].numpy().copy()
         f[:, q["match_s1s2"].numpy()[0] < 0.5] = np.nan  # unknown: black
         ims.append(flow_to_color(f, max_flow))

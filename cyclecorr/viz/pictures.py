@@ -96,7 +96,8 @@ def salient_points(image, matchability=None, n: int = 12, threshold: float = 0.5
     image's structure (smoothed structure tensor's smaller eigenvalue, so flat sky and fine road
     noise score low; below 5 % of the best score nothing is picked), weighted by matchability
     and restricted to pixels with matchability ≥ ``threshold`` when it is given; greedy
-    selection keeps points ``min_dist`` apart (default: an eighth of the smaller side). Returns ``(N, 2)`` (x, y) float, integer pixel centres."""
+    selection keeps points ``min_dist`` apart (default: an eighth of the smaller side).
+    Returns ``(N, 2)`` (x, y) float, integer pixel centres."""
     from scipy import ndimage
 
     a = _check_image("image", image).astype(np.float64).mean(axis=2) / 255.0

@@ -185,7 +185,8 @@ def model_summary(path=None, *, method: str = "model", name: str | None = None) 
             "note": meta.get("note", "")}
 
 
-_CSS = """body{font-family:sans-serif;margin:1em 1.5em;background:#fafafa;color:#222;max-width:1400px}
+_CSS = """body{font-family:sans-serif;margin:1em 1.5em;background:#fafafa;color:#222;
+max-width:1400px}
 h1{margin-bottom:.2em}h2{margin-top:1.6em;font-size:1.15em;border-bottom:1px solid #ddd}
 h3{font-size:1em;margin:1em 0 .3em}p{max-width:62em;line-height:1.4}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
@@ -194,8 +195,9 @@ figcaption{font-size:.8em;color:#333;margin-top:4px;line-height:1.3}
 .row figure{width:min-content}.row figure img{height:200px;width:auto;display:block}
 .row figure figcaption{min-width:220px}.row figure.wide img{height:260px}
 .row figure.key img{height:auto}
-.model{background:#fff;border:1px solid #ccd;padding:.5em .8em;margin:.6em 0;font-size:.9em;max-width:62em}
-table{border-collapse:collapse;font-size:.9em;background:#fff}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.model{background:#fff;border:1px solid #ccd;padding:.5em .8em;margin:.6em 0;font-size:.9em;
+max-width:62em}table{border-collapse:collapse;font-size:.9em;background:#fff}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 details{margin-top:2em}pre{font-size:.75em;color:#444;white-space:pre-wrap}"""
 
 
@@ -256,13 +258,14 @@ def write_html_page(path, entries: list[dict], title: str = "cyclecorr match",
         parts.append(intro_html)
     # how to read the pictures: the flow key at the page's scale, the matchability colour bar
     keys = []
+    same = "Every flow picture on this page uses this scale." if len(scales) == 1 else ""
     for s in scales:
         name = f"flow_key_{s:g}px.png"
         save_png(base / name, flow_legend(s))
         keys.append(f"<figure class='key'><img src='{esc(name)}' alt='flow colour key'>"
                     f"<figcaption>Flow colour key: a pixel's colour is the direction of its "
                     f"match; white = 0 px, full colour = {s:g} px or more, darker beyond. "
-                    f"{'Every flow picture on this page uses this scale.' if len(scales) == 1 else ''}"
+                    f"{same}"
                     f"</figcaption></figure>")
     if any("matchability" in e["files"] for e in entries):
         save_png(base / "matchability_key.png", colorbar())

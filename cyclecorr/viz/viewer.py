@@ -125,7 +125,8 @@ return r;}
 function match(x,y){var f=grid(fl,2,x,y),m=mt?grid(mt,1,x,y)[0]/255:null;
 return {x:x,y:y,tx:x+f[0],ty:y+f[1],m:m};}
 function pixel(e){var r=si.getBoundingClientRect();
-var x=Math.round((e.clientX-r.left)*d.w/r.width-0.5),y=Math.round((e.clientY-r.top)*d.h/r.height-0.5);
+var x=Math.round((e.clientX-r.left)*d.w/r.width-0.5);
+var y=Math.round((e.clientY-r.top)*d.h/r.height-0.5);
 return [Math.min(Math.max(x,0),d.w-1),Math.min(Math.max(y,0),d.h-1)];}
 function css(img,W,H,x,y){/* image pixel -> position inside its box, and inside the row */
 var r=img.getBoundingClientRect(),rr=row.getBoundingClientRect();
@@ -135,10 +136,12 @@ function marker(box,pos,color,cls,label){var m=document.createElement("div");
 m.className="mk "+cls;m.style.left=pos.l+"px";m.style.top=pos.t+"px";m.style.background=color;
 if(label){var s=document.createElement("span");s.textContent=label;m.appendChild(s);}
 box.appendChild(m);return m;}
-function fmt(p){var s="source ("+p.x+", "+p.y+") \u2192 target ("+p.tx.toFixed(1)+", "+p.ty.toFixed(1)+")";
+function fmt(p){var s="source ("+p.x+", "+p.y+") \u2192 target ("+p.tx.toFixed(1)+", "
++p.ty.toFixed(1)+")";
 var inside=p.tx>=-0.5&&p.ty>=-0.5&&p.tx<=d.tw-0.5&&p.ty<=d.th-0.5;
 if(!inside)s+=", outside the target";
-if(p.m!==null)s+=", matchability "+p.m.toFixed(2)+(p.m>=0.5?" (matchable)":" (probably no match: hidden or not there)");
+if(p.m!==null)s+=", matchability "+p.m.toFixed(2)
++(p.m>=0.5?" (matchable)":" (probably no match: hidden or not there)");
 return s;}
 function draw(){v.querySelectorAll(".mk").forEach(function(e){e.remove();});
 while(svg.firstChild)svg.removeChild(svg.firstChild);
@@ -153,7 +156,8 @@ var ln=document.createElementNS("http://www.w3.org/2000/svg","line");
 ln.setAttribute("x1",s.X);ln.setAttribute("y1",s.Y);ln.setAttribute("x2",t.X);ln.setAttribute("y2",t.Y);
 ln.setAttribute("stroke",a[2]==="live"?"#fff":a[1]);ln.setAttribute("stroke-width","1.5");
 if(!ok)ln.setAttribute("stroke-dasharray","4 3");svg.appendChild(ln);});}
-si.addEventListener("mousemove",function(e){var q=pixel(e);live=match(q[0],q[1]);out.textContent=fmt(live);draw();});
+si.addEventListener("mousemove",function(e){var q=pixel(e);live=match(q[0],q[1]);
+out.textContent=fmt(live);draw();});
 si.addEventListener("mouseleave",function(){live=null;draw();});
 si.addEventListener("click",function(e){var q=pixel(e);var p=match(q[0],q[1]);pins.push(p);
 out.textContent="pin "+pins.length+": "+fmt(p);draw();});
