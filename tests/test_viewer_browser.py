@@ -163,6 +163,11 @@ def test_example_photos_wheel_to_wheel(browser, tmp_path):
             x, y, _ = ann["car_a.jpg"][wheel]
             _click_source_pixel(pg, 0, x, y)
         pins = _pins(pg, 0)
+        srcs = [(float(m.get_attribute("data-x")), float(m.get_attribute("data-y")))
+                for m in pg.locator("#viewer-0 .src .mk.pin").all()]
+        # the clicks hit the intended pixels at this page's 1.9 CSS px per image pixel
+        assert srcs == [tuple(map(float, ann["car_a.jpg"][w][:2]))
+                        for w in ("front_wheel", "rear_wheel")]
         for p, wheel in zip(pins, ("front_wheel", "rear_wheel")):
             tx, ty, r = ann["car_b.jpg"][wheel]
             d = float(np.hypot(p["x"] - tx, p["y"] - ty))

@@ -17,7 +17,7 @@ CSS position ``c`` over an image displayed ``D`` CSS px wide for ``W`` image pix
 ``c·W/D − 0.5``; the viewer snaps it to the nearest pixel centre, so a click on source pixel
 ``p`` puts the target marker at exactly ``p + flow(p)`` (to the quantisation ``1/q``). The target
 marker of each pinned point carries ``data-x``/``data-y`` (target pixels) and ``data-m``
-(matchability, or empty), which the browser test reads.
+(matchability, or empty), its source marker the source pixel; the browser test reads them.
 """
 from __future__ import annotations
 
@@ -125,8 +125,9 @@ return r;}
 function match(x,y){var f=grid(fl,2,x,y),m=mt?grid(mt,1,x,y)[0]/255:null;
 return {x:x,y:y,tx:x+f[0],ty:y+f[1],m:m};}
 function pixel(e){var r=si.getBoundingClientRect();
-var x=Math.round((e.clientX-r.left)*d.w/r.width-0.5);
-var y=Math.round((e.clientY-r.top)*d.h/r.height-0.5);
+/* browsers that report whole CSS pixels truncate: the pointer lies in [c, c+1) */
+var cx=e.clientX+(Number.isInteger(e.clientX)?0.5:0),cy=e.clientY+(Number.isInteger(e.clientY)?0.5:0);
+var x=Math.round((cx-r.left)*d.w/r.width-0.5),y=Math.round((cy-r.top)*d.h/r.height-0.5);
 return [Math.min(Math.max(x,0),d.w-1),Math.min(Math.max(y,0),d.h-1)];}
 function css(img,W,H,x,y){/* image pixel -> position inside its box, and inside the row */
 var r=img.getBoundingClientRect(),rr=row.getBoundingClientRect();
@@ -149,7 +150,7 @@ var all=pins.map(function(p,i){return [p,COLORS[i%COLORS.length],"pin",String(i+
 if(live)all.push([live,"rgba(255,255,255,0.6)","live",""]);
 all.forEach(function(a){var p=a[0],ok=p.m===null||p.m>=0.5;
 var s=css(si,d.w,d.h,p.x,p.y),t=css(ti,d.tw,d.th,p.tx,p.ty);
-marker(si.parentNode,s,a[1],a[2],a[3]);
+var ms=marker(si.parentNode,s,a[1],a[2],a[3]);ms.dataset.x=String(p.x);ms.dataset.y=String(p.y);
 var m=marker(ti.parentNode,t,a[1],a[2]+" "+(ok?"yes":"no"),a[3]);
 m.dataset.x=String(p.tx);m.dataset.y=String(p.ty);m.dataset.m=p.m===null?"":String(p.m);
 var ln=document.createElementNS("http://www.w3.org/2000/svg","line");
