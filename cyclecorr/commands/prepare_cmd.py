@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank-cache", default=None, metavar="DIR",
                         help="where render banks are cached (default: the user cache, "
                              "~/.cache/cyclecorr/banks)")
+    parser.add_argument("--eval-data", default="auto", metavar="ROOT",
+                        help="data root holding the evaluation sets (real/pf-willow, "
+                             "real/flowweb-car, real/tss) whose images, and near-duplicates of "
+                             "them, never enter training (default: the shared data folder, "
+                             "../shared/data or $CYCLECORR_DATA)")
+    parser.add_argument("--exclude-like", nargs="+", default=[], metavar="DIR",
+                        help="further folders of images that no training photo may duplicate "
+                             "(e.g. your own test photos)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -83,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
                             require_pose=args.require_pose)
         summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
                                    workers=args.workers, shard=args.shard,
-                                   progress=not args.quiet, bank_cache=args.bank_cache)
+                                   progress=not args.quiet, bank_cache=args.bank_cache,
+                                   eval_data=args.eval_data, exclude_like=args.exclude_like)
     except (FileNotFoundError, DataError, ValueError) as e:
         print(f"cyclecorr prepare: error: {e}")
         return 2
@@ -94,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("skipped_models"):
         print(f"skipped {len(summary['skipped_models'])} model(s) that could not be rendered: "
               + ", ".join(summary["skipped_models"]))
-    print(json.dumps({k: summary[k] for k in ("out", "real_crops", "models", "quartets_total",
-                                              "quartets_made")}))
+    print(json.dumps({k: summary[k] for k in ("out", "real_crops", "excluded", "models",
+                                              "quartets_total", "quartets_made")}))
     return 0
 
 

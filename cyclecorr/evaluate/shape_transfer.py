@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cyclecorr.data.retrieval import hog_descriptor
 from cyclecorr.evaluate.benchmarks import (
     _warp_nearest,
+    bar_label,
     method_protocol,
     resize_image,
     resize_labels,
@@ -91,7 +92,7 @@ def evaluate_shape_to_image(method, samples: Sequence, bank: TemplateBank | None
     ious, per = [], []
     it = range(len(samples))
     if progress:
-        it = tqdm(it, desc=set_name, leave=False)
+        it = tqdm(it, desc=bar_label(method, set_name), leave=False)
     for i in it:
         s = samples[i]
         if getattr(s, "mask", None) is None:
