@@ -319,8 +319,9 @@ def load_mesh(path: str | os.PathLike, source: str | None = None, up: str | None
     Supported: PASCAL3D+ JSON (``.json``, with named 3D keypoints), Wavefront OBJ with MTL and
     textures (ShapeNetCore ``model_normalized.obj``, Sweet Home 3D, gsnet cars), AC3D (``.ac``,
     ``.acc``: FlightGear aircraft, TORCS cars; materials and textures, see
-    :mod:`cyclecorr.render.ac3d`) and any other format trimesh reads (OFF, PLY, STL, GLB). ``source`` picks the axis convention from
-    :data:`SOURCE_CONVENTIONS` (default: :func:`detect_source`); ``up``/``front`` override it.
+    :mod:`cyclecorr.render.ac3d`) and any other format trimesh reads (OFF, PLY, STL, GLB).
+    ``source`` picks the axis convention from :data:`SOURCE_CONVENTIONS` (default:
+    :func:`detect_source`); ``up``/``front`` override it.
 
     ``min_thickness``: a model thinner than this along its thinnest principal axis (a fraction
     of its bounding-box diagonal, :func:`thickness`) is refused: a single plane (a banner, a
@@ -379,8 +380,9 @@ def list_meshes(folder: str | os.PathLike) -> list[Path]:
     """Every supported model file under ``folder`` (recursively, sorted).
 
     Finds OBJ files (including ShapeNetCore ``<synset>/<id>/models/model_normalized.obj``),
-    AC3D files (``.ac``, ``.acc``), other trimesh formats, and PASCAL3D+ JSON models (JSON files with ``vertices`` and ``faces``;
-    ShapeNet's ``model_normalized.json`` metadata files are skipped).
+    AC3D files (``.ac``, ``.acc``), other trimesh formats, and PASCAL3D+ JSON models (JSON files
+    with ``vertices`` and ``faces``; ShapeNet's ``model_normalized.json`` metadata files are
+    skipped).
     """
     folder = Path(folder)
     if not folder.is_dir():
