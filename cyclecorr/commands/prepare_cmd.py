@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--bank-cache", default=None, metavar="DIR",
                         help="where render banks are cached (default: the user cache, ~/.cache/cyclecorr/banks)")
+    parser.add_argument("--allow-evaluation-models", action="store_true",
+                        help="let in the category's evaluation-only CAD models (the PASCAL3D+ "
+                             "chairs and aeroplanes, rendered by the synth-kp-<category> "
+                             "benchmark; refused otherwise). PASCAL3D+ cars are always allowed "
+                             "(the shipped car model trained on them): cyclecorr.data.holdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                             require_pose=args.require_pose)
         summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
                                    workers=args.workers, shard=args.shard,
-                                   progress=not args.quiet, bank_cache=args.bank_cache)
+                                   progress=not args.quiet, bank_cache=args.bank_cache,
+                                   allow_evaluation_models=args.allow_evaluation_models)
     except (FileNotFoundError, DataError, ValueError) as e:
         print(f"cyclecorr prepare: error: {e}")
         return 2

@@ -427,7 +427,7 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
 
 def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: QuartetConfig | None = None,
                      workers: int = 1, shard: str | tuple | None = None, progress: bool = True,
-                     log=print, bank_cache=None) -> dict:
+                     log=print, bank_cache=None, allow_evaluation_models: bool = False) -> dict:
     """Prepare ``num_quartets`` quartets into ``out`` (resumable; see the module docstring).
 
     Args:
@@ -443,6 +443,8 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
         bank_cache: folder for the render bank (default ``cyclecorr._paths.cache_dir()/banks``,
             shared by every preparation; descriptors are cached per model file, grid and
             parameters, see :func:`cyclecorr.data.retrieval.build_bank`).
+        allow_evaluation_models: let the category's evaluation-only CAD models in (see
+            :mod:`cyclecorr.data.holdout`; refused with a ``DataError`` otherwise).
 
     Returns:
         a summary dict (counts, rejections, timing shares, manifest path or missing shards).
@@ -458,10 +460,14 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
     t_start = time.perf_counter()
     models = collect_models(cad_dirs, cfg.category)
     log(f"cad: {len(models)} {cfg.category} models in {len(list(cad_dirs))} folder(s)")
+    from cyclecorr.data.holdout import check_training_models
+    held = check_training_models(models, cfg.category, allow_evaluation_models, log)
     plan = {"format": FORMAT, "version": VERSION, "config": asdict(cfg),
             "num_quartets": int(num_quartets),
             "real_folders": [str(Path(d).resolve()) for d in real_dirs],
             "cad_folders": [str(Path(d).resolve()) for d in cad_dirs]}
+    if held:
+        plan["evaluation_models_allowed"] = held
     plan = json.loads(json.dumps(plan))  # tuples → lists, as read back from disk
     plan_path = out / PLAN_FILE
     if plan_path.exists():
