@@ -24,9 +24,10 @@ def _get(d, *keys):
 
 def set_kind(set_name: str) -> str:
     """The family of a benchmark set name ("pf-willow", "flowweb", "tss", "synthetic",
-    "shape2image", "embedding"; "custom" for any other), which decides its headline columns and
+    "synth-kp", "shape2image", "embedding"; "custom" for any other), which decides its headline columns and
     the statistic its comparisons use."""
-    for kind in ("pf-willow", "flowweb", "tss", "synthetic", "shape2image", "embedding"):
+    for kind in ("pf-willow", "flowweb", "tss", "synthetic", "synth-kp", "shape2image",
+                 "embedding"):
         if set_name.startswith(kind):
             return kind
     return "custom"
@@ -63,6 +64,14 @@ HEADLINE_COLUMNS = {
         ("match positives (chance AP)", ("matchability", "positive_fraction")),
         ("flow acc@5px", ("flow", "accuracy")),
     ],
+    "synth-kp": [
+        ("PCK@0.05", ("pck", "per_keypoint", "0.05")),
+        ("PCK@0.10", ("pck", "per_keypoint", "0.1")),
+        ("PCK@0.15", ("pck", "per_keypoint", "0.15")),
+        ("PCK@0.10 per pair", ("pck", "per_pair", "0.1")),
+        ("match AP", ("matchability", "ap")),
+        ("match positives (chance AP)", ("matchability", "positive_fraction")),
+    ],
     "shape2image": [("object IoU", ("object_iou",))],
     "embedding": [
         ("renders: NN azimuth error (deg)", ("synthetic_nn_azimuth_error_deg",)),
@@ -83,6 +92,11 @@ _PROTOCOL_LINE = {
     "synthetic": "rendered PASCAL3D+ CAD pairs (128×128 crops); PCK per keypoint at α·128 on named "
                  "3D keypoints visible in both; matchability and flow vs the renderer's exact ground "
                  "truth (same-model pairs)",
+    "synth-kp": "renders of two different PASCAL3D+ CAD models of the category at seeded random "
+                "viewpoints (target azimuth within ±45° of the source's, elevations 0–30°), "
+                "128×128 object-box crops; PCK per keypoint at α·128 on the named 3D keypoints "
+                "visible in both (renderer's depth test); matchability: the source model's "
+                "surface point visible from the target's viewpoint; intervals resample models",
     "shape2image": "FlowWeb cars at 128×128; template = nearest PASCAL3D+ car render in HOG space "
                    "(5 models × 12 azimuths × 2 elevations); its mask read at round(p + F(p)) vs the "
                    "real mask (IoU, mean over images); zero flow = retrieval alone",
