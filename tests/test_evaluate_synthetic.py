@@ -184,3 +184,4 @@ def test_evaluate_command_synth_kp_with_baselines(data_dir, tmp_path):
                                                                   for c in comps)
     md = (out / "results.md").read_text()
     assert "## synth-kp-chair" in md and "PCK@0.10 per pair" in md and "match AP" in md
+    assert "CAD models drawn with replacement" in md

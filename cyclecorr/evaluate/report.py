@@ -140,9 +140,10 @@ def _cell(c: dict | None, runs_only: bool = False) -> str:
     return text
 
 
-def _comparison_table(comparisons: list[dict] | None) -> list[str]:
+def _comparison_table(comparisons: list[dict] | None, kind: str = "") -> list[str]:
     """Markdown lines: each paired comparison (:mod:`cyclecorr.evaluate.stats`) as
-    "difference [interval]" per α, one row per pair of methods and subset."""
+    "difference [interval]" per α, one row per pair of methods and subset (``kind``: the set's
+    :func:`set_kind`, which names what the bootstrap draws)."""
     if not comparisons:
         return []
     alphas, rows = _rows_by_alpha(comparisons)
@@ -152,6 +153,9 @@ def _comparison_table(comparisons: list[dict] | None) -> list[str]:
     unit = {"image": "images drawn with replacement within each class, every pair among them "
                      "counted (pairs sharing an image are not independent)",
             "pair": "pairs drawn with replacement within each class"}.get(c0.get("unit"), "pairs")
+    if kind == "synth-kp" and c0.get("unit") == "image":
+        unit = ("CAD models drawn with replacement, every pair between drawn models counted "
+                "(pairs sharing a model are not independent)")
     lines = ["", f"Paired differences (row's first method minus its second; {stat}; "
              f"{c0['level']:.0%} percentile interval of a bootstrap with {unit}, "
              f"{c0['n_boot']:,} draws, seed {c0['seed']}; "
@@ -238,7 +242,7 @@ def markdown_report(results: dict) -> str:
                 for m, r in by_method.items():
                     lines.append(f"| {m} | " + " | ".join(
                         _fmt(_get(r, "pck", c, "per_pair", "0.1")) for c in classes) + " |")
-        lines += _comparison_table(results.get("comparisons", {}).get(set_name))
+        lines += _comparison_table(results.get("comparisons", {}).get(set_name), kind)
         lines += _replicate_table(results.get("replicate_comparisons", {}).get(set_name))
         if kind == "tss":
             groups = list((first.get("groups") or {}).keys())
