@@ -308,3 +308,23 @@ def test_sources_and_listing(tmp_path):
     np.testing.assert_allclose(_unit(fg.to_canonical[:3, :3] @ [0, 1, 0]), [0, 0, 1], atol=1e-12)
     tc = load_mesh(tmp_path / "torcs/cars/b/b.acc")
     np.testing.assert_allclose(_unit(tc.to_canonical[:3, :3] @ [1, 0, 0]), [0, -1, 0], atol=1e-12)
+
+
+def test_quads_convex_and_concave(tmp_path):
+    # a convex quad and a dart (one reflex corner), both in z = 0, counter-clockwise
+    convex = [(0, 0), (2, 0), (2.5, 2), (0, 1)]
+    dart = [(4, 0), (6, 1), (4, 3), (4.8, 1)]  # the reflex corner is (4.8, 1)
+    pts = convex + dart
+    text = ("AC3Db\nOBJECT world\nkids 1\nOBJECT poly\nnumvert 8\n"
+            + "".join(f"{x} {y} 0\n" for x, y in pts)
+            + "numsurf 2\nSURF 0x0\nrefs 4\n" + "".join(f"{i} 0 0\n" for i in range(4))
+            + "SURF 0x0\nrefs 4\n" + "".join(f"{i} 0 0\n" for i in range(4, 8)) + "kids 0\n")
+    s = read_ac3d(_write(tmp_path / "quads.ac", text))
+    assert s.faces.shape == (4, 3)
+    xy = s.vertices[:, :2]
+    for face_rows, outline in ((s.faces[:2], convex), (s.faces[2:], dart)):
+        areas = [_polygon_area(xy[f]) for f in face_rows]
+        assert all(a > 0 for a in areas)  # the outline's (counter-clockwise) winding
+        assert sum(areas) == pytest.approx(_polygon_area(np.array(outline, float)))
+        for f in face_rows:
+            assert _inside(xy[f].mean(0), np.array(outline, float))

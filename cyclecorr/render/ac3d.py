@@ -107,16 +107,14 @@ def triangulate_polygon(points: np.ndarray) -> np.ndarray:
     if n == 3:
         return np.array([[0, 1, 2]], np.int64)
     # drop a corner equal to the one before it (cyclically)
-    keep = [i for i in range(n) if not np.array_equal(P[i], P[i - 1])] if n > 1 else [0]
+    keep = np.flatnonzero(~(P == np.roll(P, 1, axis=0)).all(1))
     if len(keep) < 3:
         return np.zeros((0, 3), np.int64)
     Q = P[keep]
-    # Newell normal: its direction follows the winding, its length is twice the area
-    nx = np.sum((Q[:, 1] - np.roll(Q[:, 1], -1)) * (Q[:, 2] + np.roll(Q[:, 2], -1)))
-    ny = np.sum((Q[:, 2] - np.roll(Q[:, 2], -1)) * (Q[:, 0] + np.roll(Q[:, 0], -1)))
-    nz = np.sum((Q[:, 0] - np.roll(Q[:, 0], -1)) * (Q[:, 1] + np.roll(Q[:, 1], -1)))
-    normal = np.array([nx, ny, nz])
-    scale = float(np.abs(Q - Q.mean(0)).max())
+    C = Q - Q.mean(0)
+    # Newell normal: Σ c_i × c_(i+1); its direction follows the winding, its length is 2·area
+    normal = np.cross(C, np.roll(C, -1, axis=0)).sum(0)
+    scale = float(np.abs(C).max())
     if not np.isfinite(normal).all() or np.linalg.norm(normal) <= 1e-12 * max(scale, 1e-30) ** 2:
         return np.array([[keep[0], keep[k], keep[k + 1]] for k in range(1, len(keep) - 1)],
                         np.int64)
@@ -124,9 +122,14 @@ def triangulate_polygon(points: np.ndarray) -> np.ndarray:
     a, b = (k + 1) % 3, (k + 2) % 3
     if normal[k] < 0:
         a, b = b, a  # the projected outline is counter-clockwise
-    xy = Q[:, [a, b]]
-    idx = list(range(len(Q)))
+    xy = C[:, [a, b]]
     eps = 1e-12 * max(scale, 1e-30) ** 2
+    if len(Q) == 4:  # most polygons: a convex quad is two triangles
+        e = np.roll(xy, -1, axis=0) - xy
+        turn = e[:, 0] * np.roll(e, -1, axis=0)[:, 1] - e[:, 1] * np.roll(e, -1, axis=0)[:, 0]
+        if (turn > eps).all():
+            return keep[np.array([[0, 1, 2], [0, 2, 3]])]
+    idx = list(range(len(Q)))
     tris = []
 
     def cross(o, p, q):
@@ -292,10 +295,9 @@ def read_ac3d(path: str | os.PathLike, load_textures: bool = True) -> AC3DScene:
         raise _error(path, f"not an AC3D file (first line {head!r}, expected 'AC3D…')")
     materials: list[tuple[tuple, float]] = []
     verts: list[np.ndarray] = []
-    faces: list[tuple[int, int, int]] = []
-    uvs: list[np.ndarray] = []
-    cols: list[tuple] = []
-    texs: list[int] = []
+    # accepted surfaces, triangulated at the end (quads in one batch): global vertex indices,
+    # texture coordinates, colour, texture, type
+    polys: list[tuple[np.ndarray, np.ndarray, tuple, int, int]] = []
     tex_index: dict[str, int] = {}
     textures: list[Path] = []
     images: list = []
@@ -377,7 +379,7 @@ def read_ac3d(path: str | os.PathLike, load_textures: bool = True) -> AC3DScene:
                     raise r.fail("surfaces before 'numvert'")
                 added = False
                 for _ in range(ns):
-                    added |= read_surface(nv, base, verts[-1] if nv else None, tex, rep, off)
+                    added |= read_surface(nv, base, tex, rep, off)
                 if added:
                     objects.append(_unquote(name))
             elif key == "kids":
@@ -394,7 +396,7 @@ def read_ac3d(path: str | os.PathLike, load_textures: bool = True) -> AC3DScene:
                 return
             # other tokens (crease, url, subdiv, hidden, locked, folded, shader …) are ignored
 
-    def read_surface(nv, base, vw, tex, rep, off) -> bool:
+    def read_surface(nv, base, tex, rep, off) -> bool:
         s = r.line()
         if s is None or not s.startswith("SURF"):
             raise r.fail(f"expected SURF, got {s!r}")
@@ -444,14 +446,8 @@ def read_ac3d(path: str | os.PathLike, load_textures: bool = True) -> AC3DScene:
         if trans >= 0.99:
             skipped["transparent"] += 1
             return False
-        tris = triangulate_polygon(vw[idx]) if kind == 0 else _strip(nref)
-        uvt = off + rep * uv
-        for t in tris:
-            faces.append(tuple(base + idx[t]))
-            uvs.append(uvt[t])
-            cols.append(rgb)
-            texs.append(tex)
-        return len(tris) > 0
+        polys.append((base + idx, off + rep * uv, rgb, tex, kind))
+        return True
 
     while True:
         s = r.line()
@@ -479,12 +475,54 @@ def read_ac3d(path: str | os.PathLike, load_textures: bool = True) -> AC3DScene:
             read_object(s, np.eye(4))
         # anything else at top level is ignored
     V = np.concatenate(verts) if verts else np.zeros((0, 3))
-    F = np.asarray(faces, np.int64).reshape(-1, 3)
+    tris = _triangulate_all(V, polys)
+    F = [p[0][t] for p, t in zip(polys, tris)]
+    UV = [p[1][t] for p, t in zip(polys, tris)]
+    counts = np.array([len(t) for t in tris], np.int64)
     return AC3DScene(
-        vertices=V, faces=F, uv=np.asarray(uvs, np.float64).reshape(-1, 3, 2),
-        colors=np.clip(np.asarray(cols, np.float64).reshape(-1, 3), 0.0, 1.0),
-        texture=np.asarray(texs, np.int64), textures=textures, images=images,
-        missing_textures=missing, objects=objects, skipped=skipped)
+        vertices=V, faces=np.concatenate(F).reshape(-1, 3) if F else np.zeros((0, 3), np.int64),
+        uv=np.concatenate(UV).reshape(-1, 3, 2) if UV else np.zeros((0, 3, 2)),
+        colors=np.clip(np.repeat(np.array([p[2] for p in polys], np.float64).reshape(-1, 3),
+                                 counts, axis=0), 0.0, 1.0),
+        texture=np.repeat(np.array([p[3] for p in polys], np.int64), counts),
+        textures=textures, images=images, missing_textures=missing, objects=objects,
+        skipped=skipped)
+
+
+_TRI = np.array([[0, 1, 2]], np.int64)
+_QUAD = np.array([[0, 1, 2], [0, 2, 3]], np.int64)
+
+
+def _triangulate_all(V: np.ndarray, polys: list) -> list[np.ndarray]:
+    """Triangles (local corner indices) of every accepted surface: strips by
+    :func:`_strip`, triangles as they are, convex quads (all tested at once: every corner turns
+    the same way about the quad's Newell normal, no repeated corner) as two triangles, every
+    other polygon by :func:`triangulate_polygon`."""
+    out: list = [None] * len(polys)
+    n = np.array([len(p[0]) for p in polys], np.int64)
+    kind = np.array([p[4] for p in polys], np.int64)
+    quads = np.flatnonzero((kind == 0) & (n == 4))
+    if len(quads):
+        X = V[np.stack([polys[j][0] for j in quads])]  # (Q, 4, 3)
+        C = X - X.mean(1, keepdims=True)
+        N = np.cross(C, np.roll(C, -1, axis=1)).sum(1)
+        e = np.roll(X, -1, axis=1) - X
+        turn = (np.cross(e, np.roll(e, -1, axis=1)) * N[:, None, :]).sum(2)
+        scale = np.abs(C).max((1, 2))
+        ok = ((turn > 1e-12 * scale[:, None] ** 4).all(1)
+              & ~(X == np.roll(X, 1, axis=1)).all(2).any(1))
+        for j in quads[ok]:
+            out[j] = _QUAD
+    for j, p in enumerate(polys):
+        if out[j] is not None:
+            continue
+        if kind[j] == 4:
+            out[j] = _strip(n[j])
+        elif n[j] == 3:
+            out[j] = _TRI
+        else:
+            out[j] = triangulate_polygon(V[p[0]])
+    return out
 
 
 def ac3d_parts(scene: AC3DScene) -> tuple[np.ndarray, list]:
