@@ -112,6 +112,12 @@ def test_texture_found_in_flightgear_livery_folder(tmp_path):
     _write(ac, quad_ac("skin.rgb"))  # named .rgb in the file, found as .png
     s = read_ac3d(ac)
     assert s.textures == [liv / "skin.png"] and s.missing_textures == []
+    # through a symbolic link elsewhere (a folder of chosen models): found around the target
+    links = tmp_path / "chosen" / "flightgear"
+    links.mkdir(parents=True)
+    (links / "x.ac").symlink_to(ac)
+    s = read_ac3d(links / "x.ac")
+    assert s.textures == [liv / "skin.png"]
 
 
 def _rot_y(deg):

@@ -20,7 +20,8 @@ child objects that follow). What is read:
 - **materials**: the ``rgb`` colour of a surface's material becomes its face colour; a surface
   of a fully transparent material (``trans`` ≥ 0.99) is skipped and counted;
 - **textures**: ``texture "file"`` of an object, looked up beside the file, in its parent folder,
-  in ``Textures/`` and ``Textures/default/`` of both, then any ``Textures/*/`` (FlightGear keeps
+  in ``Textures/`` and ``Textures/default/`` of both (and the same around the target of a
+  symbolic link), then any ``Textures/*/`` (FlightGear keeps
   liveries there), also with the other usual extensions (``.png``, ``.rgb``, ``.rgba``, ``.sgi``,
   ``.jpg``, ``.bmp``); a texture that cannot be found or read leaves the material colour (it is
   recorded in :attr:`AC3DScene.missing_textures`). Texture coordinates are
@@ -255,8 +256,9 @@ def _find_texture(ac_path: Path, name: str) -> Path | None:
     name = name.replace("\\", "/")
     base = os.path.basename(name)
     stem = os.path.splitext(base)[0]
-    d = ac_path.parent
-    folders = [d, d.parent]
+    folders = []
+    for d in dict.fromkeys((ac_path.parent, ac_path.resolve().parent)):  # a link, its target
+        folders += [d, d.parent]
     cands = []
     for f in folders:
         cands += [f / name, f / base, f / "Textures" / base, f / "Textures" / "default" / base,
