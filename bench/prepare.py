@@ -39,6 +39,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--real-limit", type=int, default=0,
+                    help="use only the first N real crops (0: all)")
     ap.add_argument("--bank-cache", default=None,
                     help="render-bank cache (default: the user cache; built once, ~2 min)")
     args = ap.parse_args()
@@ -50,6 +52,13 @@ def main() -> int:
     real = [str(data / "real" / "voc2007" / "car")]
     cad = [str(data / "cad" / "car" / "gsnet"), str(data / "cad" / "pascal3d")]
     work = Path(args.out or tempfile.mkdtemp(prefix="cyclecorr-bench-"))
+    if args.real_limit > 0:  # the first N crops of the folder, linked into the work folder
+        sub = work / "real"
+        sub.mkdir(parents=True, exist_ok=True)
+        for p in sorted(Path(real[0]).glob("*.jpg"))[:args.real_limit]:
+            if not (sub / p.name).exists():
+                (sub / p.name).symlink_to(p)
+        real = [str(sub)]
     cfg = QuartetConfig(shard_size=args.shard_size)
     quiet = dict(progress=False, log=lambda *_: None, bank_cache=args.bank_cache)
 
@@ -77,7 +86,9 @@ def main() -> int:
     s = prepare_quartets(real, cad, base, 0, cfg, workers=max(args.workers), **quiet)
     t_prep = time.perf_counter() - t0
     rt = s.get("retrieval_timing") or {}
-    print(f"preparation: {s['real_crops']} real crops, {s['models']} models, {t_prep:.1f} s total "
+    print(f"preparation: {s['real_crops']} real crops ({s['excluded']} excluded as near-duplicates "
+          f"of evaluation images; reading, screening and cropping {s['real_s']:.1f} s), "
+          f"{s['models']} models, {t_prep:.1f} s total "
           f"(bank {rt.get('bank_s', 0):.1f} s [0 if cached], HOG of real crops "
           f"{rt.get('hog_s', 0):.1f} s, rest = real-image I/O + crop)")
 

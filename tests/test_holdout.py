@@ -13,6 +13,15 @@ from cyclecorr.data.holdout import (EVALUATION_ONLY, TRAINING_ALLOWED, check_tra
                                     evaluation_only_models)
 
 
+def _voc_folder(data_dir, tmp_path, category: str, n: int = 12) -> str:
+    """A folder of ``n`` VOC 2007 crops of ``category`` (links), as unlabelled real photos."""
+    real = tmp_path / f"real-{category}"
+    real.mkdir()
+    for p in sorted((data_dir / "real" / "voc2007" / category).glob("*.jpg"))[:20 * n:20]:
+        (real / p.name).symlink_to(p)
+    return str(real)
+
+
 def _pascal3d_json(path, seed):
     """A small PASCAL3D+-style model: a box with two named keypoints."""
     rng = np.random.default_rng(seed)
@@ -63,7 +72,7 @@ def test_prepare_refuses_then_allows_on_request(data_dir, tmp_path, capsys):
     _obj_box(cad / "other_chair.obj")
     p = argparse.ArgumentParser()
     prepare_cmd.add_arguments(p)
-    base = ["--category", "chair", "--real", str(data_dir / "real" / "flowweb-car"),
+    base = ["--category", "chair", "--real", _voc_folder(data_dir, tmp_path, "chair"),
             "--cad", str(cad), "--out", str(tmp_path / "q"), "--quartets", "0", "--workers", "1",
             "--azimuth-step", "90", "--elevations", "10", "--k", "2", "--quiet",
             "--bank-cache", str(tmp_path / "banks")]

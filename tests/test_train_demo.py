@@ -74,3 +74,12 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     assert (out / "match_demo_model" / "flow.png").is_file()
     assert "cycle_epe" in s["validation"] and np.isfinite(s["validation"]["cycle_epe"])
     assert len(list((out / "run" / "pictures").glob("*.png"))) == 2
+    # the page says what ran: a tiny model, its validation numbers beside the zero flow's,
+    # the training quartets, and each model's card
+    page = (out / "index.html").read_text()
+    v, z = s["validation"], s["zero_flow_validation"]
+    assert "tiny network" in page and "src='quartets.png'" in page
+    assert f"<td>{v['direct_epe']:.2f}</td><td>{z['direct_epe']:.2f}</td>" in page
+    assert 0 < z["direct_epe"] and 0 <= z["direct_pck"] <= 1 and 0 < z["match_acc"] <= 1
+    assert "href='run/MODEL_CARD.md'" in page and "href='model_card_2.md'" in page
+    assert (out / "model_card_2.md").is_file()

@@ -14,13 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (index.html, quartets.png, run/, match_*/, summary.json)")
     parser.add_argument("--category", choices=("car", "chair"), default="car",
                         help="procedural category (default car)")
-    parser.add_argument("--quartets", type=int, default=48, help="training quartets to render")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quartets", type=int, default=48,
+                        help="training quartets to render (default 48)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the procedural models, the renders and the training "
+                             "(default 0; the same seed gives the same demo)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE", help="override fields of the demo preset")
     parser.add_argument("--no-shipped", action="store_true",
                         help="do not also match with the shipped model")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (for logs and CI)")
 
 
 def run(args) -> int:
@@ -40,7 +44,8 @@ def run(args) -> int:
         print(f"held-out synthetic quartets: cycle EPE {v['cycle_epe']:.2f} px, direct s1→s2 "
               f"EPE {v['direct_epe']:.2f} px, PCK@{v['pck_alpha']} {v['direct_pck']:.3f}")
     print(f"outputs in {s['out']}:")
-    print(f"  {s['page']}  (open in a browser: the matched pair, flow colours, warps)")
+    print(f"  {s['page']}  (open in a browser: what ran, the training quartets, the matched "
+          f"pair with an interactive viewer)")
     print(f"  {s['out']}/quartets.png  (training quartets: s1 s2 r1 r2 | GT flow | GT matchability)")
     print(f"  {s['final_model']}  (the demo model; log and cycle pictures in run/)")
     return 0

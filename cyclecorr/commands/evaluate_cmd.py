@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of synthetic pairs (default 0)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="pairs per forward pass (default 16: fastest on CPU)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto",
+                        help="where the networks run: auto (default: cuda when available, else "
+                             "cpu), cpu, cuda, cuda:1, …")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="the networks' inference precision (default float32, the protocol; "
                              "bf16: autocast, faster on CPUs with bf16 units; recorded in the "

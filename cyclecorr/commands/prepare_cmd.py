@@ -62,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--bank-cache", default=None, metavar="DIR",
                         help="where render banks are cached (default: the user cache, ~/.cache/cyclecorr/banks)")
+    parser.add_argument("--eval-data", default="auto", metavar="ROOT",
+                        help="data root holding the evaluation sets (real/pf-willow, "
+                             "real/flowweb-car, real/tss) whose images, and near-duplicates of "
+                             "them, never enter training (default: the shared data folder, "
+                             "../shared/data or $CYCLECORR_DATA)")
+    parser.add_argument("--exclude-like", nargs="+", default=[], metavar="DIR",
+                        help="further folders of images that no training photo may duplicate "
+                             "(e.g. your own test photos)")
     parser.add_argument("--allow-evaluation-models", action="store_true",
                         help="let in the category's evaluation-only CAD models (the PASCAL3D+ "
                              "chairs and aeroplanes, rendered by the synth-kp-<category> "
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
                                    workers=args.workers, shard=args.shard,
                                    progress=not args.quiet, bank_cache=args.bank_cache,
+                                   eval_data=args.eval_data, exclude_like=args.exclude_like,
                                    allow_evaluation_models=args.allow_evaluation_models)
     except (FileNotFoundError, DataError, ValueError) as e:
         print(f"cyclecorr prepare: error: {e}")
@@ -98,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("skipped_models"):
         print(f"skipped {len(summary['skipped_models'])} model(s) that could not be rendered: "
               + ", ".join(summary["skipped_models"]))
-    print(json.dumps({k: summary[k] for k in ("out", "real_crops", "models", "quartets_total",
-                                              "quartets_made")}))
+    print(json.dumps({k: summary[k] for k in ("out", "real_crops", "excluded", "models",
+                                              "quartets_total", "quartets_made")}))
     return 0
 
 

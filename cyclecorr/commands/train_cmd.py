@@ -8,9 +8,11 @@ import json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "Presets: paper (the paper's schedule; GPU), cpu (about an hour on 2 CPU cores), demo, "
-        "smoke (seconds). Override any field with --set, e.g. --set stage2.batch_size=6 "
-        "net.width=0.5. Several GPUs/machines: torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …")
+        "Presets: paper (the paper's schedule, 400k iterations: about 72 min on one H100), cpu "
+        "(400 + 1,800 iterations: 13 min on 2 AVX-512 CPU cores, 9 min with --set "
+        "runtime.precision=bf16; docs/RESULTS.md), demo (what `cyclecorr demo` trains), smoke "
+        "(seconds). Override any field with --set, e.g. --set stage2.batch_size=6 net.width=0.5. "
+        "Several GPUs/machines: torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="run folder: config.json, last.json + checkpoints/, final.safetensors, "
                              "log.jsonl, tb/, pictures/")

@@ -2,9 +2,11 @@
 
 Pipeline (:func:`prepare_quartets`, the ``cyclecorr prepare`` command)
 ---------------------------------------------------------------------
-1. **Real crops**: every real image of the ``--real`` folders is cropped to its object box
-   (annotation, else the whole image) and resized to 128×128 (:func:`crop_sample`);
-   stored once in ``real_crops.safetensors`` (uint8) with their sources and VOC pose tags.
+1. **Real crops**: every real image of the ``--real`` folders is screened against the
+   evaluation images (:mod:`cyclecorr.data.hygiene`: near-duplicates are left out and listed),
+   cropped to its object box (annotation, else the whole image) and resized to 128×128
+   (:func:`crop_sample`); stored once in ``real_crops.safetensors`` (uint8) with their sources,
+   VOC pose tags and the excluded photos.
 2. **Render bank** (:mod:`cyclecorr.data.retrieval`): HOG of every CAD model over the viewpoint
    grid, cached in ``<out>/cache/bank-<key>.npz``.
 3. **Retrieval** (``retrieval.safetensors``): per real crop its viewpoint (annotated when the
@@ -53,6 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from cyclecorr._io import read_format_json
+from cyclecorr._paths import shared_data_dir
+from cyclecorr.data.hygiene import PARAMS as HYGIENE_PARAMS
+from cyclecorr.data.hygiene import Screener, load_index
 from cyclecorr.data.io import DataError, atomic_write_bytes
 from cyclecorr.data.quartet_config import QuartetConfig
 from cyclecorr.data.samples import crop_sample
@@ -66,6 +71,7 @@ MANIFEST = "manifest.json"
 REAL_FILE = "real_crops.safetensors"
 RETRIEVAL_FILE = "retrieval.safetensors"
 PLAN_FILE = "plan.json"
+_SCREEN_CHUNK = 256  # photos screened per batch (bounds memory; verdicts are saved per batch)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -335,20 +341,35 @@ def _shard_counts(n: int, size: int) -> list[int]:
     return [min(size, n - s) for s in range(0, n, size)]
 
 
-def _prepare_real(out: Path, real_dirs, cfg: QuartetConfig, log, progress: bool):
+def _prepare_real(out: Path, real_dirs, cfg: QuartetConfig, log, progress: bool,
+                  screener: Screener):
     from tqdm import tqdm
 
     path = out / REAL_FILE
     if path.exists():
         tensors, meta = _load_st(path)
-        log(f"real crops: reusing {path} ({len(tensors['images'])} crops)")
+        log(f"real crops: reusing {path} ({len(tensors['images'])} crops, "
+            f"{len(meta.get('excluded', []))} near-duplicates of evaluation images excluded)")
         return tensors, meta
     sets = collect_real(real_dirs, cfg.category)
-    images, vps, sources, poses, skipped = [], [], [], [], []
+    images, vps, sources, poses, skipped, excluded = [], [], [], [], [], []
+    pending: list[tuple] = []  # (full image, crop, viewpoint, source, pose) awaiting a verdict
+
+    def flush():
+        for (full, crop, vp, src, pose), dup in zip(pending, screener.check([p[0] for p in pending])):
+            if dup is not None:
+                excluded.append({"source": src, **dup.to_dict()})
+                continue
+            images.append(crop)
+            vps.append(vp)
+            sources.append(src)
+            poses.append(pose)
+        pending.clear()
+
     total = sum(len(ds) for _, ds in sets)
     bar = tqdm(total=total, desc="real crops", unit="img", disable=not progress)
     for d, ds in sets:
-        n0 = len(images)
+        n0, x0 = len(images), len(excluded)
         for i in range(len(ds)):
             try:
                 s = ds[i]
@@ -358,20 +379,30 @@ def _prepare_real(out: Path, real_dirs, cfg: QuartetConfig, log, progress: bool)
                 bar.update()
                 continue
             c = crop_sample(s, cfg.size)
-            images.append(c.image)
             vp = s.viewpoint
-            vps.append([vp.azimuth, vp.elevation, vp.theta] if vp is not None else [np.nan] * 3)
-            sources.append(str(Path(s.path).resolve()))
-            poses.append(s.meta.get("pose", "") or "")
+            pending.append((s.image, c.image,
+                            [vp.azimuth, vp.elevation, vp.theta] if vp is not None else [np.nan] * 3,
+                            str(Path(s.path).resolve()), s.meta.get("pose", "") or ""))
+            if len(pending) >= _SCREEN_CHUNK:
+                flush()
             bar.update()
-        log(f"real: {d}: {len(images) - n0} {cfg.category} crops ({type(ds).__name__})")
+        flush()
+        log(f"real: {d}: {len(images) - n0} {cfg.category} crops ({type(ds).__name__}), {len(excluded) - x0} excluded as "
+            f"near-duplicates of evaluation images")
     bar.close()
+    log(f"hygiene: screened {len(images) + len(excluded)} photos against "
+        f"{len(screener.index)} evaluation images; excluded {len(excluded)}"
+        + "".join(f"\n  {e['source']} ~ {e['eval_image']} (ncc {e['ncc']:.2f})"
+                  for e in excluded[:20])
+        + (f"\n  … and {len(excluded) - 20} more (see {path})" if len(excluded) > 20 else ""))
     if not images:
-        raise DataError(f"no readable real image in {[str(d) for d in real_dirs]}")
+        raise DataError(f"no readable real image in {[str(d) for d in real_dirs]}"
+                        + (f" ({len(excluded)} excluded as near-duplicates of evaluation images)"
+                           if excluded else ""))
     tensors = {"images": np.stack(images), "viewpoint_annotated": np.asarray(vps, np.float32)}
     meta = {"sources": sources, "poses": poses,
             "folders": [str(Path(d).resolve()) for d in real_dirs],
-            "skipped": skipped}
+            "skipped": skipped, "excluded": excluded}
     _save_st(path, tensors, meta)
     return tensors, meta
 
@@ -427,7 +458,8 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
 
 def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: QuartetConfig | None = None,
                      workers: int = 1, shard: str | tuple | None = None, progress: bool = True,
-                     log=print, bank_cache=None, allow_evaluation_models: bool = False) -> dict:
+                     log=print, bank_cache=None, eval_data="auto", exclude_like=(),
+                     hygiene_cache=None, allow_evaluation_models: bool = False) -> dict:
     """Prepare ``num_quartets`` quartets into ``out`` (resumable; see the module docstring).
 
     Args:
@@ -443,8 +475,20 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
         bank_cache: folder for the render bank (default ``cyclecorr._paths.cache_dir()/banks``,
             shared by every preparation; descriptors are cached per model file, grid and
             parameters, see :func:`cyclecorr.data.retrieval.build_bank`).
+        eval_data: data root whose evaluation sets (:data:`cyclecorr.data.hygiene.
+            EVALUATION_SETS`) no training photo may duplicate; ``"auto"``: the shared data folder
+            (:func:`cyclecorr._paths.shared_data_dir`), ``None``: none.
+        exclude_like: further folders of images no training photo may duplicate.
+        hygiene_cache: folder for the evaluation index and the verdicts (default
+            ``cache_dir()/hygiene``).
         allow_evaluation_models: let the category's evaluation-only CAD models in (see
             :mod:`cyclecorr.data.holdout`; refused with a ``DataError`` otherwise).
+
+    Every real photo is screened (:mod:`cyclecorr.data.hygiene`): a near-duplicate of an
+    evaluation image (the same photo resized, cropped, re-encoded, or containing it) is left out
+    of the real crops, logged and listed in the crops' metadata (``excluded``); the evaluation
+    index's key is part of the plan, so a preparation is never resumed against other evaluation
+    images.
 
     Returns:
         a summary dict (counts, rejections, timing shares, manifest path or missing shards).
@@ -462,10 +506,20 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
     log(f"cad: {len(models)} {cfg.category} models in {len(list(cad_dirs))} folder(s)")
     from cyclecorr.data.holdout import check_training_models
     held = check_training_models(models, cfg.category, allow_evaluation_models, log)
+    if eval_data == "auto":
+        eval_data = shared_data_dir()
+    index = load_index(eval_data, exclude_like, cache=hygiene_cache, progress=progress)
+    if len(index) == 0:
+        log("hygiene: WARNING: no evaluation images known (no data root with PF-WILLOW, FlowWeb "
+            "or TSS, no --exclude-like folder): training photos are not screened")
+    else:
+        log(f"hygiene: {len(index)} evaluation images to keep out of training")
     plan = {"format": FORMAT, "version": VERSION, "config": asdict(cfg),
             "num_quartets": int(num_quartets),
             "real_folders": [str(Path(d).resolve()) for d in real_dirs],
-            "cad_folders": [str(Path(d).resolve()) for d in cad_dirs]}
+            "cad_folders": [str(Path(d).resolve()) for d in cad_dirs],
+            "hygiene": {"index": index.key, "evaluation_images": len(index),
+                        "params": HYGIENE_PARAMS}}
     if held:
         plan["evaluation_models_allowed"] = held
     plan = json.loads(json.dumps(plan))  # tuples → lists, as read back from disk
@@ -479,7 +533,10 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
         if old_cmp != new_cmp:
             raise DataError(f"{plan_path}: {out} holds a preparation with other parameters "
                             f"({_diff(old_cmp, new_cmp)}); use another --out")
-    real, real_meta = _prepare_real(out, real_dirs, cfg, log, progress)
+    t_real = time.perf_counter()
+    with Screener(index, workers=workers, cache=hygiene_cache) as screener:
+        real, real_meta = _prepare_real(out, real_dirs, cfg, log, progress, screener)
+    t_real = time.perf_counter() - t_real
     ret, ret_meta = _prepare_retrieval(out, real, real_meta, models, cfg, workers, log, progress,
                                        Path(bank_cache) if bank_cache else None)
     plan["models"] = ret_meta["models"]
@@ -520,9 +577,11 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
     wall = time.perf_counter() - t0
     made = sum(counts[j] for j in todo)
     summary = {"out": str(out), "real_crops": int(len(real["images"])),
+               "excluded": len(real_meta.get("excluded", [])),
                "models": len(plan["models"]), "skipped_models": ret_meta.get("skipped_models", []),
                "quartets_total": int(num_quartets), "quartets_made": int(made),
                "shards_made": len(todo), "wall_s": wall, "prep_s": t_prep,
+               "real_s": t_real,
                "quartets_per_s": made / wall if wall > 0 and made else 0.0,
                "rejections": stats, "timing": timing, "retrieval_timing": ret_meta.get("timing")}
     missing = [j for j in range(len(counts)) if not _shard_path(out, j).exists()]

@@ -59,6 +59,11 @@ __all__ = [
 ]
 
 
+def bar_label(method, set_name: str) -> str:
+    """A progress bar's label: which method runs on which set (``"model on flowweb-car"``)."""
+    return f"{getattr(method, 'name', '?')} on {set_name}"
+
+
 def _tqdm(iterable, progress: bool, **kw):
     if not progress:
         return iterable
@@ -181,7 +186,8 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
     t0 = time.perf_counter()
     images = [resize_image(s.image, size) for s in samples]
     acc = PCKAccumulator(alphas)
-    for k, flow, _ in predict_pairs(method, images, pairs, batch_size, progress, desc=set_name):
+    for k, flow, _ in predict_pairs(method, images, pairs, batch_size, progress,
+                                    desc=bar_label(method, set_name)):
         i, j = pairs[k]
         a, b = samples[i], samples[j]
         ha, wa = a.image.shape[:2]
@@ -356,7 +362,8 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
     seg = IoUAccumulator()
     obj_ious = []
     has_match = None
-    for k, flow, mat in predict_pairs(method, images, pairs, batch_size, progress, desc=set_name):
+    for k, flow, mat in predict_pairs(method, images, pairs, batch_size, progress,
+                                      desc=bar_label(method, set_name)):
         i, j = pairs[k]
         if "pck" in tasks and len(kps[i]):
             pred = transfer_keypoints(torch.from_numpy(kps[i]), flow.double()).numpy()
@@ -437,7 +444,8 @@ def evaluate_tss(method, pairs: Sequence, *, threshold: float = 5.0, batch_size:
             meta = getattr(p, "meta", {}) or {}
             names.append(f"{meta.get('group', set_name)}/{meta.get('name', i)}")
     per_pair = {}
-    for k in _tqdm(range(0, len(pairs), batch_size), progress, desc=set_name, leave=False):
+    for k in _tqdm(range(0, len(pairs), batch_size), progress, desc=bar_label(method, set_name),
+                   leave=False):
         chunk = pairs[k:k + batch_size]
         src = torch.stack([resize_image(p.image_a, size) for p in chunk])
         tgt = torch.stack([resize_image(p.image_b, size) for p in chunk])
@@ -510,7 +518,7 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
     scores, truths, flow_acc, pair_ap = [], [], [], []
     has_match = False
     for k, flow, mat in predict_pairs(method, images, index_pairs, batch_size, progress,
-                                      desc=set_name):
+                                      desc=bar_label(method, set_name)):
         p = pairs[k]
         h, w = p.image_a.shape[:2]
         if (h, w) != (size, size) or p.image_b.shape[:2] != (size, size):

@@ -81,8 +81,8 @@ def evaluate_shape_to_image(method, samples: Sequence, bank: TemplateBank | None
     Returns ``{"object_iou": mean over images, "per_image": [...], "protocol": {...}}``.
     """
 
-    from cyclecorr.evaluate.benchmarks import (_warp_nearest, method_protocol, resize_image,
-                                               resize_labels)
+    from cyclecorr.evaluate.benchmarks import (_warp_nearest, bar_label, method_protocol,
+                                               resize_image, resize_labels)
     from cyclecorr.evaluate.metrics import iou
 
     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def evaluate_shape_to_image(method, samples: Sequence, bank: TemplateBank | None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=set_name, leave=False)
+        it = tqdm(it, desc=bar_label(method, set_name), leave=False)
     for i in it:
         s = samples[i]
         if getattr(s, "mask", None) is None:
