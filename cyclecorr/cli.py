@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from cyclecorr import __version__
 
@@ -27,13 +28,18 @@ COMMANDS = {
                 "intervals)"),
     "match": ("cyclecorr.commands.match_cmd",
               "match two images (or a folder of pairs) and write pictures + HTML"),
+    "models": ("cyclecorr.commands.models_cmd",
+               "list the models shipped with the package (category, file, size, card)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the shipped models (cyclecorr.checkpoint.shipped_models), found without importing torch
+    shipped = sorted(p.stem for p in (Path(__file__).parent / "weights").glob("*.safetensors"))
     parser = argparse.ArgumentParser(
         prog="cyclecorr",
-        description="Dense correspondence across object instances by 3D-guided cycle consistency.")
+        description="Dense correspondence across object instances by 3D-guided cycle consistency.",
+        epilog=f"shipped models: {', '.join(shipped) or 'none'} (`cyclecorr models` for details)")
     parser.add_argument("--version", action="version", version=f"cyclecorr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():

@@ -4,7 +4,8 @@ keypoints or a sparse set of confident points) plus the raw flow, and one HTML p
 ``DIR/index.html`` that explains them and has an interactive viewer (point at the source, see
 the match in the target).
 
-    cyclecorr match SRC TGT --out DIR [--model PATH|shipped] [--method model|siftflow|zero]
+    cyclecorr match SRC TGT --out DIR [--model PATH|shipped] [--category car]
+                                      [--method model|siftflow|zero]
                                       [--keypoints FILE] [--points N]
     cyclecorr match FOLDER --out DIR   # FOLDER/pairs.txt ("src tgt" per line, paths relative to
                                        # FOLDER), else every sub-folder holding exactly two images
@@ -29,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--model", default="shipped",
                         help="model file (.safetensors) or 'shipped' (default: the car model "
-                             "shipped in the package)")
+                             "shipped in the package, or the --category one)")
+    parser.add_argument("--category", default="car",
+                        help="which shipped model 'shipped' means (default car; `cyclecorr "
+                             "models` lists them)")
     parser.add_argument("--method", default="model", choices=("model", "siftflow", "zero"),
                         help="what computes the correspondence (default: the model)")
     parser.add_argument("--keypoints", default=None,
@@ -94,6 +98,7 @@ def run(args) -> int:
     # on use: these load torch; `cyclecorr --help` imports every command module
     from tqdm import tqdm
 
+    from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.evaluate.methods import dense_match, make_method
     from cyclecorr.viz import model_summary, page_flow_scale, write_html_page, write_pair_pictures
 
@@ -129,7 +134,10 @@ def run(args) -> int:
         h, w = images[pairs[0][0]].shape[:2]
         if ((kps < -0.5) | (kps > np.array([w - 0.5, h - 0.5]))).any():
             raise ValueError(f"{args.keypoints}: keypoints outside the {w}×{h} source image")
-    method = make_method(args.method, model=args.model, device=args.device,
+    model = args.model
+    if args.method == "model" and model == "shipped":
+        model = str(shipped_model_path(args.category))
+    method = make_method(args.method, model=model, device=args.device,
                          net_size=args.input_size, precision=args.precision)
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])

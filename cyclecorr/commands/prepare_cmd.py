@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-like", nargs="+", default=[], metavar="DIR",
                         help="further folders of images that no training photo may duplicate "
                              "(e.g. your own test photos)")
+    parser.add_argument("--allow-evaluation-models", action="store_true",
+                        help="let in the category's evaluation-only CAD models (the PASCAL3D+ "
+                             "chairs and aeroplanes, rendered by the synth-kp-<category> "
+                             "benchmark; refused otherwise). PASCAL3D+ cars are always allowed "
+                             "(the shipped car model trained on them): cyclecorr.data.holdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
                                    workers=args.workers, shard=args.shard,
                                    progress=not args.quiet, bank_cache=args.bank_cache,
-                                   eval_data=args.eval_data, exclude_like=args.exclude_like)
+                                   eval_data=args.eval_data, exclude_like=args.exclude_like,
+                                   allow_evaluation_models=args.allow_evaluation_models)
     except (FileNotFoundError, DataError, ValueError) as e:
         print(f"cyclecorr prepare: error: {e}")
         return 2

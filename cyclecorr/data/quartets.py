@@ -439,8 +439,8 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
 def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
                      config: QuartetConfig | None = None, workers: int = 1,
                      shard: str | tuple | None = None, progress: bool = True, log=print,
-                     bank_cache=None, eval_data="auto", exclude_like=(),
-                     hygiene_cache=None) -> dict:
+                     bank_cache=None, eval_data="auto", exclude_like=(), hygiene_cache=None,
+                     allow_evaluation_models: bool = False) -> dict:
     """Prepare ``num_quartets`` quartets into ``out`` (resumable; see the module docstring).
 
     Args:
@@ -462,6 +462,8 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
         exclude_like: further folders of images no training photo may duplicate.
         hygiene_cache: folder for the evaluation index and the verdicts (default
             ``cache_dir()/hygiene``).
+        allow_evaluation_models: let the category's evaluation-only CAD models in (see
+            :mod:`cyclecorr.data.holdout`; refused with a ``DataError`` otherwise).
 
     Every real photo is screened (:mod:`cyclecorr.data.hygiene`): a near-duplicate of an
     evaluation image (the same photo resized, cropped, re-encoded, or containing it) is left out
@@ -481,6 +483,8 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
     t_start = time.perf_counter()
     models = collect_models(cad_dirs, cfg.category)
     log(f"cad: {len(models)} {cfg.category} models in {len(list(cad_dirs))} folder(s)")
+    from cyclecorr.data.holdout import check_training_models
+    held = check_training_models(models, cfg.category, allow_evaluation_models, log)
     if eval_data == "auto":
         eval_data = shared_data_dir()
     index = load_index(eval_data, exclude_like, cache=hygiene_cache, progress=progress)
@@ -495,6 +499,8 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
             "cad_folders": [str(Path(d).resolve()) for d in cad_dirs],
             "hygiene": {"index": index.key, "evaluation_images": len(index),
                         "params": HYGIENE_PARAMS}}
+    if held:
+        plan["evaluation_models_allowed"] = held
     plan = json.loads(json.dumps(plan))  # tuples → lists, as read back from disk
     plan_path = out / PLAN_FILE
     if plan_path.exists():

@@ -492,9 +492,14 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
     (:class:`cyclecorr.evaluate.datasets.SyntheticPair`, all ``S × S`` crops).
 
     - ``pck``: named 3D keypoints visible in both renders, correct within α·S; all pairs
-      (same-model and cross-model) and the cross-model ones alone (``pck_cross_model``);
-    - ``matchability`` (same-model pairs, methods with one): AP and accuracy at 0.5 against the
-      renderer's exact matchability, all pixels of all such pairs pooled;
+      (same-model and cross-model) and each kind alone (``pck_cross_model``,
+      ``pck_same_model``); per keypoint name too (``pck_by_keypoint``). Per-pair records
+      (``pck_pairs``) are named by ``meta["pair_name"]`` where the pairs carry one (cross-instance
+      pairs: ``"i-j#k"``, so that the bootstrap resamples models), else by the pair's index;
+    - ``matchability`` (methods with one): AP and accuracy at 0.5 against the pairs'
+      ``match_ab`` (same-model pairs: the renderer's exact matchability; cross-instance pairs:
+      the source model's visibility from the target's viewpoint), all pixels of all such pairs
+      pooled, and the mean of the pairs' APs (``mean_pair_ap``);
     - ``flow``: fraction of matchable source pixels with flow error ≤ ``flow_threshold`` px
       (same-model pairs, mean over pairs).
     """
@@ -509,7 +514,8 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
     n = len(pairs)
     index_pairs = [(k, n + k) for k in range(n)]
     pck = PCKAccumulator(alphas)
-    scores, truths, flow_acc = [], [], []
+    by_name: dict[str, list] = defaultdict(list)
+    scores, truths, flow_acc, pair_ap = [], [], [], []
     has_match = False
     for k, flow, mat in predict_pairs(method, images, index_pairs, batch_size, progress,
                                       desc=bar_label(method, set_name)):
@@ -523,24 +529,37 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
             valid = np.isfinite(p.kps_a).all(1) & np.isfinite(p.kps_b).all(1)
             r = pck_pair(pred, p.kps_b, float(size), alphas, valid)
             same = p.flow_ab is not None
-            pck.add("same-model" if same else "cross-model", r, pair=str(k))
+            pck.add("same-model" if same else "cross-model", r,
+                    pair=(p.meta or {}).get("pair_name", str(k)))
+            for i, name in enumerate(getattr(p, "keypoint_names", None) or []):
+                if np.isfinite(r["errors"][i]):  # counted: visible in both
+                    by_name[name].append([bool(r["correct"][a][i]) for a in alphas])
+        if p.match_ab is not None and mat is not None:
+            gt_m = np.asarray(p.match_ab) > 0.5
+            has_match = True
+            sc = mat[0].numpy().reshape(-1)
+            scores.append(sc)
+            truths.append(gt_m.reshape(-1))
+            if gt_m.any() and not gt_m.all():
+                pair_ap.append(average_precision(sc, gt_m.reshape(-1)))
         if p.flow_ab is not None:
             gt_m = np.asarray(p.match_ab) > 0.5
-            if mat is not None:
-                has_match = True
-                scores.append(mat[0].numpy().reshape(-1))
-                truths.append(gt_m.reshape(-1))
             fa = flow_accuracy(flow.numpy(), p.flow_ab, gt_m, flow_threshold)
             if fa["n_pixels"]:
                 flow_acc.append(fa)
     summ = pck.summary()
     out: dict = {"n_pairs": n, "pck": summ.get("all", {}),
                  "pck_cross_model": summ.get("cross-model"),
-                 "pck_same_model": summ.get("same-model"), "pck_pairs": pck.pairs()}
+                 "pck_same_model": summ.get("same-model"), "pck_pairs": pck.pairs(),
+                 "pck_by_keypoint": {
+                     name: {"n": len(v), **{str(a): float(np.mean([x[i] for x in v]))
+                                            for i, a in enumerate(alphas)}}
+                     for name, v in sorted(by_name.items())}}
     if has_match:
         s_all, t_all = np.concatenate(scores), np.concatenate(truths)
         out["matchability"] = {"ap": average_precision(s_all, t_all),
                                "accuracy@0.5": accuracy(s_all, t_all, 0.5),
+                               "mean_pair_ap": float(np.mean(pair_ap)) if pair_ap else None,
                                "positive_fraction": float(t_all.mean()),
                                "n_pixels": int(len(t_all))}
     else:
@@ -549,13 +568,19 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
                     "mean_epe": float(np.mean([f["mean_epe"] for f in flow_acc])),
                     "n_pairs": len(flow_acc)} if flow_acc else None)
     out["seconds"] = time.perf_counter() - t0
+    cross_truth = any(p.flow_ab is None and p.match_ab is not None for p in pairs)
     out["protocol"] = {
         "task": "synthetic CAD pairs: keypoint transfer, matchability, dense flow",
         "set": set_name, "resolution": f"{size}x{size} renders (object box crop)",
         "alphas": list(alphas), "reference_length": f"image side {size} (alpha*{size} px)",
         "keypoints": "named 3D keypoints visible in both renders",
-        "averaging": "PCK per keypoint and per pair; matchability pooled over pixels of "
-                     "same-model pairs; flow accuracy mean over same-model pairs",
+        "averaging": "PCK per keypoint and per pair; matchability pooled over the pixels of the "
+                     "pairs with a matchability truth; flow accuracy mean over same-model pairs",
+        "matchability_truth": "same-model pairs: the renderer's exact matchability"
+                              + ("; cross-instance pairs: the source model's surface point at "
+                                 "the pixel is visible from the target's viewpoint (source "
+                                 "rendered from there), background unmatchable"
+                                 if cross_truth else ""),
         "flow_threshold_px": flow_threshold, "generation": generation or {},
         "method": method_protocol(method), "seed": seed,
     }
