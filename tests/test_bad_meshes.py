@@ -112,7 +112,7 @@ def test_prepare_skips_bad_meshes_and_reports_them(mixed, data_dir, tmp_path, ca
     assert f"skipped {len(bad)} model(s) that could not be rendered" in out
     for b in bad:
         assert b in out
-    from cyclecorr.data.quartets import QuartetDataset
+    from cyclecorr.data import QuartetDataset
 
     ds = QuartetDataset(tmp_path / "q")
     assert len(ds) == 6
