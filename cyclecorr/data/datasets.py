@@ -18,7 +18,8 @@ loader                      layout
                             mask1.png, mask2.png[, flip_gt.txt]``
 :class:`ImageFolder`        any folder of images; with a ``boxes.tsv`` (``real/voc2007`` format:
                             VOC 1-based box in the original image + the 0-based crop window)
-                            each item gets its object ``bbox`` in the crop and VOC flags/pose
+                            each item gets its object ``bbox`` in the crop and VOC flags/pose;
+                            ``models.tsv`` / ``images.tsv`` (``real/stanford-cars``) labels
 :class:`VOCDetection`       ``<root>/Annotations/*.xml`` + ``<root>/JPEGImages/`` (+ optional
                             ``ImageSets/Main/<split>.txt``): one item per object (VOC boxes are
                             1-based → −1)
@@ -266,13 +267,24 @@ class ImageFolder(_Seq):
     xmax − 1 − crop_x0, ymax − 1 − crop_y0)`` (0-based inclusive, in the crop) and
     ``meta["pose"]`` (VOC coarse tag, '' / 'Unspecified' when unknown), ``meta["truncated"]``,
     ``meta["difficult"]`` (None where 'NA'). A ``models.tsv`` (columns ``image``, then one
-    label column, e.g. ``real/ikea-chair``'s IKEA model names) adds ``meta["model"]``.
+    label column, e.g. ``real/ikea-chair``'s IKEA model names) adds ``meta["model"]``; so does an
+    ``images.tsv`` with ``file`` and ``class_label`` columns (``real/stanford-cars``: the
+    make/model/year class, and ``meta["class_id"]``).
+
+    Crops: :func:`~cyclecorr.data.samples.crop_sample` crops an item to its ``bbox`` when it has
+    one, else to the whole image. Both shared car layouts thus give a **tight** crop of the car:
+    the VOC crops were saved with the box enlarged ×1.1, and their ``boxes.tsv`` box takes the
+    margin off again; the Stanford Cars photos were saved cropped to the car's box with no
+    margin, so the whole image is the box.
     """
 
     def __init__(self, root):
         self.root = _require_dir(root, "image")
         tsv = self.root / "boxes.tsv"
         self.labels = _read_labels_tsv(self.root / "models.tsv")
+        self.class_ids: dict[str, int] = {}
+        if not self.labels and (self.root / "images.tsv").exists():
+            self.labels, self.class_ids = _read_images_tsv(self.root / "images.tsv")
         self.boxes: dict[str, dict] = {}
         if tsv.exists():
             self.boxes = _read_boxes_tsv(tsv)
@@ -299,6 +311,8 @@ class ImageFolder(_Seq):
             bbox = (max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1))
         if path.name in self.labels:
             meta["model"] = self.labels[path.name]
+        if path.name in self.class_ids:
+            meta["class_id"] = self.class_ids[path.name]
         return Sample(image=image, bbox=bbox, path=path, meta=meta)
 
     def pose(self, i: int) -> str:
@@ -322,6 +336,30 @@ def _read_labels_tsv(tsv: Path) -> dict[str, str]:
             raise DataError(f"{tsv}:{ln}: expected 'image<TAB>label', got {line[:60]!r}")
         out[parts[0]] = parts[1]
     return out
+
+
+def _read_images_tsv(tsv: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """``images.tsv`` with ``file`` and ``class_label`` (optional ``class_id``) columns →
+    ({file: label}, {file: class id}); ({}, {}) when it has no ``class_label`` column."""
+    with open(tsv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        cols = reader.fieldnames or []
+        if "file" not in cols or "class_label" not in cols:
+            return {}, {}
+        labels, ids = {}, {}
+        for ln, r in enumerate(reader, start=2):
+            name = (r.get("file") or "").strip()
+            if not name:
+                raise DataError(f"{tsv}:{ln}: empty 'file'")
+            labels[name] = (r.get("class_label") or "").strip()
+            cid = (r.get("class_id") or "").strip()
+            if cid:
+                try:
+                    ids[name] = int(cid)
+                except ValueError:
+                    raise DataError(f"{tsv}:{ln}: class_id must be an integer, "
+                                    f"got {cid!r}") from None
+    return labels, ids
 
 
 def _flag(v: str):

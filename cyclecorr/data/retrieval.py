@@ -150,9 +150,15 @@ class RenderBank:
 
 
 def _file_key(p: Path) -> list:
+    """(path, size, mtime) of a model file, and its axes where a conventions table gives them
+    (:func:`cyclecorr.render.frames.frame_key`): deciding a model's front anew re-renders it."""
+    from cyclecorr.render.frames import frame_key
+
     p = Path(p).resolve()
     st = p.stat()
-    return [str(p), st.st_size, int(st.st_mtime)]
+    key = [str(p), st.st_size, int(st.st_mtime)]
+    fk = frame_key(p)
+    return key + [fk] if fk else key
 
 
 def bank_key(models, viewpoints, params) -> str:

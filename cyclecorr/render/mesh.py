@@ -40,6 +40,11 @@ shows the nose, azimuth 90 the left side with the nose on the image's left) and 
 (155-DTM, buggy, car1-stock2: azimuth 0 shows the grille and headlights). AC3D files are read
 by :mod:`cyclecorr.render.ac3d` (object hierarchy, polygons, materials, textures).
 ``load_mesh(..., up=..., front=...)`` overrides the table.
+
+A model listed in a **conventions table** (``MODELS.tsv``) in an ancestor folder takes its up
+and front axes from there instead (and ``Mesh.kind`` is that folder's name), unless ``source``
+is given: see :mod:`cyclecorr.render.frames` (``cad/car/open-sims``, whose up axis differs by
+simulator and whose fronts the package's ``render/conventions/open-sims.tsv`` records).
 """
 from __future__ import annotations
 
@@ -341,6 +346,8 @@ def load_mesh(path: str | os.PathLike, source: str | None = None, up: str | None
     if kind not in SOURCE_CONVENTIONS:
         raise ValueError(f"unknown mesh source {kind!r}; known: {sorted(SOURCE_CONVENTIONS)}")
     cu, cf = SOURCE_CONVENTIONS[kind]
+    if source is None:  # a conventions table in an ancestor folder (see frames.py) wins
+        kind, cu, cf = _table_frame(path, kind, cu, cf, up, front)
     R = axes_rotation(up or cu, front or cf)
     parts = None
     kps = {}
@@ -369,6 +376,23 @@ def load_mesh(path: str | os.PathLike, source: str | None = None, up: str | None
         for p in parts:
             p.apply_transform(T)
     return Mesh(v_can, f, kps, str(path), kind, T, parts)
+
+
+def _table_frame(path: Path, kind: str, cu: str, cf: str, up, front):
+    """(kind, up, front) from a conventions table listing ``path``, else unchanged."""
+    from .frames import model_frame
+
+    try:
+        fr = model_frame(path)
+    except ValueError as e:
+        raise MeshError(str(e)) from None
+    if fr is None:
+        return kind, cu, cf
+    if fr.front is None and front is None:
+        raise MeshError(f"{path}: {fr.table} gives its up axis ({fr.up}) but no table decides "
+                        f"its front (along {fr.length or '?'}): run scripts/decide_fronts.py or "
+                        "pass front=")
+    return fr.collection, fr.up, fr.front or front
 
 
 _MESH_SUFFIXES = {".obj", ".off", ".ply", ".stl", ".glb", ".gltf", *AC3D_SUFFIXES}
