@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cyclecorr.data.retrieval import (_sq_dists, hog_descriptor, render_bank_views,
-                                      viewpoint_grid)
+from cyclecorr.data.retrieval import _sq_dists, hog_descriptor, render_bank_views, viewpoint_grid
 
 __all__ = ["VOTE_VIEWS", "FrontVote", "flip_views", "view_descriptors", "front_vote",
            "turn_around", "geometry_only"]
