@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from cyclecorr.data.io import DataError, atomic_write_bytes
 from cyclecorr.render import Renderer, Viewpoint, load_mesh
+from cyclecorr.render.frames import frame_key
 
 __all__ = ["HOG_PARAMS", "hog_descriptor", "hog_descriptors", "viewpoint_grid", "RenderBank",
            "build_bank", "estimate_viewpoints", "nearest_models", "POSE_AZIMUTH",
@@ -152,8 +153,6 @@ class RenderBank:
 def _file_key(p: Path) -> list:
     """(path, size, mtime) of a model file, and its axes where a conventions table gives them
     (:func:`cyclecorr.render.frames.frame_key`): deciding a model's front anew re-renders it."""
-    from cyclecorr.render.frames import frame_key
-
     p = Path(p).resolve()
     st = p.stat()
     key = [str(p), st.st_size, int(st.st_mtime)]
