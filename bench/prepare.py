@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     from cyclecorr._paths import shared_data_dir
-    from cyclecorr.data.quartets import (PLAN_FILE, REAL_FILE, RETRIEVAL_FILE, QuartetConfig,
-                                         collect_models, prepare_quartets)
-    from cyclecorr.data.retrieval import (get_mesh, hog_descriptor, render_bank_views,
-                                          viewpoint_grid)
+    from cyclecorr.data.quartet_files import PLAN_FILE, REAL_FILE, RETRIEVAL_FILE
+    from cyclecorr.data.quartets import QuartetConfig, collect_models, prepare_quartets
+    from cyclecorr.data.retrieval import get_mesh, hog_descriptor, render_bank_views, viewpoint_grid
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quartets", type=int, default=1024)
@@ -96,8 +95,14 @@ def main() -> int:
     import numpy as np
 
     from cyclecorr.data.quartets import _load_st
-    from cyclecorr.data.retrieval import (POSE_AZIMUTH, RenderBank, azimuth_distance, build_bank,
-                                          estimate_viewpoints, hog_descriptors)
+    from cyclecorr.data.retrieval import (
+        POSE_AZIMUTH,
+        RenderBank,
+        azimuth_distance,
+        build_bank,
+        estimate_viewpoints,
+        hog_descriptors,
+    )
     from cyclecorr.render import Viewpoint, render_view
 
     bank_dir = args.bank_cache
@@ -140,7 +145,8 @@ def main() -> int:
         for f in (PLAN_FILE, REAL_FILE, RETRIEVAL_FILE):
             shutil.copy(base / f, out / f)
         # a fresh process per worker count: both runs pay the same start-up (imports, GL, meshes)
-        code = ("import json, sys; from cyclecorr.data.quartets import QuartetConfig, prepare_quartets;"
+        code = ("import json, sys; "
+                "from cyclecorr.data.quartets import QuartetConfig, prepare_quartets;"
                 f"s = prepare_quartets({real!r}, {cad!r}, {str(out)!r}, {args.quartets}, "
                 f"QuartetConfig(shard_size={args.shard_size}), workers={w}, progress=False, "
                 f"log=lambda *_: None, bank_cache={args.bank_cache!r});"

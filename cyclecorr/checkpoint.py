@@ -7,38 +7,28 @@ Loading never executes code (safetensors holds tensors and strings only). Writes
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from cyclecorr._io import atomic_path, atomic_write_bytes
-from cyclecorr.model import CorrespondenceNet, NetConfig
+from cyclecorr._io import atomic_path, atomic_write_bytes, file_sha256
+from cyclecorr.model import CorrespondenceNet, build_network
 
-__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256", "atomic_write_bytes",
-           "shipped_model_path", "shipped_models", "unwrap_model"]
+__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256",
+           "atomic_write_bytes", "shipped_model_path", "shipped_models", "unwrap_model"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The plain network inside DistributedDataParallel / ``torch.compile`` wrappers."""
     # DistributedDataParallel / torch.compile wrappers must not leak into key names
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 
@@ -53,8 +43,6 @@ def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | N
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``cyclecorr`` metadata JSON of a model file, as a dict."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -64,7 +52,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable safetensors model file ({e})") from e
     if "cyclecorr" not in meta:
-        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr model)")
+        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr "
+                         "model)")
     return json.loads(meta["cyclecorr"])
 
 
@@ -99,9 +88,10 @@ def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = F
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                ) -> tuple[CorrespondenceNet, dict]:
-    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode, metadata)``."""
+    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode,
+    metadata)``."""
     meta = read_metadata(path)
-    net = CorrespondenceNet(NetConfig(**meta["net"]))
+    net = build_network(meta["net"])
     load_weights(net, path)
     meta["sha256"] = file_sha256(path)
     return net.to(device).eval(), meta

@@ -37,12 +37,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from cyclecorr._paths import cache_dir, shared_data_dir  # noqa: E402
-from cyclecorr.data.front_vote import (VOTE_VIEWS, flip_views, front_vote,  # noqa: E402
-                                       turn_around, view_descriptors)
+from cyclecorr.data.front_vote import (  # noqa: E402
+    VOTE_VIEWS,
+    flip_views,
+    front_vote,
+    turn_around,
+    view_descriptors,
+)
 from cyclecorr.data.io import atomic_write_bytes  # noqa: E402
 from cyclecorr.render import Renderer, list_meshes, load_mesh  # noqa: E402
-from cyclecorr.render.frames import (COLLECTION_TABLE, PACKAGE_TABLES,  # noqa: E402
-                                     _parse_collection, read_front_table)
+from cyclecorr.render.frames import (  # noqa: E402
+    COLLECTION_TABLE,
+    PACKAGE_TABLES,
+    _parse_collection,
+    read_front_table,
+)
 
 VERSION = 1
 COLUMNS = ["model_dir", "up", "front", "how", "vote_front", "votes", "margin", "distance_gap"]

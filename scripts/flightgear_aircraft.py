@@ -10,7 +10,7 @@ towards −x; textures are looked up around the link's target too).
 
     python scripts/flightgear_aircraft.py --root /usr/share/games/flightgear/AI/Aircraft \\
         --out runs/cad_flightgear
-    cyclecorr prepare --category aeroplane --cad runs/cad_flightgear … 
+    cyclecorr prepare --category aeroplane --cad runs/cad_flightgear …
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pytest
 
 from cyclecorr.render import Light, MeshError, Renderer, Viewpoint, load_mesh
 
+
 def _voc_folder(data_dir, tmp_path, category: str, n: int = 12) -> str:
     """A folder of ``n`` VOC 2007 crops of ``category`` (links), as unlabelled real photos."""
     real = tmp_path / f"real-{category}"
@@ -111,7 +112,7 @@ def test_prepare_skips_bad_meshes_and_reports_them(mixed, data_dir, tmp_path, ca
     assert f"skipped {len(bad)} model(s) that could not be rendered" in out
     for b in bad:
         assert b in out
-    from cyclecorr.data.quartets import QuartetDataset
+    from cyclecorr.data import QuartetDataset
 
     ds = QuartetDataset(tmp_path / "q")
     assert len(ds) == 6

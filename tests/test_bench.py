@@ -1,8 +1,8 @@
 """The benchmark scripts run and report what they claim to (tiny settings; no timing asserted).
 
-Benchmarks are run by hand for their numbers (docs/RESULTS.md, "Benchmarks"); these tests only keep them
-from breaking silently: a variant that fails, a reference that is missing, a FLOP count that
-drifts from the network's, a prototype that no longer matches oneDNN.
+Benchmarks are run by hand for their numbers (docs/RESULTS.md, "Benchmarks"); these tests only
+keep them from breaking silently: a variant that fails, a reference that is missing, a FLOP count
+that drifts from the network's, a prototype that no longer matches oneDNN.
 """
 from __future__ import annotations
 

@@ -13,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclecorr.data import DataError
-from cyclecorr.data.quartets import (OnTheFlyQuartetDataset, PairDataset, QuartetConfig,
-                                     QuartetDataset, prepare_quartets, verify_quartets)
+from cyclecorr.data import (
+    DataError,
+    OnTheFlyQuartetDataset,
+    PairDataset,
+    QuartetConfig,
+    QuartetDataset,
+    prepare_quartets,
+    verify_quartets,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = dict(azimuth_step=45.0, elevations=(0, 20), k=2, max_azimuth_gap=90.0, shard_size=4)

@@ -38,7 +38,8 @@ def test_synthetic_pairs_and_oracle(data_dir):
     assert len(pairs) == 2
     same, cross = pairs
     assert same.flow_ab is not None and cross.flow_ab is None
-    assert same.meta["model_a"] == same.meta["model_b"] != "" and cross.meta["model_a"] != cross.meta["model_b"]
+    assert same.meta["model_a"] == same.meta["model_b"] != ""
+    assert cross.meta["model_a"] != cross.meta["model_b"]
     assert same.image_a.shape == (128, 128, 3) and len(same.keypoint_names) == len(same.kps_a)
     assert np.isfinite(same.kps_a).all(1).sum() >= 3
     r = evaluate_synthetic(Oracle(pairs), pairs, alphas=(0.1,))
@@ -116,7 +117,8 @@ def test_cross_instance_pairs(data_dir):
     for k, p in enumerate(pairs):
         assert p.meta["model_a"] != p.meta["model_b"] and p.flow_ab is None
         i, j = (int(x) for x in p.meta["pair_name"].split("#")[0].split("-"))
-        assert p.meta["pair_name"].endswith(f"#{k}") and p.meta["model_a"] == f"chair{i + 1:02d}.json"
+        assert p.meta["pair_name"].endswith(f"#{k}")
+        assert p.meta["model_a"] == f"chair{i + 1:02d}.json"
         # matchable only on the object; and not everything is (self-occlusion in b's view)
         assert p.match_ab.shape == (128, 128) and not p.match_ab[~p.mask_a].any()
         assert 0.2 < p.match_ab[p.mask_a].mean() <= 1.0
@@ -127,7 +129,7 @@ def test_cross_instance_pairs(data_dir):
         mb = load_mesh(data_dir / "cad" / "pascal3d" / p.meta["model_b"])
         kb = project_keypoints(mb, view=render_view(mb, Viewpoint(az, el), 128, rgb=False))
         vis = dict(zip(kb.names, kb.visible))
-        for n, xa, xb in zip(p.keypoint_names, p.kps_a, p.kps_b):
+        for n, xb in zip(p.keypoint_names, p.kps_b):
             assert np.isfinite(xb).all() == bool(vis[n])
     # the matchability truth is the source's visibility from the target's viewpoint: at a
     # keypoint of a visible in both (an on-object pixel), it is usually matchable

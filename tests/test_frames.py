@@ -7,8 +7,7 @@ import pytest
 
 from cyclecorr.render import MeshError, Renderer, Viewpoint, list_meshes, load_mesh
 from cyclecorr.render import frames as frames_mod
-from cyclecorr.render.frames import (PACKAGE_TABLES, frame_key, model_frame,
-                                     read_front_table)
+from cyclecorr.render.frames import PACKAGE_TABLES, frame_key, model_frame, read_front_table
 
 # A small asymmetric "car" in file coordinates: long along x (front at +x: the nose is lower
 # than the tail), 0.8 wide along y, 0.6 high along z, resting on z = 0.

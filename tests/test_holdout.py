@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 from cyclecorr.data import DataError
-from cyclecorr.data.holdout import (EVALUATION_ONLY, TRAINING_ALLOWED, check_training_models,
-                                    evaluation_only_models)
+from cyclecorr.data.holdout import (
+    EVALUATION_ONLY,
+    TRAINING_ALLOWED,
+    check_training_models,
+    evaluation_only_models,
+)
 
 
 def _voc_folder(data_dir, tmp_path, category: str, n: int = 12) -> str:

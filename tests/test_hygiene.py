@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclecorr.data import DataError
-from cyclecorr.data import hygiene
+from cyclecorr.data import DataError, hygiene
 from cyclecorr.data.hygiene import EvaluationIndex, Screener, find_duplicate, load_index
 
 

@@ -21,7 +21,8 @@ def test_shipped_models_listing(tmp_path):
     ms = shipped_models(tmp_path)
     assert [m["category"] for m in ms] == ["broken", "chair"]
     broken, chair = ms
-    assert chair["file"] == tmp_path / "chair.safetensors" and chair["card"] == tmp_path / "chair.md"
+    assert chair["file"] == tmp_path / "chair.safetensors"
+    assert chair["card"] == tmp_path / "chair.md"
     assert chair["size_bytes"] == (tmp_path / "chair.safetensors").stat().st_size
     assert chair["title"] == "cyclecorr model: chair (test)" and chair["net"]["width"] == 0.5
     assert broken["card"] is None and "broken.safetensors" in broken["error"]

@@ -4,10 +4,14 @@ aeroplane carries each named 3D keypoint onto its projection in the other view."
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from cyclecorr.render import (Renderer, Viewpoint, correspondence_between, load_mesh,
-                              project_keypoints)
+from cyclecorr.render import (
+    Renderer,
+    Viewpoint,
+    correspondence_between,
+    load_mesh,
+    project_keypoints,
+)
 
 MODELS = [f"chair{i:02d}" for i in range(1, 11)] + [f"aeroplane{i:02d}" for i in range(1, 9)]
 THIN = ("leg_", "wing", "elevator", "rudder", "tail")

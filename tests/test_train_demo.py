@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cyclecorr.geometry import warp
-from cyclecorr.train.data import (AugmentedDataset, SiftPairs, SyntheticQuartets,
-                                  sample_stage1_pairs)
+from cyclecorr.train.config import AugmentConfig
+from cyclecorr.train.data import AugmentedDataset, SiftPairs, SyntheticQuartets, sample_stage1_pairs
 
 torch.set_num_threads(1)
 
@@ -38,7 +38,8 @@ def test_sift_pairs_cache_and_flip(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "sift").glob("*.npz")}
     SiftPairs(q, pairs, tmp_path / "sift", workers=1, progress=False)  # cached: no recompute
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "sift").glob("*.npz")}
-    aug = AugmentedDataset(ds, seed=0, hflip=1.0, keys=("src", "tgt", "flow", "valid"))
+    aug = AugmentedDataset(ds, seed=0, augment=AugmentConfig(hflip=1.0),
+                           keys=("src", "tgt", "flow", "valid"))
     f = aug[(0, 0, 0)]
     assert torch.allclose(f["flow"][0], -item["flow"][0].flip(-1))
     assert torch.equal(f["src"], item["src"].flip(-1))

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclecorr.viz import (color_wheel, draw_correspondences, flow_to_color, grid_points, heatmap,
-                           warp_image, write_html_page, write_pair_pictures)
+from cyclecorr.viz import (
+    color_wheel,
+    draw_correspondences,
+    flow_to_color,
+    grid_points,
+    heatmap,
+    warp_image,
+    write_html_page,
+    write_pair_pictures,
+)
 from cyclecorr.viz.embedding import embed_features, plot_embedding, tsne
 
 
@@ -108,7 +116,8 @@ def test_flow_legend_and_colorbar_pictures():
     from cyclecorr.viz import colorbar, flow_legend
 
     leg = flow_legend(20.0)
-    assert leg.ndim == 3 and leg.shape[2] == 3 and leg.dtype == np.uint8 and min(leg.shape[:2]) > 150
+    assert leg.ndim == 3 and leg.shape[2] == 3 and leg.dtype == np.uint8
+    assert min(leg.shape[:2]) > 150
     bar = colorbar()
     assert bar.shape[1] >= 250 and bar.shape[0] < bar.shape[1] / 3
     # the bar holds inferno's dark and bright ends

@@ -11,7 +11,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder (index.html, quartets.png, run/, match_*/, summary.json)")
+                        help="output folder (index.html, quartets.png, run/, match_*/, "
+                             "summary.json)")
     parser.add_argument("--category", choices=("car", "chair"), default="car",
                         help="procedural category (default car)")
     parser.add_argument("--quartets", type=int, default=48,
@@ -28,12 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from cyclecorr.train.demo import run_demo
+    from cyclecorr.train.demo import run_demo  # on use: loads torch and the renderer
 
     if args.quartets < 2:
         raise ValueError(f"--quartets must be at least 2, got {args.quartets}")
     print(f"cyclecorr demo: rendering {args.quartets} procedural {args.category} quartets, "
-          f"training a small network (demo preset), matching a held-out pair; writing to {args.out}")
+          f"training a small network (demo preset), matching a held-out pair; writing to "
+          f"{args.out}")
     s = run_demo(args.out, quartets=args.quartets, category=args.category, seed=args.seed,
                  overrides=args.overrides, progress=not args.no_progress,
                  shipped=not args.no_shipped)
@@ -46,6 +48,7 @@ def run(args) -> int:
     print(f"outputs in {s['out']}:")
     print(f"  {s['page']}  (open in a browser: what ran, the training quartets, the matched "
           f"pair with an interactive viewer)")
-    print(f"  {s['out']}/quartets.png  (training quartets: s1 s2 r1 r2 | GT flow | GT matchability)")
+    print(f"  {s['out']}/quartets.png  (training quartets: s1 s2 r1 r2 | GT flow | GT "
+          "matchability)")
     print(f"  {s['final_model']}  (the demo model; log and cycle pictures in run/)")
     return 0

@@ -21,7 +21,10 @@ import argparse
 import time
 from pathlib import Path
 
-from cyclecorr._runtime import PRECISIONS
+import numpy as np
+
+from cyclecorr._runtime import PRECISIONS, keep_freed_memory, resolve_device
+from cyclecorr.data.holdout import EVALUATION_ONLY, TRAINING_ALLOWED
 
 SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
         "synthetic-aeroplane", "synth-kp-car", "synth-kp-chair", "synth-kp-aeroplane",
@@ -66,16 +69,16 @@ def _split(s: str) -> list[str]:
 
 
 def run(args) -> int:
-    import numpy as np
+    # on use: these load torch; `cyclecorr --help` imports every command module
     import torch
 
-    from cyclecorr._runtime import keep_freed_memory
     from cyclecorr.evaluate import benchmarks as B
     from cyclecorr.evaluate import datasets as D
+    from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
     from cyclecorr.evaluate.methods import NetworkMethod, make_method
     from cyclecorr.evaluate.report import write_results
+    from cyclecorr.evaluate.shape_transfer import build_template_bank, evaluate_shape_to_image
     from cyclecorr.evaluate.stats import compare_set
-    from cyclecorr.matcher import resolve_device
 
     sets = _split(args.sets)
     if sets == ["all"]:
@@ -142,8 +145,6 @@ def run(args) -> int:
                              "different models", "viewpoints": "azimuth U[0,360), target "
                              "azimuth +-U(0,45), elevation U[0,30], distance 2.5"}
             if cross:
-                from cyclecorr.data.holdout import EVALUATION_ONLY, TRAINING_ALLOWED
-
                 gen.update(
                     models=sorted({p.meta["model_a"] for p in pairs}
                                   | {p.meta["model_b"] for p in pairs}),
@@ -157,9 +158,6 @@ def run(args) -> int:
                                                    progress=True, set_name=set_name,
                                                    seed=args.seed, generation=gen)
         elif set_name == "shape2image-car":
-            from cyclecorr.evaluate.shape_transfer import (build_template_bank,
-                                                           evaluate_shape_to_image)
-
             samples = D.load_flowweb_car(args.data, limit=lim)
             bank = build_template_bank(args.data, "car", progress=True)
             for m in methods:
@@ -172,8 +170,6 @@ def run(args) -> int:
                     print("  embedding-car: skipped (needs a model method)")
                     continue
                 raise ValueError("set embedding-car needs a model method (model or NAME=PATH)")
-            from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
-
             for m in nets:
                 res[m.name] = feature_embedding_pictures(m, args.data, out, n=lim or 120,
                                                          seed=args.seed)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from cyclecorr._runtime import PRECISIONS
+from cyclecorr.data.io import read_image, read_pairs_file
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -55,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_keypoints(path: Path):
-    import numpy as np
-
     if not path.is_file():
         raise FileNotFoundError(f"keypoint file not found: {path}")
     try:
@@ -81,8 +82,6 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path, str]]:
     lst = folder / "pairs.txt"
     pairs = []
     if lst.is_file():
-        from cyclecorr.data.io import read_pairs_file
-
         return [(a, b, f"{a.stem}-{b.stem}") for a, b in read_pairs_file(lst)]
     for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
         imgs = sorted(p for p in sub.iterdir() if _is_image(p))
@@ -96,9 +95,10 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path, str]]:
 
 
 def run(args) -> int:
-    import numpy as np
+    # on use: these load torch; `cyclecorr --help` imports every command module
+    from tqdm import tqdm
 
-    from cyclecorr.data.io import read_image
+    from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.evaluate.methods import dense_match, make_method
     from cyclecorr.viz import model_summary, page_flow_scale, write_html_page, write_pair_pictures
 
@@ -136,16 +136,12 @@ def run(args) -> int:
             raise ValueError(f"{args.keypoints}: keypoints outside the {w}×{h} source image")
     model = args.model
     if args.method == "model" and model == "shipped":
-        from cyclecorr.checkpoint import shipped_model_path
-
         model = str(shipped_model_path(args.category))
     method = make_method(args.method, model=model, device=args.device,
                          net_size=args.input_size, precision=args.precision)
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
     entries = []
-    from tqdm import tqdm
-
     used = set()
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
         while name in used:

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from cyclecorr.checkpoint import shipped_models
+    from cyclecorr.checkpoint import shipped_models  # on use: loads torch, not for --help
 
     models = shipped_models()
     if args.json:

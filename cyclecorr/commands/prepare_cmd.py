@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 
+from cyclecorr.data.io import DataError
+from cyclecorr.data.quartet_config import QuartetConfig
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prepare`` options on ``parser``."""
-    from cyclecorr.data.quartet_config import QuartetConfig
-
     d = QuartetConfig()
     parser.add_argument("--category", default=d.category, help="object category (default: car)")
     parser.add_argument("--real", nargs="+", required=True, metavar="DIR",
@@ -61,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pose tag (HOG alone confuses front and rear views)")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--bank-cache", default=None, metavar="DIR",
-                        help="where render banks are cached (default: the user cache, ~/.cache/cyclecorr/banks)")
+                        help="where render banks are cached (default: the user cache, "
+                             "~/.cache/cyclecorr/banks)")
     parser.add_argument("--eval-data", default="auto", metavar="ROOT",
                         help="data root holding the evaluation sets (real/pf-willow, "
                              "real/flowweb-car, real/tss) whose images, and near-duplicates of "
@@ -80,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the preparation; print what was found and written. Returns the exit status."""
-    from cyclecorr.data.io import DataError
-    from cyclecorr.data.quartets import QuartetConfig, prepare_quartets
+    # on use: the preparation loads the renderer, HOG and safetensors
+    from cyclecorr.data.quartets import prepare_quartets
 
     try:
         cfg = QuartetConfig(category=args.category, k=args.k, azimuth_step=args.azimuth_step,

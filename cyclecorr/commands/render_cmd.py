@@ -21,8 +21,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr.render import (
+    Renderer,
+    Viewpoint,
+    correspondence_between,
+    list_meshes,
+    load_mesh,
+    project_keypoints,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
 
@@ -72,9 +80,6 @@ def _check_image(gt) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from cyclecorr.render import (Renderer, Viewpoint, correspondence_between, list_meshes,
-                                  load_mesh, project_keypoints)
-
     if args.views < 1 or args.size < 8:
         raise ValueError(f"--views must be ≥ 1 and --size ≥ 8, got {args.views}, {args.size}")
     if not args.models.exists():
@@ -92,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
           f" ({renderer.backend} backend) into {args.out}", file=sys.stderr)
     it = files
     if not args.no_progress:
-        from tqdm import tqdm
-
         it = tqdm(files, desc="render", unit="model")
     done = skipped = 0
     failures: list[str] = []

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cyclecorr.data.retrieval import (_sq_dists, hog_descriptor, render_bank_views,
-                                      viewpoint_grid)
+from cyclecorr.data.retrieval import _sq_dists, hog_descriptor, render_bank_views, viewpoint_grid
+from cyclecorr.render import Mesh
 
 __all__ = ["VOTE_VIEWS", "FrontVote", "flip_views", "view_descriptors", "front_vote",
            "turn_around", "geometry_only"]
@@ -47,16 +47,12 @@ def flip_views(viewpoints: np.ndarray) -> np.ndarray:
 
 def geometry_only(mesh):
     """The mesh without materials or textures (uniform grey when rendered)."""
-    from cyclecorr.render import Mesh
-
     return Mesh(mesh.vertices, mesh.faces, mesh.keypoints, mesh.source, mesh.kind,
                 mesh.to_canonical, None)
 
 
 def turn_around(mesh):
     """The mesh turned by 180° about the canonical z axis (front −y ↔ +y), geometry only."""
-    from cyclecorr.render import Mesh
-
     R = np.diag([-1.0, -1.0, 1.0])
     T = np.eye(4)
     T[:3, :3] = R

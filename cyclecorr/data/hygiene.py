@@ -32,14 +32,22 @@ root (``real/pf-willow``, ``real/flowweb-car``, ``real/tss``, recursively);
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+from skimage.feature import SIFT
+from tqdm import tqdm
 
 from cyclecorr._io import atomic_write_bytes
+from cyclecorr._paths import cache_dir
 from cyclecorr.data.io import IMAGE_SUFFIXES, DataError, read_image
+from cyclecorr.data.retrieval import spawn_pool
 
 __all__ = ["EVALUATION_SETS", "Duplicate", "EvaluationIndex", "evaluation_images",
            "image_features", "find_duplicate", "load_index", "PARAMS"]
@@ -99,8 +107,6 @@ def _feature_scale(h: int, w: int) -> float:
 
 
 def _resize_grey(g: np.ndarray, s: float) -> np.ndarray:
-    from PIL import Image
-
     if s == 1.0:
         return g
     h, w = g.shape
@@ -112,8 +118,6 @@ def _resize_grey(g: np.ndarray, s: float) -> np.ndarray:
 def image_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoints ``(N, 2)`` float32 (x, y) in the image's pixels and L2-normalised
     descriptors ``(N, 128)`` float32 of an ``H×W×3`` uint8 image (``N = 0`` for a flat image)."""
-    from skimage.feature import SIFT
-
     g = _grey(image)
     s = _feature_scale(*g.shape)
     det = SIFT(upsampling=1)
@@ -170,7 +174,6 @@ class EvaluationIndex:
         for i, d in enumerate(descriptors):
             self._desc[i, :len(d)] = d
             self._valid[i, :len(d)] = True
-        import torch
 
         self._desc_t = torch.from_numpy(self._desc.reshape(-1, 128).T.copy())
         self._pad = torch.from_numpy(~self._valid)[None]
@@ -180,14 +183,13 @@ class EvaluationIndex:
 
     @classmethod
     def build(cls, paths, cache: str | Path | None = None, progress: bool = False
-              ) -> "EvaluationIndex":
+              ) -> EvaluationIndex:
         """Index the images ``paths`` (cached under ``cache``, default
         ``cache_dir()/hygiene``; an unreadable image raises :class:`DataError` naming it)."""
         paths = [Path(p) for p in paths]
         hashes = [_sha256(p) for p in paths]
         key = hashlib.sha256(json.dumps({"params": PARAMS, "files": hashes}).encode()).hexdigest()
         if cache is None:
-            from cyclecorr._paths import cache_dir
             cache = cache_dir() / "hygiene"
         cache = Path(cache)
         cache_file = cache / f"index-{key[:24]}.npz"
@@ -202,8 +204,6 @@ class EvaluationIndex:
             except (OSError, KeyError, ValueError):
                 greys = None  # a damaged cache file is rebuilt
         if greys is None:
-            from tqdm import tqdm
-
             kps, descs, greys = [], [], []
             for p in tqdm(paths, desc="index evaluation images", unit="img", disable=not progress):
                 img = read_image(p)
@@ -212,7 +212,6 @@ class EvaluationIndex:
                 descs.append(d)
                 greys.append(_grey(img).astype(np.float32))
             cache.mkdir(parents=True, exist_ok=True)
-            import io
             buf = io.BytesIO()
             np.savez_compressed(buf, **{f"k{i}": k for i, k in enumerate(kps)},
                                 **{f"d{i}": d for i, d in enumerate(descs)},
@@ -262,8 +261,6 @@ def _best_scale_translation(a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarr
 
 
 def _blur(g: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy import ndimage
-
     return ndimage.gaussian_filter(g, sigma) if sigma > 0.3 else g
 
 
@@ -271,8 +268,6 @@ def _photometric(grey: np.ndarray, eval_grey: np.ndarray, s: np.ndarray, t: np.n
                  ) -> tuple[float, float]:
     """NCC of ``grey(p)`` and ``eval_grey(s ⊙ p + t)`` over their overlap, and the overlap's
     share of the smaller image (both in [0, 1])."""
-    from scipy import ndimage
-
     h, w = grey.shape
     eh, ew = eval_grey.shape
     sg = float(np.sqrt(s[0] * s[1]))  # mean scale
@@ -306,7 +301,6 @@ def find_duplicate(image: np.ndarray, index: EvaluationIndex,
     kp, desc = features if features is not None else image_features(image)
     if len(desc) < 2:
         return None
-    import torch
 
     n_img, k = index._valid.shape
     with torch.no_grad():
@@ -385,7 +379,6 @@ class Screener:
 
     def __init__(self, index: EvaluationIndex, workers: int = 1, cache: str | Path | None = None):
         if cache is None:
-            from cyclecorr._paths import cache_dir
             cache = cache_dir() / "hygiene"
         self.index = index
         self.cache = Path(cache)
@@ -406,8 +399,7 @@ class Screener:
         if todo and len(self.index):
             if self.workers > 1 and len(todo) > 1:
                 if self._pool is None:
-                    from cyclecorr.data.retrieval import _pool
-                    self._pool = _pool(self.workers)
+                    self._pool = spawn_pool(self.workers)
                 chunks = [todo[j::self.workers] for j in range(self.workers)]
                 futs = [self._pool.submit(_worker_check, self.index.paths, str(self.cache),
                                           self.index.key, [images[i] for i in c])
@@ -436,7 +428,7 @@ class Screener:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> "Screener":
+    def __enter__(self) -> Screener:
         return self
 
     def __exit__(self, *exc) -> None:

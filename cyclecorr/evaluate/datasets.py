@@ -39,8 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from cyclecorr._paths import shared_data_dir
+from cyclecorr.data import FlowWebCars, PFWillow, TSSPairs
+from cyclecorr.render import (
+    Viewpoint,
+    correspondence_between,
+    default_renderer,
+    load_mesh,
+    project_keypoints,
+)
 
 __all__ = ["resolve_dataset_dir", "load_pf_willow", "load_flowweb_car", "load_tss",
            "SyntheticPair", "make_synthetic_pairs", "SYNTHETIC_CATEGORIES", "SYNTH_KP_VIEWPOINTS"]
@@ -67,8 +76,6 @@ def resolve_dataset_dir(root, *rel: str, marker: str | None = None) -> Path:
 
 def load_pf_willow(root=None, classes=None, limit: int | None = None) -> dict[str, list]:
     """PF-WILLOW as ``{class: [Sample]}`` (0-based keypoints), first ``limit`` images per class."""
-    from cyclecorr.data import PFWillow
-
     ds = PFWillow(resolve_dataset_dir(root, "real", "pf-willow", marker="*/*.mat"), classes=classes)
     out: dict[str, list] = {}
     for i, (cls, _, _) in enumerate(ds.items):
@@ -79,8 +86,6 @@ def load_pf_willow(root=None, classes=None, limit: int | None = None) -> dict[st
 
 def load_flowweb_car(root=None, limit: int | None = None) -> list:
     """FlowWeb/PASCAL car crops as a list of ``Sample`` (0-based keypoints, masks, parts)."""
-    from cyclecorr.data import FlowWebCars
-
     ds = FlowWebCars(resolve_dataset_dir(root, "real", "flowweb-car", marker="*.mat"))
     n = len(ds) if limit is None else min(limit, len(ds))
     return [ds[i] for i in range(n)]
@@ -88,8 +93,6 @@ def load_flowweb_car(root=None, limit: int | None = None) -> list:
 
 def load_tss(root=None, limit: int | None = None) -> list:
     """TSS pairs as a list of ``PairSample`` (``meta`` has ``group`` and ``name``)."""
-    from cyclecorr.data import TSSPairs
-
     ds = TSSPairs(resolve_dataset_dir(root, "real", "tss", marker="**/image1.png"))
     n = len(ds) if limit is None else min(limit, len(ds))
     return [ds[i] for i in range(n)]
@@ -125,9 +128,6 @@ def make_synthetic_pairs(root=None, category: str = "car", n_pairs: int = 20, se
                          distance: float = 2.5) -> list[SyntheticPair]:
     """Render ``n_pairs`` seeded pairs of PASCAL3D+ CAD models of ``category`` (see the module
     docstring for both modes, the viewpoint ranges and the ground truth)."""
-    from cyclecorr.render import (Viewpoint, correspondence_between, default_renderer, load_mesh,
-                                  project_keypoints)
-
     if category not in SYNTHETIC_CATEGORIES:
         raise ValueError(f"unknown synthetic category {category!r}; choose from "
                          f"{SYNTHETIC_CATEGORIES}")
@@ -146,8 +146,6 @@ def make_synthetic_pairs(root=None, category: str = "car", n_pairs: int = 20, se
     pairs = []
     it = range(n_pairs)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc=f"render {'synth-kp' if mode == 'cross' else 'synthetic'}-{category}",
                   leave=False)
     lo, hi = (float(e) for e in elevation)

@@ -24,8 +24,8 @@ def _get(d, *keys):
 
 def set_kind(set_name: str) -> str:
     """The family of a benchmark set name ("pf-willow", "flowweb", "tss", "synthetic",
-    "synth-kp", "shape2image", "embedding"; "custom" for any other), which decides its headline columns and
-    the statistic its comparisons use."""
+    "synth-kp", "shape2image", "embedding"; "custom" for any other), which decides its headline
+    columns and the statistic its comparisons use."""
     for kind in ("pf-willow", "flowweb", "tss", "synthetic", "synth-kp", "shape2image",
                  "embedding"):
         if set_name.startswith(kind):
@@ -83,26 +83,29 @@ HEADLINE_COLUMNS = {
 
 _PROTOCOL_LINE = {
     "pf-willow": "all 90 ordered pairs per class; L = max side of the target's keypoint box; "
-                 "original pixels (method at S×S on whole images); mean over classes of per-pair PCK",
+                 "original pixels (method at S×S on whole images); mean over classes of "
+                 "per-pair PCK",
     "flowweb": "all ordered pairs; whole crops resized to S×S; PCK per keypoint at α·S "
-               "(keypoints annotated in both); matchability: source pixel on the object whose part is "
-               "visible in the target; part/object masks of the target carried by the flow (IoU)",
+               "(keypoints annotated in both); matchability: source pixel on the object whose "
+               "part is visible in the target; part/object masks of the target carried by the "
+               "flow (IoU)",
     "tss": "method at S×S on whole images, flow resampled to original pixels; fraction of "
            "foreground pixels of image 1 with error ≤ 5 px (and at max side 100); mean over pairs",
     "synthetic": "rendered PASCAL3D+ CAD pairs (128×128 crops); PCK per keypoint at α·128 on named "
-                 "3D keypoints visible in both; matchability and flow vs the renderer's exact ground "
-                 "truth (same-model pairs)",
+                 "3D keypoints visible in both; matchability and flow vs the renderer's exact "
+                 "ground truth (same-model pairs)",
     "synth-kp": "renders of two different PASCAL3D+ CAD models of the category at seeded random "
                 "viewpoints (target azimuth within ±45° of the source's, elevations 0–30°), "
                 "128×128 object-box crops; PCK per keypoint at α·128 on the named 3D keypoints "
                 "visible in both (renderer's depth test); matchability: the source model's "
                 "surface point visible from the target's viewpoint; intervals resample models",
     "shape2image": "FlowWeb cars at 128×128; template = nearest PASCAL3D+ car render in HOG space "
-                   "(5 models × 12 azimuths × 2 elevations); its mask read at round(p + F(p)) vs the "
-                   "real mask (IoU, mean over images); zero flow = retrieval alone",
+                   "(5 models × 12 azimuths × 2 elevations); its mask read at round(p + F(p)) "
+                   "vs the real mask (IoU, mean over images); zero flow = retrieval alone",
     "embedding": "t-SNE of L2-normalised encoder codes; renders of PASCAL3D+ cars at evenly spaced "
-                 "azimuths (nearest neighbour in feature space: mean azimuth difference, chance ≈ 90°) "
-                 "and VOC 2007 car crops with pose tags (leave-one-out 5-NN tag accuracy)",
+                 "azimuths (nearest neighbour in feature space: mean azimuth difference, "
+                 "chance ≈ 90°) and VOC 2007 car crops with pose tags (leave-one-out 5-NN tag "
+                 "accuracy)",
     "custom": "",
 }
 

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["STATISTICS", "category_of", "paired_bootstrap", "replicate_bootstrap", "compare_methods",
+from cyclecorr.evaluate.report import set_kind
+
+__all__ = ["STATISTICS", "category_of", "paired_bootstrap", "replicate_bootstrap",
+           "compare_methods",
            "compare_set", "compare_replicates"]
 
 STATISTICS = ("per_keypoint", "mean_over_groups")
@@ -302,8 +305,6 @@ _SET_STATISTIC = {"flowweb": ("per_keypoint", False), "pf-willow": ("mean_over_g
 def _set_spec(set_name: str, by_method: dict) -> tuple[str, bool, list] | None:
     """(statistic, by category, α's) of ``set_name``'s headline PCK, the α's from the first
     method with per-pair records; None for sets without a keypoint headline."""
-    from cyclecorr.evaluate.report import set_kind
-
     spec = _SET_STATISTIC.get(set_kind(set_name))
     with_pairs = [r for r in by_method.values() if r and r.get("pck_pairs")]
     if spec is None or not with_pairs:

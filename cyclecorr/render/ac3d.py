@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["AC3DScene", "read_ac3d", "triangulate_polygon", "ac3d_parts", "AC3D_SUFFIXES"]
 
@@ -50,7 +51,7 @@ _DEFAULT_RGB = (0.8, 0.8, 0.8)
 
 
 def _error(path, msg):
-    from .mesh import MeshError
+    from .mesh import MeshError  # here, not at the top: mesh imports this module
 
     return MeshError(f"{path}: {msg}")
 
@@ -317,8 +318,6 @@ def read_ac3d(path: str | os.PathLike, load_textures: bool = True) -> AC3DScene:
             p = _find_texture(path, name)
             if p is not None:
                 try:
-                    from PIL import Image
-
                     with Image.open(p) as im:
                         img = im.convert("RGB")
                     textures.append(p)
@@ -536,7 +535,7 @@ def ac3d_parts(scene: AC3DScene) -> tuple[np.ndarray, list]:
     the first face as its diffuse colour) and one part of the untextured triangles with their
     material colours as face colours. Every part has one vertex per triangle corner.
     """
-    import trimesh
+    import trimesh  # on use: heavy (0.6 s), kept out of the command line's start-up
 
     V, F = scene.vertices, scene.faces
     parts, order = [], []

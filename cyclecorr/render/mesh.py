@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ac3d import AC3D_SUFFIXES
+from .ac3d import AC3D_SUFFIXES, ac3d_parts, read_ac3d
 
 __all__ = ["Mesh", "load_mesh", "list_meshes", "SOURCE_CONVENTIONS", "detect_source",
            "axes_rotation", "MeshError", "thickness"]
@@ -139,7 +139,7 @@ class Mesh:
 
     @classmethod
     def from_arrays(cls, vertices, faces, keypoints: dict | None = None,
-                    normalize: bool = False) -> "Mesh":
+                    normalize: bool = False) -> Mesh:
         """A mesh from arrays already in the canonical axes; ``normalize`` recentres and scales
         it to bbox diagonal 1 (keypoints follow)."""
         v = np.asarray(vertices, dtype=np.float64)
@@ -280,7 +280,7 @@ def _load_pascal3d_json(path: Path):
 
 
 def _load_trimesh(path: Path):
-    import trimesh
+    import trimesh  # on use: heavy (0.6 s), needed only for formats read through trimesh
 
     try:
         loaded = trimesh.load(str(path), process=False, maintain_order=True)
@@ -302,8 +302,6 @@ def _load_trimesh(path: Path):
 
 
 def _load_ac3d(path: Path):
-    from .ac3d import ac3d_parts, read_ac3d
-
     scene = read_ac3d(path)
     if len(scene.faces) == 0:
         sk = {k: v for k, v in scene.skipped.items() if v}

@@ -15,27 +15,42 @@
 """
 from __future__ import annotations
 
+import html
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+import trimesh
+from tqdm.auto import tqdm
+
+from cyclecorr.checkpoint import shipped_model_path
+from cyclecorr.matcher import Matcher
+from cyclecorr.render import Mesh, Viewpoint, correspondence_between, default_renderer, random_light
+from cyclecorr.train.config import load_config
+from cyclecorr.train.loop import train
+from cyclecorr.viz import (
+    flow_to_color,
+    model_summary,
+    page_flow_scale,
+    save_png,
+    write_html_page,
+    write_pair_pictures,
+)
 
 __all__ = ["procedural_car", "procedural_chair", "build_demo_quartets", "run_demo"]
 
 
 def _box(center, extent):
-    import trimesh
-
     m = trimesh.creation.box(extents=extent)
     m.apply_translation(center)
     return m
 
 
 def _wheel(center, radius, width):
-    import trimesh
-
     m = trimesh.creation.cylinder(radius=radius, height=width, sections=20)
     rot = trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0])  # axis along x
     m.apply_transform(rot)
@@ -46,8 +61,6 @@ def _wheel(center, radius, width):
 def _assemble(parts_colours):
     """trimesh parts with colours → a canonical :class:`cyclecorr.render.Mesh` with coloured
     parts (centred, bounding-box diagonal 1; z up, front −y)."""
-    from cyclecorr.render import Mesh
-
     parts = []
     for m, col in parts_colours:
         m = m.copy()
@@ -108,12 +121,11 @@ def procedural_chair(rng: np.random.Generator):
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    import torch.nn.functional as F
-
     img = torch.zeros(1, 3, size, size)
     for i, s in enumerate((2, 4, 8, 16)):
         noise = torch.from_numpy(rng.uniform(0, 1, (1, 3, s, s)).astype(np.float32))
-        img += F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False) / 1.6 ** i
+        img += F.interpolate(noise, size=(size, size), mode="bilinear",
+                             align_corners=False) / 1.6 ** i
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
     return (img[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
@@ -126,10 +138,6 @@ def build_demo_quartets(n: int, size: int = 64, seed: int = 0, category: str = "
                         n_models: int = 6, progress: bool = True) -> list[dict]:
     """``n`` quartets from procedural models (see the module docstring); a list of dicts with the
     training keys plus ``mask_s1``. Deterministic for a given seed."""
-    from tqdm.auto import tqdm
-
-    from cyclecorr.render import Viewpoint, correspondence_between, default_renderer, random_light
-
     make = {"car": procedural_car, "chair": procedural_chair}.get(category)
     if make is None:
         raise ValueError(f"demo category must be 'car' or 'chair', got {category!r}")
@@ -169,8 +177,6 @@ def build_demo_quartets(n: int, size: int = 64, seed: int = 0, category: str = "
 def _preview(quartets, path: Path, n: int = 4, max_flow: float | None = None):
     """``n`` quartets, one per row: s1, s2, r1, r2, the exact flow s1→s2 (colours at
     ``max_flow`` px, black where unmatched) and its matchability (white = 1)."""
-    from cyclecorr.viz import flow_to_color, save_png
-
     rows = []
     for q in quartets[:n]:
         ims = [(q[k].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -188,11 +194,6 @@ def run_demo(out: str | Path, quartets: int = 48, category: str = "car", seed: i
              shipped: bool = True) -> dict:
     """Run the whole demo into ``out``; returns a summary dict (also written to
     ``out/summary.json``)."""
-    from cyclecorr.matcher import Matcher
-    from cyclecorr.train.config import load_config
-    from cyclecorr.train.loop import train
-    from cyclecorr.viz import write_html_page, write_pair_pictures
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,14 +202,12 @@ def run_demo(out: str | Path, quartets: int = 48, category: str = "car", seed: i
     n_val = max(2, cfg.data.val_count)
     data = build_demo_quartets(quartets + n_val, size, seed, category, progress=progress)
     train_q, val_q = data[:quartets], data[quartets:]
-    from cyclecorr.viz import page_flow_scale
 
     scale = page_flow_scale([(size, size)])
     _preview(data, out / "quartets.png", max_flow=scale)
     t_data = time.perf_counter() - t0
     run = out / "run"
     if (run / "last.json").exists():  # a previous demo in this folder: start over
-        import shutil
 
         shutil.rmtree(run)
     res = train(cfg, run, quartets=[{k: v for k, v in q.items() if k != "mask_s1"}
@@ -226,13 +225,10 @@ def run_demo(out: str | Path, quartets: int = 48, category: str = "car", seed: i
     models = [("demo model (trained just now)", res.final_model, "match_demo_model")]
     if shipped:
         try:
-            from cyclecorr.checkpoint import shipped_model_path
-
             models.append(("car model shipped with cyclecorr", shipped_model_path("car"),
                            "match_shipped_model"))
         except FileNotFoundError:
             pass
-    from cyclecorr.viz import model_summary
 
     for name, path, sub in models:
         m = Matcher.from_checkpoint(path, device="cpu")
@@ -278,8 +274,6 @@ def zero_flow_validation(quartets, pck_alpha: float) -> dict:
 def _demo_intro(summary: dict, cfg, seed: int, scale: float, n_val: int) -> str:
     """The demo page's explanation: what ran, that the model is tiny, its validation numbers
     beside the zero flow's, and the training quartets."""
-    import html
-
     v = summary.get("validation") or {}
     z = summary["zero_flow_validation"]
     size = summary["image_size"]

@@ -99,7 +99,7 @@ def flow_legend(scale: float, size: int = 200) -> np.ndarray:
     """The colour key of :func:`flow_to_color` at ``max_flow = scale`` as an ``H×W×3`` uint8
     picture with axes in pixels: the colour at (u, v) is that of a flow vector (u, v) (x right,
     y down); full colour on the circle of radius ``scale``, darker beyond it."""
-    import matplotlib
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -8,9 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
 
 from cyclecorr._io import atomic_path
-from cyclecorr.geometry import rescale_points
+from cyclecorr.geometry import inside_mask, pixel_grid, rescale_points, sample
 
 __all__ = ["warp_image", "heatmap", "blend", "grid_points", "draw_correspondences",
            "save_png", "side_by_side", "colorbar", "salient_points"]
@@ -38,10 +41,6 @@ def _check_image(name: str, image) -> np.ndarray:
 def warp_image(image_b, flow_ab, fill: int = 0) -> np.ndarray:
     """Target warped onto the source: ``out(p) = image_b(p + flow_ab(p))`` (bilinear; points
     outside b get ``fill``). Output has the flow's ``H×W``; b may have another size."""
-    import torch
-
-    from cyclecorr.geometry import inside_mask, pixel_grid, sample
-
     b = _check_image("image_b", image_b)
     f = torch.from_numpy(_flow_chw(flow_ab))[None]
     img = torch.from_numpy(np.array(b)).permute(2, 0, 1)[None].float()
@@ -54,7 +53,7 @@ def warp_image(image_b, flow_ab, fill: int = 0) -> np.ndarray:
 
 def heatmap(values, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """``H×W`` values → ``H×W×3`` uint8 with a matplotlib colour map (default: inferno, 0 dark)."""
-    import matplotlib
+    import matplotlib  # on use: heavy, needed by the pictures that draw with it
 
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
@@ -68,7 +67,7 @@ def colorbar(cmap: str = "inferno", label: str = "matchability", width: int = 26
              threshold: float | None = 0.5) -> np.ndarray:
     """A horizontal colour bar of :func:`heatmap`'s 0–1 scale as an ``H×W×3`` uint8 picture, with
     ticks and an optional marked threshold."""
-    import matplotlib
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -98,8 +97,6 @@ def salient_points(image, matchability=None, n: int = 12, threshold: float = 0.5
     and restricted to pixels with matchability ≥ ``threshold`` when it is given; greedy
     selection keeps points ``min_dist`` apart (default: an eighth of the smaller side).
     Returns ``(N, 2)`` (x, y) float, integer pixel centres."""
-    from scipy import ndimage
-
     a = _check_image("image", image).astype(np.float64).mean(axis=2) / 255.0
     h, w = a.shape
     g = ndimage.gaussian_filter(a, 1.0)
@@ -163,8 +160,6 @@ def grid_points(height: int, width: int, step: int | None = None, n: int = 10,
 def side_by_side(image_a, image_b, gap: int = 8) -> tuple[np.ndarray, float, float]:
     """``[a | gap | b]`` on white, both scaled to the same height. Returns the canvas and the
     scale and x offset of b (a keeps its size: b is resized to a's height)."""
-    from PIL import Image
-
     a = _check_image("image_a", image_a)
     b = _check_image("image_b", image_b)
     h = a.shape[0]
@@ -185,12 +180,10 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
     ground truth ``kps_b_true`` (drawn as crosses); rows with ``valid = False`` or NaN are
     skipped. Pictures lower than ``min_height`` px are enlarged for display. Saves a PNG to
     ``path``."""
-    import matplotlib
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from PIL import Image
 
     canvas, sb, off = side_by_side(image_a, image_b)
     # small images are enlarged for display (coordinates scaled to match)
@@ -244,8 +237,6 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
 
 def save_png(path, image) -> Path:
     """Write an ``H×W×3`` (or ``H×W``) uint8 image as PNG (folders created)."""
-    from PIL import Image
-
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"{path}: save_png needs uint8, got {a.dtype}")

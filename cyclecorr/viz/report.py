@@ -27,10 +27,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from cyclecorr.checkpoint import file_sha256, read_metadata, shipped_model_path
+from cyclecorr.data.io import write_flo
+from cyclecorr.geometry import transfer_keypoints
 from cyclecorr.viz.flow_color import flow_legend, flow_to_color, page_flow_scale
-from cyclecorr.viz.pictures import (colorbar, draw_correspondences, heatmap, salient_points,
-                                    save_png, warp_image)
+from cyclecorr.viz.pictures import (
+    colorbar,
+    draw_correspondences,
+    heatmap,
+    salient_points,
+    save_png,
+    warp_image,
+)
 from cyclecorr.viz.viewer import VIEWER_CSS, VIEWER_JS, viewer_data, viewer_html
 
 __all__ = ["write_pair_pictures", "write_html_page", "model_summary", "MATCH_THRESHOLD"]
@@ -59,11 +69,6 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
             :func:`~cyclecorr.viz.page_flow_scale` of the source size. Pass the page's scale so
             that every pair of a page shares it.
     """
-    import torch
-
-    from cyclecorr.data.io import write_flo
-    from cyclecorr.geometry import transfer_keypoints
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     f = np.asarray(flow_ab, np.float32)
@@ -161,7 +166,6 @@ def model_summary(path=None, *, method: str = "model", name: str | None = None) 
     if method == "zero":
         return {"name": name or "zero flow", "category": "any",
                 "note": "the trivial baseline: every pixel matches the same position"}
-    from cyclecorr.checkpoint import file_sha256, read_metadata, shipped_model_path
 
     p = Path(shipped_model_path("car") if path in (None, "shipped") else path)
     try:

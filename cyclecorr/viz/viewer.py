@@ -126,7 +126,8 @@ function match(x,y){var f=grid(fl,2,x,y),m=mt?grid(mt,1,x,y)[0]/255:null;
 return {x:x,y:y,tx:x+f[0],ty:y+f[1],m:m};}
 function pixel(e){var r=si.getBoundingClientRect();
 /* browsers that report whole CSS pixels truncate: the pointer lies in [c, c+1) */
-var cx=e.clientX+(Number.isInteger(e.clientX)?0.5:0),cy=e.clientY+(Number.isInteger(e.clientY)?0.5:0);
+var cx=e.clientX+(Number.isInteger(e.clientX)?0.5:0);
+var cy=e.clientY+(Number.isInteger(e.clientY)?0.5:0);
 var x=Math.round((cx-r.left)*d.w/r.width-0.5),y=Math.round((cy-r.top)*d.h/r.height-0.5);
 return [Math.min(Math.max(x,0),d.w-1),Math.min(Math.max(y,0),d.h-1)];}
 function css(img,W,H,x,y){/* image pixel -> position inside its box, and inside the row */
