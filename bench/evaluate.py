@@ -193,8 +193,13 @@ def bench_costvol(args) -> dict:
 
 def bench_pf_willow(args) -> None:
     from cyclecorr._paths import shared_data_dir
-    from cyclecorr.evaluate import (NetworkMethod, SiftFlowMethod, ZeroFlow,
-                                    evaluate_pck_pf_willow, load_pf_willow)
+    from cyclecorr.evaluate import (
+        NetworkMethod,
+        SiftFlowMethod,
+        ZeroFlow,
+        evaluate_pck_pf_willow,
+        load_pf_willow,
+    )
 
     root = shared_data_dir()
     if root is None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,16 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     from cyclecorr._paths import shared_data_dir
-    from cyclecorr.data.quartets import (PLAN_FILE, REAL_FILE, RETRIEVAL_FILE, QuartetConfig,
-                                         collect_models, prepare_quartets)
-    from cyclecorr.data.retrieval import (get_mesh, hog_descriptor, render_bank_views,
-                                          viewpoint_grid)
+    from cyclecorr.data.quartet_files import PLAN_FILE, REAL_FILE, RETRIEVAL_FILE
+    from cyclecorr.data.quartets import QuartetConfig, collect_models, prepare_quartets
+    from cyclecorr.data.retrieval import get_mesh, hog_descriptor, render_bank_views, viewpoint_grid
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quartets", type=int, default=1024)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--real-limit", type=int, default=0,
+                    help="use only the first N real crops (0: all)")
     ap.add_argument("--bank-cache", default=None,
                     help="render-bank cache (default: the user cache; built once, ~2 min)")
     args = ap.parse_args()
@@ -50,6 +51,13 @@ def main() -> int:
     real = [str(data / "real" / "voc2007" / "car")]
     cad = [str(data / "cad" / "car" / "gsnet"), str(data / "cad" / "pascal3d")]
     work = Path(args.out or tempfile.mkdtemp(prefix="cyclecorr-bench-"))
+    if args.real_limit > 0:  # the first N crops of the folder, linked into the work folder
+        sub = work / "real"
+        sub.mkdir(parents=True, exist_ok=True)
+        for p in sorted(Path(real[0]).glob("*.jpg"))[:args.real_limit]:
+            if not (sub / p.name).exists():
+                (sub / p.name).symlink_to(p)
+        real = [str(sub)]
     cfg = QuartetConfig(shard_size=args.shard_size)
     quiet = dict(progress=False, log=lambda *_: None, bank_cache=args.bank_cache)
 
@@ -77,7 +85,9 @@ def main() -> int:
     s = prepare_quartets(real, cad, base, 0, cfg, workers=max(args.workers), **quiet)
     t_prep = time.perf_counter() - t0
     rt = s.get("retrieval_timing") or {}
-    print(f"preparation: {s['real_crops']} real crops, {s['models']} models, {t_prep:.1f} s total "
+    print(f"preparation: {s['real_crops']} real crops ({s['excluded']} excluded as near-duplicates "
+          f"of evaluation images; reading, screening and cropping {s['real_s']:.1f} s), "
+          f"{s['models']} models, {t_prep:.1f} s total "
           f"(bank {rt.get('bank_s', 0):.1f} s [0 if cached], HOG of real crops "
           f"{rt.get('hog_s', 0):.1f} s, rest = real-image I/O + crop)")
 
@@ -85,8 +95,14 @@ def main() -> int:
     import numpy as np
 
     from cyclecorr.data.quartets import _load_st
-    from cyclecorr.data.retrieval import (POSE_AZIMUTH, RenderBank, azimuth_distance, build_bank,
-                                          estimate_viewpoints, hog_descriptors)
+    from cyclecorr.data.retrieval import (
+        POSE_AZIMUTH,
+        RenderBank,
+        azimuth_distance,
+        build_bank,
+        estimate_viewpoints,
+        hog_descriptors,
+    )
     from cyclecorr.render import Viewpoint, render_view
 
     bank_dir = args.bank_cache
@@ -129,7 +145,8 @@ def main() -> int:
         for f in (PLAN_FILE, REAL_FILE, RETRIEVAL_FILE):
             shutil.copy(base / f, out / f)
         # a fresh process per worker count: both runs pay the same start-up (imports, GL, meshes)
-        code = ("import json, sys; from cyclecorr.data.quartets import QuartetConfig, prepare_quartets;"
+        code = ("import json, sys; "
+                "from cyclecorr.data.quartets import QuartetConfig, prepare_quartets;"
                 f"s = prepare_quartets({real!r}, {cad!r}, {str(out)!r}, {args.quartets}, "
                 f"QuartetConfig(shard_size={args.shard_size}), workers={w}, progress=False, "
                 f"log=lambda *_: None, bank_cache={args.bank_cache!r});"

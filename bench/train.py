@@ -7,9 +7,9 @@ time the loop waits for data (loading must not starve the model).
 
 Prints one JSON line per (stage, device) with: it_per_s, items_per_s, data_wait_share (time
 blocked on the DataLoader / total), step_ms (compute) and the settings. Synthetic quartets are
-generated once before timing (the loader then only augments and collates them). Timings exclude the first
-``--warmup`` iterations. The data source is the training loop's own pipeline (AugmentedDataset +
-StepBatchSampler + DataLoader with ``--workers`` processes).
+generated once before timing (the loader then only augments and collates them). Timings exclude
+the first ``--warmup`` iterations. The data source is the training loop's own pipeline
+(AugmentedDataset + StepBatchSampler + DataLoader with ``--workers`` processes).
 """
 from __future__ import annotations
 
@@ -27,29 +27,29 @@ import torch  # noqa: E402
 
 from cyclecorr._runtime import precision_context  # noqa: E402
 from cyclecorr.losses import CycleLossConfig  # noqa: E402
-from cyclecorr.model import CorrespondenceNet  # noqa: E402
-from cyclecorr.train.config import load_config  # noqa: E402
-from cyclecorr.train.data import (QUARTET_KEYS, AugmentedDataset, StepBatchSampler,  # noqa: E402
-                                  collate)
-from cyclecorr.train.loop import _GTPairs, build_quartets  # noqa: E402
+from cyclecorr.model import build_network  # noqa: E402
+from cyclecorr.train.config import AugmentConfig, load_config  # noqa: E402
+from cyclecorr.train.data import QUARTET_KEYS, AugmentedDataset, StepBatchSampler, collate  # noqa: E402
 from cyclecorr.train.modules import CycleModule, FlowModule  # noqa: E402
+from cyclecorr.train.run_data import RenderPairs, build_quartets  # noqa: E402
 from cyclecorr.train.steps import cycle_step_loss, stage1_step_loss  # noqa: E402
 
 
 def bench_stage(stage, cfg, trainset, device, steps, warmup, workers):
     st = cfg.stage1 if stage == 1 else cfg.stage2
     torch.manual_seed(0)
-    net = CorrespondenceNet(cfg.net).to(device)
+    net = build_network(cfg.net).to(device)
     if cfg.runtime.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if stage == 1:
-        base, keys, module = _GTPairs(trainset), ("src", "tgt", "flow", "valid"), FlowModule(net)
+        base, keys, module = RenderPairs(trainset), ("src", "tgt", "flow", "valid"), FlowModule(net)
         fn = lambda m, b: stage1_step_loss(m, b, cfg.stage1_reduction)  # noqa: E731
     else:
         base, keys, module = trainset, QUARTET_KEYS, CycleModule(net)
         lc = CycleLossConfig(**cfg.loss.to_dict())
         fn = lambda m, b: cycle_step_loss(m, b, lc)  # noqa: E731
-    ds = AugmentedDataset(base, 0, cfg.augment.hflip, cfg.augment.color_jitter, keys=keys)
+    aug = AugmentConfig(hflip=cfg.augment.hflip, color_jitter=cfg.augment.color_jitter)
+    ds = AugmentedDataset(base, 0, aug, keys=keys)
     sampler = StepBatchSampler(len(ds), st.batch_size, 0, 0, steps + warmup)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=workers, pin_memory=device.type == "cuda",

@@ -62,8 +62,8 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from cyclecorr._runtime import keep_freed_memory  # noqa: E402
-from cyclecorr.losses import CycleLossConfig  # noqa: E402
 from cyclecorr.costvol import CostVolumeNet  # noqa: E402
+from cyclecorr.losses import CycleLossConfig  # noqa: E402
 from cyclecorr.model import CorrespondenceNet  # noqa: E402
 from cyclecorr.train.modules import CycleModule  # noqa: E402
 from cyclecorr.train.steps import cycle_step_loss  # noqa: E402
@@ -287,7 +287,8 @@ def run_all(names, device, batch, steps, world=1, threads=0):
         if not main_rank:
             continue
         rows.append(r)
-        print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, {r['quartets_per_s']:.2f} quartets/s, "
+        print(f"{r['variant']:>14}: {r['sec_per_step']:.3f} s/step, "
+              f"{r['quartets_per_s']:.2f} quartets/s, "
               f"{r['achieved_gflops']:.1f} GFLOP/s vs matmul {r['matmul_gflops']:.1f} GFLOP/s: "
               f"MFU {100 * r['mfu']:.1f} % (median of {steps} step/matmul pairs; "
               f"{100 * r['mfu_min']:.0f}–{100 * r['mfu_max']:.0f} %); against the faster of "
@@ -315,7 +316,8 @@ def _ddp_child(rank, world, port, names, batch, steps, threads, out):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=10, help="quartets per step (paper: 10)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--variants",

@@ -1,10 +1,10 @@
 """Benchmark: Winograd 3×3 convolution against oneDNN's direct convolution, forward + backward.
 
 Run from the repository root: ``.venv/bin/python bench/winograd.py [--threads 2] [--reps 5]``.
-A measured and rejected route to a faster training step (README, "Benchmarks"): F(2×2, 3×3) and
-F(4×4, 3×3) written in plain PyTorch as input and weight transforms around one batched matmul
-per layer, autograd for the backward. It first checks both against ``F.conv2d`` (float64
-``gradcheck`` and the float32 relative error), then times forward + backward of each on the
+A measured and rejected route to a faster training step (docs/RESULTS.md, "Benchmarks"):
+F(2×2, 3×3) and F(4×4, 3×3) written in plain PyTorch as input and weight transforms around one
+batched matmul per layer, autograd for the backward. It first checks both against ``F.conv2d``
+(float64 ``gradcheck`` and the float32 relative error), then times forward + backward of each on the
 paper network's 3×3 stride-1 layers at the batch a 10-quartet cycle step gives them (30 decoder
 pairs, 40 encoder images), channels-last, best of ``--reps``, and prints each time with its
 ratio to the direct convolution measured in the same run (> 1: Winograd is faster).

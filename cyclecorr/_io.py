@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by every room: long jobs never leave a half-written file behind.
+"""Atomic file writes, shared by every room: long jobs never leave a half-written file behind;
+file hashes and format-tagged JSON files.
 
 ``with atomic_path(p) as tmp:`` yields a temporary path in ``p``'s folder (same file ending, so
 writers that look at the suffix — PIL, numpy — behave) and renames it onto ``p`` only when the
@@ -6,13 +7,14 @@ block succeeds; on any error the temporary file is removed and ``p`` is untouche
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "read_format_json"]
+__all__ = ["atomic_path", "atomic_write_bytes", "read_format_json", "file_sha256"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -57,3 +59,12 @@ def read_format_json(path: str | os.PathLike, fmt: str, what: str,
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise error(f"{p}: not a {fmt} {what} (format {got!r})")
     return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -40,7 +40,8 @@ def require_shared_data(*parts: str) -> Path:
 
 
 def cache_dir() -> Path:
-    """A writable cache folder (``$CYCLECORR_CACHE`` or ``~/.cache/cyclecorr``), created on demand."""
+    """A writable cache folder (``$CYCLECORR_CACHE`` or ``~/.cache/cyclecorr``), created on
+    demand."""
     p = Path(os.environ.get("CYCLECORR_CACHE", Path.home() / ".cache" / "cyclecorr"))
     p.mkdir(parents=True, exist_ok=True)
     return p

@@ -16,6 +16,11 @@ changes results: it decides where freed memory goes, not what is computed.
 :data:`PRECISIONS` / :func:`precision_context` are the arithmetic precisions a network forward
 runs in (inference: ``Matcher``, ``cyclecorr evaluate|match --precision``; training:
 ``runtime.precision``), and :func:`cpu_has_bf16` says whether bf16 is native on this CPU.
+:func:`resolve_device` turns a device name (``"auto"``, ``"cpu"``, ``"cuda"``, …) into a
+``torch.device``, for inference and training alike.
+
+torch is imported inside the functions: the command line reads :data:`PRECISIONS` from here to
+build its argument parser, before any command needs torch.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory", "PRECISIONS", "precision_context", "cpu_has_bf16"]
+__all__ = ["keep_freed_memory", "PRECISIONS", "precision_context", "cpu_has_bf16", "resolve_device"]
 
 #: Precisions of a network forward: ``"float32"`` (the default, the paper's, and the evaluation
 #: protocol) or ``"bf16"`` (the network under ``torch.autocast(bfloat16)``; the network returns
@@ -41,14 +46,23 @@ def precision_context(device, precision: str):
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":
         return contextlib.nullcontext()
-    import torch
+    import torch  # on use: see the module docstring
 
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def resolve_device(device="auto"):
+    """``"auto"`` → CUDA when available, else CPU; any other name or ``torch.device`` as given."""
+    import torch  # on use: see the module docstring
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16, AMX, …) rather than emulated."""
-    import torch
+    import torch  # on use: see the module docstring
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

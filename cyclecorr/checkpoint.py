@@ -7,38 +7,28 @@ Loading never executes code (safetensors holds tensors and strings only). Writes
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from cyclecorr._io import atomic_path, atomic_write_bytes
-from cyclecorr.model import CorrespondenceNet, NetConfig
+from cyclecorr._io import atomic_path, atomic_write_bytes, file_sha256
+from cyclecorr.model import CorrespondenceNet, build_network
 
-__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256", "atomic_write_bytes",
-           "shipped_model_path", "unwrap_model"]
+__all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256",
+           "atomic_write_bytes", "shipped_model_path", "shipped_models", "unwrap_model"]
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The plain network inside DistributedDataParallel / ``torch.compile`` wrappers."""
     # DistributedDataParallel / torch.compile wrappers must not leak into key names
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 
@@ -53,8 +43,6 @@ def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | N
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``cyclecorr`` metadata JSON of a model file, as a dict."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -64,7 +52,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable safetensors model file ({e})") from e
     if "cyclecorr" not in meta:
-        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr model)")
+        raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr "
+                         "model)")
     return json.loads(meta["cyclecorr"])
 
 
@@ -99,18 +88,54 @@ def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = F
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                ) -> tuple[CorrespondenceNet, dict]:
-    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode, metadata)``."""
+    """Load a model file written by :func:`save_model`. Returns ``(model in eval mode,
+    metadata)``."""
     meta = read_metadata(path)
-    net = CorrespondenceNet(NetConfig(**meta["net"]))
+    net = build_network(meta["net"])
     load_weights(net, path)
     meta["sha256"] = file_sha256(path)
     return net.to(device).eval(), meta
 
 
+def shipped_models(weights_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The models shipped inside the package (``cyclecorr/weights/<category>.safetensors``).
+
+    Returns one dict per file, sorted by category: ``category`` (the file's stem), ``file``
+    (Path), ``size_bytes``, ``card`` (the model card ``<category>.md`` beside it, or None),
+    ``title`` (the card's first heading, or None) and ``net`` (the network configuration from the
+    file's metadata; ``{}`` with ``error`` set where the file cannot be read).
+    """
+    folder = Path(weights_dir) if weights_dir is not None else _WEIGHTS_DIR
+    out = []
+    for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        card = f.with_suffix(".md")
+        entry = {"category": f.stem, "file": f, "size_bytes": f.stat().st_size,
+                 "card": card if card.is_file() else None, "title": None, "net": {}}
+        if entry["card"] is not None:
+            for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("#"):
+                    entry["title"] = line.lstrip("#").strip()
+                    break
+        try:
+            entry["net"] = read_metadata(f).get("net", {})
+        except (ValueError, OSError) as e:
+            entry["error"] = str(e)
+        out.append(entry)
+    return out
+
+
 def shipped_model_path(category: str = "car") -> Path:
-    """Path of the model shipped inside the package for ``category``."""
+    """Path of the model shipped inside the package for ``category``.
+
+    Raises ``FileNotFoundError`` listing the shipped models (category, file, size) where there
+    is none for ``category``."""
     p = _WEIGHTS_DIR / f"{category}.safetensors"
     if not p.is_file():
-        avail = sorted(x.stem for x in _WEIGHTS_DIR.glob("*.safetensors")) if _WEIGHTS_DIR.is_dir() else []
-        raise FileNotFoundError(f"no shipped model for category {category!r} (available: {avail})")
+        avail = shipped_models()
+        listing = ", ".join(f"{m['category']} ({m['file'].name}, "
+                            f"{m['size_bytes'] / 2 ** 20:.1f} MiB)" for m in avail) or "none"
+        raise FileNotFoundError(
+            f"no shipped model for category {category!r}; shipped models: {listing} "
+            f"(`cyclecorr models` lists them). Train one (README, 'Training your own model') "
+            f"and load its file with Matcher.from_checkpoint(path)")
     return p

@@ -5,26 +5,41 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
+
+from cyclecorr import __version__
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("cyclecorr.commands.demo_cmd", "end-to-end demo on embedded data: render, quartets, train, match, pictures"),
-    "render": ("cyclecorr.commands.render_cmd", "render CAD models / synthetic ground-truth pairs to PNG"),
-    "prepare": ("cyclecorr.commands.prepare_cmd", "build training quartets from real photos and CAD models"),
-    "siftflow": ("cyclecorr.commands.siftflow_cmd", "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
-    "train": ("cyclecorr.commands.train_cmd", "train a model (stage 1: SIFT-flow imitation, stage 2: cycle consistency)"),
-    "evaluate": ("cyclecorr.commands.evaluate_cmd", "evaluate models and baselines (PCK, matchability, segmentation, flow)"),
-    "compare": ("cyclecorr.commands.compare_cmd", "compare the methods of evaluation result files pair by pair (bootstrap intervals)"),
-    "match": ("cyclecorr.commands.match_cmd", "match two images (or a folder of pairs) and write pictures + HTML"),
+    "demo": ("cyclecorr.commands.demo_cmd",
+             "end-to-end demo on embedded data: render, quartets, train, match, pictures"),
+    "render": ("cyclecorr.commands.render_cmd",
+               "render CAD models / synthetic ground-truth pairs to PNG"),
+    "prepare": ("cyclecorr.commands.prepare_cmd",
+                "build training quartets from real photos and CAD models"),
+    "siftflow": ("cyclecorr.commands.siftflow_cmd",
+                 "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
+    "train": ("cyclecorr.commands.train_cmd",
+              "train a model (stage 1: SIFT-flow imitation, stage 2: cycle consistency)"),
+    "evaluate": ("cyclecorr.commands.evaluate_cmd",
+                 "evaluate models and baselines (PCK, matchability, segmentation, flow)"),
+    "compare": ("cyclecorr.commands.compare_cmd",
+                "compare the methods of evaluation result files pair by pair (bootstrap "
+                "intervals)"),
+    "match": ("cyclecorr.commands.match_cmd",
+              "match two images (or a folder of pairs) and write pictures + HTML"),
+    "models": ("cyclecorr.commands.models_cmd",
+               "list the models shipped with the package (category, file, size, card)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cyclecorr import __version__
-
+    # the shipped models (cyclecorr.checkpoint.shipped_models), found without importing torch
+    shipped = sorted(p.stem for p in (Path(__file__).parent / "weights").glob("*.safetensors"))
     parser = argparse.ArgumentParser(
         prog="cyclecorr",
-        description="Dense correspondence across object instances by 3D-guided cycle consistency.")
+        description="Dense correspondence across object instances by 3D-guided cycle consistency.",
+        epilog=f"shipped models: {', '.join(shipped) or 'none'} (`cyclecorr models` for details)")
     parser.add_argument("--version", action="version", version=f"cyclecorr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():

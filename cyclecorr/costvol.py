@@ -604,7 +604,7 @@ class CostVolumeNet(nn.Module):
         """No layer of this network is grown into an older model file."""
         return []
 
-    def set_input_size(self, size: int) -> "CostVolumeNet":
+    def set_input_size(self, size: int) -> CostVolumeNet:
         """Run at ``size × size`` from now on (a positive multiple of 16); returns ``self``. No
         layer depends on the number of pixels; the flow is in the new size's pixels."""
         self.config = dataclasses.replace(self.config, image_size=int(size))

@@ -173,7 +173,8 @@ def transfer_keypoints(kps_a: torch.Tensor, flow_ab: torch.Tensor) -> torch.Tens
 
     Args:
         kps_a: ``(N, 2)`` with ``flow_ab`` ``(2, H, W)`` or ``(1, 2, H, W)``; or ``(B, N, 2)`` with
-            ``flow_ab`` ``(B, 2, H, W)``. (x, y), 0-based, may be non-integer. NaN keypoints stay NaN.
+            ``flow_ab`` ``(B, 2, H, W)``. (x, y), 0-based, may be non-integer. NaN keypoints
+            stay NaN.
 
     Returns:
         kps_b with the shape of ``kps_a``.
@@ -201,7 +202,8 @@ def resample_flow(flow_ab: torch.Tensor, src_size: tuple[int, int],
     """Re-express a flow computed between resized images in the original images' pixels.
 
     ``flow_ab`` maps a resized source (its own ``(h, w)``) into a resized target of the same
-    ``(h, w)``; images are resized with the pixel-area convention (``x' = (x + 0.5)·w/W − 0.5``). The
+    ``(h, w)``; images are resized with the pixel-area convention
+    (``x' = (x + 0.5)·w/W − 0.5``). The
     result maps every pixel of the original source (``src_size = (H_a, W_a)``) into the original
     target's pixels (``tgt_size = (H_b, W_b)``): shape ``(B, 2, H_a, W_a)``.
     """

@@ -7,7 +7,13 @@ On a quartet ``<s1, s2, r1, r2>`` the network predicts ``F_s1r1``, ``F_r1r2``, `
 - flow loss (truncated Euclidean): ``L_flow = Σ_p ~M(p) · min(‖~F(p) − F_cyc(p)‖², T²)``;
 - matchability loss: ``M_cyc(p) = M_r1r2(p + F_s1r1(p))`` (``M_s1r1 = M_r2s2 = 1``, fixed) and
   ``L_mat = Σ_p BCE(M_cyc(p), ~M(p))``;
-- ``L = L_flow + λ · L_mat``.
+- ``L = L_flow + λ · L_mat``;
+- two optional terms outside the paper (off by default): the leg prior ``leg_weight · L_leg`` and
+  the self-warp term ``warp_weight · L_warp`` (see :class:`CycleLossConfig`).
+
+:func:`cycle_objective` is the whole objective of a stage-2 training step, from the network's
+predictions and the batch's targets; :func:`cycle_loss` is its cycle part on explicit tensors.
+:func:`flow_regression_loss` is stage 1's: ``Σ_p ‖F(p) − F_target(p)‖²`` on a pair.
 
 Reductions (left open by the paper): ``"sum"`` sums over the pixels of each quartet and averages
 over the batch (the paper's Σ); ``"mean"`` averages over the pixels that count. Whether the
@@ -25,6 +31,10 @@ from cyclecorr.geometry import compose_flow, compose_matchability
 
 __all__ = [
     "CycleLossConfig",
+    "cycle_objective",
+    "check_cycle_batch",
+    "flow_regression_loss",
+    "WARP_KEYS",
     "truncated_flow_loss",
     "matchability_loss",
     "cycle_loss",
@@ -34,39 +44,33 @@ __all__ = [
 
 _EPS = 1e-6
 
+#: Batch keys of the self-warp pair (``cyclecorr.train.data.self_warp_pair``).
+WARP_KEYS = ("warp_src", "warp_tgt", "flow_warp", "match_warp")
+
 
 @dataclass
 class CycleLossConfig:
-    """Options of the cycle objective (paper defaults where it gives one).
+    """Options of the cycle objective (paper defaults where it gives one)."""
 
-    Attributes:
-        truncation: T in pixels at 128×128 (paper: 15). Scale it with the image size.
-        match_weight: λ, weight of the matchability loss relative to the flow loss.
-        reduction: ``"sum"`` (paper) or ``"mean"``.
-        match_grad_to_flow: let the matchability loss back-propagate into ``F_s1r1``.
-        padding: out-of-image policy when reading a flow during composition.
-        leg_weight: weight of an optional prior (not in the paper; 0 = off) that the two
-            synthetic–real legs are small: ``leg_weight · (Σ_p ~M(p) min(‖F_s1r1(p)‖², T²) +
-            Σ_p min(‖F_r2s2(p)‖², T²))``, same reduction as the flow loss. s1 is rendered from
-            r1's viewpoint and s2 from r2's, so those flows only carry shape differences; without
-            the prior the cycle admits a shortcut where ``F_r1r2 ≈ 0`` and the two
-            synthetic–real legs carry the whole viewpoint change (the network tells renders from
-            photos), which fits the cycle without learning real-to-real matching
-            (docs/RESULTS.md, "the synthetic-leg shortcut").
-        warp_weight: weight of an optional self-supervised term (not in the paper; 0 = off): the
-            flow from a photo r1 to a randomly re-framed copy of itself, whose flow is exact
-            (``cyclecorr.train.data.self_warp_pair``), under the same truncated loss and
-            reduction as the cycle. Every other signal the real-to-real leg gets passes through
-            a CAD model's shape and pose; this one asks it to follow a photo's own content
-            (docs/RESULTS.md, "Where the real pair's flow falls short").
-    """
-
+    #: T in pixels at 128×128 (paper: 15); scale it with the image size.
     truncation: float = 15.0
+    #: λ, the matchability loss's weight relative to the flow loss.
     match_weight: float = 1.0
+    #: ``"sum"`` (paper) or ``"mean"``.
     reduction: str = "sum"
+    #: let the matchability loss back-propagate into ``F_s1r1`` (through the sampling position).
     match_grad_to_flow: bool = False
+    #: out-of-image policy when reading a flow during composition.
     padding: str = "border"
+    #: weight of a prior that the synthetic–real legs are small (not in the paper; 0 = off):
+    #: ``Σ_p ~M(p) min(‖F_s1r1(p)‖², T²) + Σ_p min(‖F_r2s2(p)‖², T²)``, same reduction as the flow
+    #: loss. It closes the shortcut where ``F_r1r2 ≈ 0`` and those legs carry the whole viewpoint
+    #: change (docs/RESULTS.md, "The synthetic-leg shortcut").
     leg_weight: float = 0.0
+    #: weight of the self-warp term (not in the paper; 0 = off): the truncated flow loss from a
+    #: photo r1 to a re-framed copy of itself, whose flow is exact
+    #: (``cyclecorr.train.data.self_warp_pair``), so the real-to-real leg also follows a photo's
+    #: own content (docs/RESULTS.md, "Where the real pair's flow falls short").
     warp_weight: float = 0.0
 
     def __post_init__(self):
@@ -110,7 +114,8 @@ def truncated_flow_loss(flow_pred: torch.Tensor, flow_gt: torch.Tensor,
     if mask is None:
         mask = torch.ones_like(flow_pred[:, :1])
     if mask.shape != flow_pred[:, :1].shape:
-        raise ValueError(f"mask must have shape {tuple(flow_pred[:, :1].shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"mask must have shape {tuple(flow_pred[:, :1].shape)}, got "
+                         f"{tuple(mask.shape)}")
     sq = (flow_pred - flow_gt).pow(2).sum(dim=1, keepdim=True)
     capped = torch.clamp(sq, max=truncation ** 2)
     weighted = capped * mask
@@ -135,7 +140,8 @@ def truncated_flow_loss(flow_pred: torch.Tensor, flow_gt: torch.Tensor,
 
 def matchability_loss(match_pred: torch.Tensor, match_gt: torch.Tensor,
                       reduction: str = "sum") -> tuple[torch.Tensor, dict]:
-    """Per-pixel binary cross-entropy ``−[m log p + (1 − m) log(1 − p)]`` (p clamped to [1e-6, 1−1e-6]).
+    """Per-pixel binary cross-entropy ``−[m log p + (1 − m) log(1 − p)]`` (p clamped to
+    [1e-6, 1−1e-6]).
 
     Args:
         match_pred: ``(B, 1, H, W)`` probabilities.
@@ -215,3 +221,57 @@ def leg_magnitudes(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: 
     """Mean end-point magnitude (pixels, over all pixels) of each of the three predicted legs."""
     return {f"leg_{k}": float(f.detach().norm(dim=1).mean())
             for k, f in (("s1r1", flow_s1r1), ("r1r2", flow_r1r2), ("r2s2", flow_r2s2))}
+
+
+def check_cycle_batch(batch: dict, config: CycleLossConfig, keys: tuple = WARP_KEYS) -> None:
+    """Raise ``ValueError`` when ``config.warp_weight > 0`` and ``batch`` lacks some of the
+    self-warp pair's ``keys`` (default all of :data:`WARP_KEYS`: images and targets)."""
+    if config.warp_weight > 0:
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"loss.warp_weight > 0 needs the self-warp pair in the batch; "
+                             f"missing {missing} (AugmentedDataset(self_warp=...) adds them)")
+
+
+def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = None
+                    ) -> tuple[torch.Tensor, dict]:
+    """The whole objective of one batch of quartets: :func:`cycle_loss` plus ``warp_weight ·`` the
+    truncated flow loss of the self-warp pair when ``config.warp_weight > 0``.
+
+    Args:
+        pred: the network's predictions, ``flow_s1r1``, ``flow_r1r2``, ``flow_r2s2``
+            ``(B, 2, H, W)`` and ``match_r1r2`` ``(B, 1, H, W)``; with the self-warp term also
+            ``flow_warp`` (the flow ``warp_src → warp_tgt``).
+        batch: the targets, ``flow_s1s2`` ``(B, 2, H, W)`` and ``match_s1s2`` ``(B, 1, H, W)``;
+            with the self-warp term also ``flow_warp`` and ``match_warp`` (:data:`WARP_KEYS`).
+
+    Returns:
+        ``(loss, metrics)``: the metrics of :func:`cycle_loss` (``loss`` is the total) and, with
+        the self-warp term, ``loss_warp`` and its flow metrics as ``warp_epe``, ``warp_px1``,
+        ``warp_px5``, ``warp_truncated``.
+    """
+    cfg = config or CycleLossConfig()
+    check_cycle_batch(batch, cfg, ("flow_warp", "match_warp"))
+    loss, metrics = cycle_loss(pred["flow_s1r1"], pred["flow_r1r2"], pred["flow_r2s2"],
+                               pred["match_r1r2"], batch["flow_s1s2"], batch["match_s1s2"], cfg)
+    if cfg.warp_weight > 0:
+        l_w, m_w = truncated_flow_loss(pred["flow_warp"], batch["flow_warp"], batch["match_warp"],
+                                       cfg.truncation, cfg.reduction)
+        loss = loss + cfg.warp_weight * l_w
+        metrics = {**metrics, "loss": float(loss.detach()), "loss_warp": float(l_w.detach()),
+                   **{f"warp_{k}": v for k, v in m_w.items()}}
+    return loss, metrics
+
+
+def flow_regression_loss(flow_pred: torch.Tensor, flow_target: torch.Tensor,
+                         valid: torch.Tensor | None = None, reduction: str = "mean"
+                         ) -> tuple[torch.Tensor, dict]:
+    """Stage 1's Euclidean regression of a predicted flow onto a target flow (paper: SIFT flow):
+    ``L = Σ_p valid(p) · ‖F(p) − F_target(p)‖²`` (:func:`truncated_flow_loss` without a cap;
+    ``reduction="sum"``: per-pair sum, batch mean; ``"mean"``: per-pixel mean).
+
+    Returns ``(loss, metrics)`` with ``loss`` and the flow metrics ``epe``, ``px1``, ``px5``,
+    ``truncated``."""
+    loss, metrics = truncated_flow_loss(flow_pred, flow_target, valid, truncation=float("inf"),
+                                        reduction=reduction)
+    return loss, {"loss": float(loss.detach()), **metrics}

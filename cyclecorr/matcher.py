@@ -1,14 +1,18 @@
-"""High-level matcher: two RGB images of any size in, a dense flow and matchability out.
+"""Inference: two RGB images of any size in, a dense flow and matchability out.
 
 >>> from cyclecorr import Matcher
 >>> m = Matcher.from_checkpoint()                  # the car model shipped with the package
 >>> out = m.match(src, tgt)                        # numpy H×W×3 uint8 or PIL images
 >>> out["flow"].shape, out["matchability"].shape   # (H_src, W_src, 2), (H_src, W_src)
 
-Both images are resized (aspect not kept, as in training: whole image = object crop) to the
-network's input size; the network's flow is then re-expressed in the original images' pixels with
-:func:`cyclecorr.geometry.resample_flow` (pixel-area resizing convention) and the matchability is
-bilinearly resized to the source's size.
+:class:`Matcher` is the one way a trained network is run on images: the Python API, ``cyclecorr
+match``, ``cyclecorr evaluate`` (through :class:`cyclecorr.evaluate.methods.NetworkMethod`), the
+demo and the training's real-photo monitor all go through it. Both images are resized by
+:func:`resize_image` (aspect not kept, as in training: whole image = object crop) to the network's
+input size; :func:`to_image_pixels` re-expresses the network's flow in the original images' pixels
+with :func:`cyclecorr.geometry.resample_flow` (pixel-area resizing convention) and resizes the
+matchability bilinearly to the source's size. Methods without a network (the baselines of
+:mod:`cyclecorr.evaluate.methods`) use the same two functions.
 """
 from __future__ import annotations
 
@@ -18,30 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from cyclecorr._runtime import PRECISIONS, precision_context
+from cyclecorr._runtime import PRECISIONS, precision_context, resolve_device
 from cyclecorr.checkpoint import load_model, shipped_model_path
 from cyclecorr.geometry import resample_flow, transfer_keypoints
-from cyclecorr.model import CorrespondenceNet
 
-__all__ = ["Matcher", "to_tensor_image", "resolve_device", "PRECISIONS", "precision_context"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["Matcher", "to_tensor_image", "resize_image", "to_image_pixels", "resolve_device",
+           "PRECISIONS", "precision_context"]
 
 
 def to_tensor_image(image) -> torch.Tensor:
-    """An RGB image (numpy ``H×W×3`` uint8/float in [0, 1], ``H×W`` grey, or PIL) → ``(3, H, W)`` float."""
-    try:
-        from PIL import Image
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
-    except ImportError:  # pragma: no cover
-        pass
+    """An RGB image (numpy ``H×W×3`` uint8/float in [0, 1], ``H×W`` grey, PIL, or a ``(3, H, W)``
+    tensor) → ``(3, H, W)`` float32, a copy."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         t = image.float()
         if t.dim() == 3 and t.shape[0] == 3:
@@ -65,67 +60,100 @@ def to_tensor_image(image) -> torch.Tensor:
     return t.permute(2, 0, 1)
 
 
-class Matcher:
-    """Wraps a :class:`~cyclecorr.model.CorrespondenceNet` for images of any size."""
+def resize_image(image, size: int) -> torch.Tensor:
+    """An image (anything :func:`to_tensor_image` takes) → ``(3, size, size)`` float in [0, 1]:
+    antialiased bilinear resizing, aspect not kept (an image already ``size × size`` is only
+    converted)."""
+    t = to_tensor_image(image)
+    if tuple(t.shape[-2:]) != (size, size):
+        t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)[0]
+    return t.clamp(0, 1)
 
-    def __init__(self, net: CorrespondenceNet, meta: dict | None = None,
+
+def to_image_pixels(flow: torch.Tensor, matchability: torch.Tensor | None,
+                    hw_src: tuple[int, int], hw_tgt: tuple[int, int]) -> dict:
+    """One pair's prediction at the network's size (``flow`` ``(1, 2, S, S)``, ``matchability``
+    ``(1, 1, S, S)`` or None) expressed in the original images' pixels: ``{"flow": (H_src, W_src,
+    2) float32, source pixels pointing into target pixels, "matchability": (H_src, W_src) float32
+    in [0, 1] or None}``."""
+    f = resample_flow(flow.float().cpu(), tuple(hw_src), tuple(hw_tgt))[0].permute(1, 2, 0)
+    m = None
+    if matchability is not None:
+        m = F.interpolate(matchability.float().cpu(), size=tuple(hw_src), mode="bilinear",
+                          align_corners=False)[0, 0].clamp(0, 1).numpy()
+    return {"flow": np.ascontiguousarray(f.numpy(), np.float32), "matchability": m}
+
+
+class Matcher:
+    """A trained network (from :func:`cyclecorr.model.build_network`) run on images of any size.
+
+    Args:
+        net: the network (put in eval mode on ``device`` here).
+        meta: the model file's metadata (``sha256``, ``stage``, ``step`` …).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, …
+        input_size: the side both images are resized to (default: the network's
+            ``config.image_size``, its training size; see ``set_input_size``).
+        precision: ``"float32"`` or ``"bf16"`` (see :data:`PRECISIONS`).
+        channels_last: convert the network to channels-last memory format (about 1.8× faster on a
+            CPU, ``bench/evaluate.py``). ``False`` leaves the network's parameters as they are,
+            for a network that is being trained.
+    """
+
+    def __init__(self, net: torch.nn.Module, meta: dict | None = None,
                  device: str | torch.device = "auto", input_size: int | None = None,
-                 precision: str = "float32"):
+                 precision: str = "float32", channels_last: bool = True):
         self.device = resolve_device(device)
         precision_context(self.device, precision)  # validates
         self.precision = precision
-        if input_size is not None:  # see CorrespondenceNet.set_input_size
+        if input_size is not None:
             net.set_input_size(input_size)
-        # channels-last convolutions are ~1.8x faster on CPU (bench/evaluate.py)
-        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.meta = meta or {}
-        self.size = net.config.image_size
+        net = net.to(self.device).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.meta = dict(meta or {})
+        self.size = int(net.config.image_size)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         category: str = "car", input_size: int | None = None,
-                        precision: str = "float32") -> "Matcher":
-        """Load a model file; ``path=None`` loads the model shipped with the package for ``category``.
+                        precision: str = "float32") -> Matcher:
+        """Load a model file; ``path=None`` loads the model shipped with the package for
+        ``category``.
 
         ``input_size``: the side both images are resized to (default: the size the model was
         trained at, 128 for the shipped model). Larger sizes suit whole photos in which the object
-        is small (see :meth:`~cyclecorr.model.CorrespondenceNet.set_input_size`).
-        ``precision``: ``"float32"`` or ``"bf16"`` (see :data:`PRECISIONS`)."""
+        is small. ``precision``: ``"float32"`` or ``"bf16"``. The file's path is recorded in
+        ``meta["path"]``."""
         p = Path(path) if path is not None else shipped_model_path(category)
         net, meta = load_model(p)
+        meta["path"] = str(p)
         return cls(net, meta, device, input_size, precision)
-
-    def _prepare(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
-        t = to_tensor_image(image)
-        hw = tuple(t.shape[-2:])
-        t = F.interpolate(t[None], size=(self.size, self.size), mode="bilinear",
-                          align_corners=False, antialias=True)
-        return t.clamp(0, 1), hw
 
     @torch.inference_mode()
     def predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Network output on already-resized ``(B, 3, S, S)`` batches in [0, 1] (see the model)."""
-        cl = torch.channels_last
+        """The network's output (float32, on :attr:`device`) for ``(B, 3, S, S)`` batches in
+        [0, 1] at the network's size: ``flow`` ``(B, 2, S, S)``, ``matchability`` ``(B, 1, S, S)``,
+        ``matchability_logits``."""
+        mf = torch.channels_last if self.channels_last else torch.contiguous_format
         with precision_context(self.device, self.precision):
-            out = self.net(src.to(self.device, memory_format=cl),
-                           tgt.to(self.device, memory_format=cl))
+            out = self.net(src.to(self.device, memory_format=mf),
+                           tgt.to(self.device, memory_format=mf))
         return {k: v.float().contiguous() for k, v in out.items()}
 
-    @torch.inference_mode()
     def match(self, src, tgt) -> dict[str, np.ndarray]:
         """Dense correspondence from ``src`` to ``tgt`` (images of any size).
 
         Returns:
-            ``{"flow": (H_src, W_src, 2) float32, "matchability": (H_src, W_src) float32}``; the flow
-            is in source pixels and points into target pixels: ``q = p + flow[p_y, p_x]``.
+            ``{"flow": (H_src, W_src, 2) float32, "matchability": (H_src, W_src) float32}``;
+            the flow is in source pixels and points into target pixels:
+            ``q = p + flow[p_y, p_x]``.
         """
-        s, hw_s = self._prepare(src)
-        t, hw_t = self._prepare(tgt)
-        out = self.predict(s, t)
-        flow = resample_flow(out["flow"].float().cpu(), hw_s, hw_t)
-        match = F.interpolate(out["matchability"].float().cpu(), size=hw_s, mode="bilinear",
-                              align_corners=False)
-        return {"flow": flow[0].permute(1, 2, 0).numpy(), "matchability": match[0, 0].numpy()}
+        s, t = to_tensor_image(src), to_tensor_image(tgt)
+        out = self.predict(resize_image(s, self.size)[None], resize_image(t, self.size)[None])
+        return to_image_pixels(out["flow"], out["matchability"], s.shape[-2:], t.shape[-2:])
 
     def transfer_keypoints(self, src, tgt, kps) -> np.ndarray:
         """Transfer ``(N, 2)`` (x, y) 0-based keypoints of ``src`` into ``tgt``'s pixels."""

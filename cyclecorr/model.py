@@ -27,8 +27,8 @@ Choices the paper leaves open (all options of :class:`NetConfig`, defaults marke
 
 Implementation notes (no effect on the function): in CPU training the transposed convolutions
 compute their bias gradient as one sum (:class:`_ConvTranspose2d`; PyTorch's own CPU backward
-of it is slow, docs/RESULTS.md); under autocast (``runtime.precision=bf16``) the two decoders
-return float32, so flows are composed and compared in float32.
+of it is slow: ``bench/train_step.py``); under autocast (``runtime.precision=bf16``) the two
+decoders return float32, so flows are composed and compared in float32.
 
 Beyond the paper (off by default and in the ``paper`` preset): ``skips="corr"`` gives the flow
 decoder what its 8×8 code cannot carry, the fine position of things. At each resolution the
@@ -40,8 +40,8 @@ layer's output before its ReLU (+5 % FLOPs, about +40 % time of a CPU cycle step
 1/2; the correlation is a serial numba kernel on a CPU). The 1×1 convolutions start at zero, so
 a network with skips computes exactly what the same weights compute without them: a trained
 paper network grows skips without changing its output (:meth:`CorrespondenceNet.grown_keys`)
-and fine-tuning starts from where it was. Measured on the car data, it did not help (grown on the
-shipped chain or from the start; docs/RESULTS.md, "Run 11").
+and fine-tuning starts from where it was. Its measurements on the car data (grown on a trained
+network and from the start): docs/RESULTS.md, "encoder skips with a local correlation".
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from cyclecorr._corr import correlation
 
-__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS"]
+__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS", "build_network", "ARCHITECTURES"]
 
 # (out_channels, stride or up-sampling) for width=1; "up" doubles the resolution.
 _ENCODER = [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2)]
@@ -225,8 +225,8 @@ def _stage_ends(seq: nn.Sequential, conv_ids: list[int]) -> list[int]:
 class CorrespondenceNet(nn.Module):
     """Dense flow + matchability between a source and a target image.
 
-    ``forward(src, tgt)`` takes two ``(B, 3, S, S)`` float tensors in [0, 1] (``S = image_size``) and
-    returns a dict:
+    ``forward(src, tgt)`` takes two ``(B, 3, S, S)`` float tensors in [0, 1]
+    (``S = image_size``) and returns a dict:
 
     - ``"flow"``: ``(B, 2, S, S)``, flow_src→tgt in pixels (channel 0 = x, 1 = y);
     - ``"matchability"``: ``(B, 1, S, S)`` in [0, 1] (sigmoid);
@@ -286,7 +286,7 @@ class CorrespondenceNet(nn.Module):
         load_weights` ``(…, grow=True)`` and computes the same output."""
         return [f"flow_skips.{k}" for k in self.flow_skips.state_dict()]
 
-    def set_input_size(self, size: int) -> "CorrespondenceNet":
+    def set_input_size(self, size: int) -> CorrespondenceNet:
         """Run at ``size × size`` from now on (a positive multiple of 16); returns ``self``.
 
         Every layer is convolutional, so a network trained at one size runs at another: its flow is
@@ -325,7 +325,8 @@ class CorrespondenceNet(nn.Module):
         self._check("src", src)
         self._check("tgt", tgt)
         if src.shape[0] != tgt.shape[0]:
-            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt {tuple(tgt.shape)}")
+            raise ValueError(f"batch sizes differ: src {tuple(src.shape)} vs tgt "
+                             f"{tuple(tgt.shape)}")
         codes, skips = self.encode_levels(torch.cat((src, tgt), dim=0))
         code_src, code_tgt = codes.chunk(2, dim=0)
         halves = [f.chunk(2, dim=0) for f in skips]
@@ -353,7 +354,8 @@ class CorrespondenceNet(nn.Module):
                     x = x + self.flow_skips[j](torch.cat((local_correlation(a, b, r), a), 1))
                 x = m(x)
             flow = x
-        flow = flow.float()  # float32 even under autocast: flows are composed and compared in pixels
+        # float32 even under autocast: flows are composed and compared in pixels
+        flow = flow.float()
         if self.config.flow_scale != 1.0:
             flow = flow * self.config.flow_scale
         return flow
@@ -441,3 +443,39 @@ class CorrespondenceNet(nn.Module):
         else:
             del totals["flow_skips"]
         return totals
+
+
+#: Network architectures by the ``arch`` name of a network configuration (absent: ``"paper"``).
+ARCHITECTURES = ("paper",)
+
+
+def build_network(config: dict | NetConfig | None = None) -> nn.Module:
+    """The network that ``config`` describes; every place that constructs a network (training,
+    model files, the matcher) goes through here.
+
+    ``config``: a :class:`NetConfig`, or its dict (a model file's ``"net"`` metadata, a training
+    configuration's ``net`` section); ``None`` is the paper's network. A dict's ``"arch"`` (one of
+    :data:`ARCHITECTURES`, default ``"paper"``) chooses the architecture: ``"paper"`` is
+    :class:`CorrespondenceNet`. Another architecture is added here, with its configuration class,
+    and must offer the interface the training cycle and the matcher use: ``config.image_size``,
+    ``set_input_size``, ``grown_keys``, ``encode_levels`` / ``encode_pair``, ``decode_flow`` /
+    ``decode_matchability`` / ``decode`` and ``forward(src, tgt) -> {"flow", "matchability",
+    "matchability_logits"}``.
+    """
+    if config is None:
+        config = NetConfig()
+    if isinstance(config, dict):
+        fields = dict(config)
+        arch = fields.pop("arch", "paper")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown network architecture {arch!r} (known: {ARCHITECTURES})")
+        known = {f.name for f in dataclasses.fields(NetConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"network configuration: unknown field(s) {unknown} for the "
+                             f"{arch!r} network (known: {sorted(known)})")
+        config = NetConfig(**fields)
+    if not isinstance(config, NetConfig):
+        raise TypeError(f"a network configuration is a NetConfig or a dict, got "
+                        f"{type(config).__name__}")
+    return CorrespondenceNet(config)

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="model files (safetensors)")
     ap.add_argument("--data", required=True, help="quartet folder written by `cyclecorr prepare`")
-    ap.add_argument("--count", type=int, default=64, help="quartets (spread evenly over the folder)")
+    ap.add_argument("--count", type=int, default=64,
+                    help="quartets (spread evenly over the folder)")
     ap.add_argument("--truncation", type=float, default=15.0,
                     help="T of the flow loss in px (default 15, the paper's)")
     ap.add_argument("--picture", metavar="PNG", help="draw the legs of each model on one quartet")

@@ -48,7 +48,8 @@ def summarise(samples, size: int = 128) -> dict:
     s = np.array([g["scale_ratio"] for g in gaps])
     t = np.array([g["box_threshold"] for g in gaps])
     return {"pairs": len(gaps), "displacement_mean": float(d.mean()),
-            "scale_ratio_median": float(np.median(s)), "scale_ratio_over_1.3": float(np.mean(s > 1.3)),
+            "scale_ratio_median": float(np.median(s)),
+            "scale_ratio_over_1.3": float(np.mean(s > 1.3)),
             "box_threshold_mean": float(t.mean())}
 
 

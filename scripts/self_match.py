@@ -91,8 +91,9 @@ def main(argv=None) -> int:
     if not methods:
         ap.error("give at least one model, --zero or --siftflow")
     true = tests["reframe"]["flow_warp"].norm(dim=1)[tests["reframe"]["match_warp"][:, 0] > 0.5]
-    print(f"{len(images)} images ({args.set}) at {args.size}×{args.size}; shift test: +{args.shift} "
-          f"px in x; re-framing test: true flow {float(true.mean()):.1f} px on average")
+    print(f"{len(images)} images ({args.set}) at {args.size}×{args.size}; shift test: "
+          f"+{args.shift} px in x; re-framing test: true flow {float(true.mean()):.1f} px on "
+          "average")
     print(f"| method | shift: mean predicted x flow (true {args.shift}) | shift: EPE | "
           "re-framing: EPE | re-framing: within 5 px |")
     print("|---|---|---|---|---|")

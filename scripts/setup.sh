@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# One-time (idempotent) set-up of a fresh machine: system libraries for headless rendering, a
-# virtual environment in .venv, and the package with its pinned dependencies. A second run only
-# checks that everything is there.
+# One-time (idempotent) set-up of a fresh machine: system libraries for headless rendering and a
+# headless browser for the page test, a virtual environment in .venv, and the package with its
+# pinned dependencies. A second run only checks that everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.setup-stamp
 
-# 1. system libraries: OSMesa for headless OpenGL rendering (pyrender), libGL
+# 1. system packages: OSMesa for headless OpenGL rendering (pyrender), libGL; Chromium and its
+#    driver for the browser test of the HTML pages' viewer (driven by the playwright package,
+#    which uses this browser and never downloads one)
 need_apt=()
 ldconfig -p 2>/dev/null | grep -q libOSMesa || need_apt+=(libosmesa6)
 ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' || need_apt+=(libgl1)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

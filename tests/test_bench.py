@@ -1,8 +1,8 @@
 """The benchmark scripts run and report what they claim to (tiny settings; no timing asserted).
 
-Benchmarks are run by hand for their numbers (README, "Benchmarks"); these tests only keep them
-from breaking silently: a variant that fails, a reference that is missing, a FLOP count that
-drifts from the network's, a prototype that no longer matches oneDNN.
+Benchmarks are run by hand for their numbers (docs/RESULTS.md, "Benchmarks"); these tests only
+keep them from breaking silently: a variant that fails, a reference that is missing, a FLOP count
+that drifts from the network's, a prototype that no longer matches oneDNN.
 """
 from __future__ import annotations
 
@@ -99,5 +99,7 @@ def test_siftflow_render_and_train_benches_report_their_targets():
 
 
 def test_prepare_bench_on_the_shared_data(data_dir):
-    out = _run("bench/prepare.py", "--quartets", "16", "--workers", "1", "--shard-size", "8")
+    out = _run("bench/prepare.py", "--quartets", "16", "--workers", "1", "--shard-size", "8",
+               "--real-limit", "60")
     assert "workers=1: 16 quartets" in out and "viewpoint retrieval" in out
+    assert "60 real crops (0 excluded" in out

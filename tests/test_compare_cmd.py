@@ -120,7 +120,7 @@ def test_compare_replicate_groups(tmp_path, capsys):
                                                             ("poor", "good", 0.2)}
     src = res["sets"]["custom"]
     for r in rows:  # the means over runs are the file's own numbers
-        pck = lambda m: src[m]["pck"]["all"]["per_keypoint"][str(r["alpha"])]  # noqa: E731
+        pck = lambda m, a=r["alpha"]: src[m]["pck"]["all"]["per_keypoint"][str(a)]  # noqa: E731
         assert r["estimate"] == pytest.approx((pck("poor1") + pck("poor2")) / 2)
         assert r["run_diffs"] == pytest.approx([pck("poor1") - pck("good1"),
                                                 pck("poor2") - pck("good2")])

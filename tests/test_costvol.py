@@ -8,8 +8,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cyclecorr.costvol import (dense_sift_liu, local_correlation, orientation_bands, sift_cells,
-                               sift_descriptors, sift_local_correlation)
+from cyclecorr.costvol import (
+    dense_sift_liu,
+    local_correlation,
+    orientation_bands,
+    sift_cells,
+    sift_descriptors,
+    sift_local_correlation,
+)
 from cyclecorr.siftflow.dense_sift import dense_sift
 
 
@@ -238,8 +244,12 @@ def test_convex_upsample_closed_forms():
 
 
 def test_correlation_and_warp_gradcheck_float64(one_thread):
-    from cyclecorr.costvol import (convex_upsample, kernel_soft_argmax, local_correlation,
-                                   warp_features)
+    from cyclecorr.costvol import (
+        convex_upsample,
+        kernel_soft_argmax,
+        local_correlation,
+        warp_features,
+    )
 
     g = torch.Generator().manual_seed(0)
 

@@ -13,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclecorr.data import DataError
-from cyclecorr.data.quartets import (OnTheFlyQuartetDataset, PairDataset, QuartetConfig,
-                                     QuartetDataset, prepare_quartets, verify_quartets)
+from cyclecorr.data import (
+    DataError,
+    OnTheFlyQuartetDataset,
+    PairDataset,
+    QuartetConfig,
+    QuartetDataset,
+    prepare_quartets,
+    verify_quartets,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = dict(azimuth_step=45.0, elevations=(0, 20), k=2, max_azimuth_gap=90.0, shard_size=4)
@@ -24,14 +30,17 @@ N_QUARTETS = 14  # 4 shards: 4, 4, 4, 2
 
 @pytest.fixture(scope="module")
 def inputs(data_dir, tmp_path_factory):
-    """20 FlowWeb car photos as an unlabelled folder, 3 gsnet cars, a shared bank cache."""
+    """20 VOC 2007 car crops as an unlabelled folder, 3 gsnet cars, a shared bank cache."""
     root = tmp_path_factory.mktemp("quartet-inputs")
     cad = root / "cad"
     cad.mkdir()
     for i in (0, 1, 2):
         os.symlink(data_dir / "cad" / "car" / "gsnet" / f"{i}.obj", cad / f"{i}.obj")
-    return {"real": [str(data_dir / "real" / "flowweb-car")], "cad": [str(cad)],
-            "bank": str(root / "banks")}
+    real = root / "real"
+    real.mkdir()
+    for p in sorted((data_dir / "real" / "voc2007" / "car").glob("*.jpg"))[:400:20]:
+        os.symlink(p, real / p.name)
+    return {"real": [str(real)], "cad": [str(cad)], "bank": str(root / "banks")}
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +205,7 @@ def test_require_pose_uses_only_tagged_crops(inputs, data_dir, tmp_path):
 
 def test_pair_dataset_from_folders(data_dir):
     pairs = PairDataset([data_dir / "real" / "voc2007" / "car"], length=5)
-    assert pairs.n == 1044
+    assert pairs.n == 1035
     p = pairs[0]
     assert p["src"].shape == (3, 128, 128) and 0 <= p["src"].min() <= p["src"].max() <= 1
 
@@ -204,8 +213,8 @@ def test_pair_dataset_from_folders(data_dir):
 def test_corrupt_real_image_is_skipped_and_named(inputs, data_dir, tmp_path):
     real = tmp_path / "real"
     real.mkdir()
-    for name in ("001.jpg", "002.jpg", "003.jpg"):
-        (real / name).write_bytes((data_dir / "real" / "flowweb-car" / name).read_bytes())
+    for p in sorted((data_dir / "real" / "voc2007" / "car").glob("*.jpg"))[:3]:
+        (real / p.name).write_bytes(p.read_bytes())
     (real / "004.jpg").write_bytes(b"\xff\xd8 truncated")
     logs = []
     s = prepare_quartets([str(real)], inputs["cad"], tmp_path / "o", 0, QuartetConfig(**CFG),
@@ -309,3 +318,37 @@ def test_pack_quartets_round_trip(prepared, tmp_path):
     flow = np.full((1, 2, 2, 2), 5000.0, np.float32)
     with pytest.raises(ValueError, match="too large"):
         mod.encode_flow(flow, np.ones((1, 2, 2), np.uint8))
+
+
+def test_near_duplicate_of_an_evaluation_photo_is_excluded(inputs, data_dir, tmp_path):
+    """A planted crop of a PF-WILLOW car photo (resized, re-encoded, as a VOC crop of the same
+    photo would be) among real training photos is left out, named in the log and the metadata,
+    and the plan records which evaluation images were screened against."""
+    from PIL import Image
+
+    from cyclecorr.data import load_mat
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for p in sorted((data_dir / "real" / "voc2007" / "car").glob("*.jpg"))[5:9]:
+        (real / p.name).write_bytes(p.read_bytes())
+    src = sorted((data_dir / "real" / "pf-willow" / "car(M)").glob("*.png"))[2]
+    k = load_mat(src.with_suffix(".mat"))["pts_coord"] - 1
+    im = Image.open(src).convert("RGB").crop((int(k[0].min()) - 4, int(k[1].min()) - 4,
+                                              int(k[0].max()) + 5, int(k[1].max()) + 5))
+    im.resize((round(im.size[0] / 0.6), round(im.size[1] / 0.6))).save(real / "zz_planted.jpg",
+                                                                       quality=85)
+    logs = []
+    out = tmp_path / "o"
+    s = prepare_quartets([str(real)], inputs["cad"], out, 0, QuartetConfig(**CFG),
+                         progress=False, log=logs.append, bank_cache=inputs["bank"],
+                         hygiene_cache=tmp_path / "hyg")
+    assert s["real_crops"] == 4 and s["excluded"] == 1
+    assert any("excluded 1" in m and "zz_planted.jpg" in m and src.name in m for m in logs)
+    from safetensors import safe_open
+    with safe_open(str(out / "real_crops.safetensors"), framework="np") as f:
+        meta = json.loads(f.metadata()["cyclecorr"])
+    assert [Path(e["source"]).name for e in meta["excluded"]] == ["zz_planted.jpg"]
+    assert not any(Path(x).name == "zz_planted.jpg" for x in meta["sources"])
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["hygiene"]["evaluation_images"] >= 100

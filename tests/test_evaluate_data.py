@@ -4,9 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cyclecorr.evaluate import (ZeroFlow, evaluate_flowweb_car, evaluate_keypoint_transfer,
-                                evaluate_pck_pf_willow, evaluate_tss, flow_accuracy,
-                                load_flowweb_car, load_pf_willow, load_tss)
+from cyclecorr.evaluate import (
+    ZeroFlow,
+    evaluate_flowweb_car,
+    evaluate_keypoint_transfer,
+    evaluate_pck_pf_willow,
+    evaluate_tss,
+    flow_accuracy,
+    load_flowweb_car,
+    load_pf_willow,
+    load_tss,
+)
 
 
 def test_flowweb_identity_pairs_are_perfect(data_dir):

@@ -7,10 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from cyclecorr.evaluate import (IoUAccumulator, PCKAccumulator, accuracy, average_precision,
-                                evaluate_flowweb_car, evaluate_keypoint_transfer, flow_accuracy,
-                                iou, matchability_ground_truth, part_label_map, pck_pair,
-                                reference_length, transfer_keypoints_resized)
+from cyclecorr.evaluate import (
+    IoUAccumulator,
+    PCKAccumulator,
+    accuracy,
+    average_precision,
+    evaluate_flowweb_car,
+    evaluate_keypoint_transfer,
+    flow_accuracy,
+    iou,
+    matchability_ground_truth,
+    part_label_map,
+    pck_pair,
+    reference_length,
+    transfer_keypoints_resized,
+)
 from cyclecorr.evaluate.report import headline, markdown_report, write_results
 
 

@@ -5,11 +5,22 @@ import numpy as np
 import pytest
 import torch
 
-from cyclecorr.evaluate import (PCKAccumulator, ZeroFlow, evaluate_pck_pf_willow, load_pf_willow,
-                                pck_pair)
+from cyclecorr.evaluate import (
+    PCKAccumulator,
+    ZeroFlow,
+    evaluate_pck_pf_willow,
+    load_pf_willow,
+    pck_pair,
+)
 from cyclecorr.evaluate.report import markdown_report
-from cyclecorr.evaluate.stats import (category_of, compare_methods, compare_replicates,
-                                      compare_set, paired_bootstrap, replicate_bootstrap)
+from cyclecorr.evaluate.stats import (
+    category_of,
+    compare_methods,
+    compare_replicates,
+    compare_set,
+    paired_bootstrap,
+    replicate_bootstrap,
+)
 
 ALPHAS = (0.05, 0.1)
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cyclecorr.geometry import (affine_flow, compose_flow, compose_matchability, inside_mask,
-                                pixel_grid, resample_flow, sample, transfer_keypoints, warp)
+from cyclecorr.geometry import (
+    affine_flow,
+    compose_flow,
+    compose_matchability,
+    inside_mask,
+    pixel_grid,
+    resample_flow,
+    sample,
+    transfer_keypoints,
+    warp,
+)
 
 H, W = 24, 32
 

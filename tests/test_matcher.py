@@ -7,13 +7,13 @@ import torch
 
 from cyclecorr import Matcher
 from cyclecorr.checkpoint import load_model, read_metadata, save_model
-from cyclecorr.model import CorrespondenceNet, NetConfig
+from cyclecorr.model import NetConfig, build_network
 
 
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)
-    net = CorrespondenceNet(NetConfig(width=0.25, image_size=64))
+    net = build_network(NetConfig(width=0.25, image_size=64))
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.02)
     path = tmp_path / "m.safetensors"
@@ -28,7 +28,8 @@ def test_model_file_round_trip(model_file):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         a, b = net.eval()(x, x.flip(0)), loaded(x, x.flip(0))
-    assert torch.allclose(a["flow"], b["flow"]) and torch.allclose(a["matchability"], b["matchability"])
+    assert torch.allclose(a["flow"], b["flow"])
+    assert torch.allclose(a["matchability"], b["matchability"])
 
 
 def test_not_a_model_file_is_a_clear_error(tmp_path):
@@ -57,7 +58,7 @@ def test_match_shapes_any_size(model_file, hw_src, hw_tgt):
 def test_zero_network_flow_maps_relative_positions():
     """An untrained network predicts zero flow at its own resolution; in original pixels that is
     the map between relative positions of the two images."""
-    net = CorrespondenceNet(NetConfig(width=0.25, image_size=32))
+    net = build_network(NetConfig(width=0.25, image_size=32))
     m = Matcher(net, device="cpu")
     out = m.match(np.zeros((20, 40, 3), np.uint8), np.zeros((60, 10, 3), np.uint8))
     ys, xs = np.mgrid[0:20, 0:40]
@@ -126,3 +127,18 @@ def test_read_only_images_are_copied_not_shared():
             t = to_tensor_image(arr)
         t.mul_(0)  # must not touch (or fail on) the caller's array
         assert arr.max() > 0 and t.shape == (3, 4, 5)
+
+
+def test_resize_image_is_the_one_resize():
+    """An image already at the network's size passes unchanged; others are resized antialiased,
+    aspect not kept; uint8 is scaled to [0, 1] and the result clamped."""
+    from cyclecorr.matcher import resize_image
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    t = resize_image(img, 32)
+    assert t.shape == (3, 32, 32) and torch.equal(t, torch.from_numpy(img).permute(2, 0, 1) / 255.0)
+    flat = resize_image(np.full((7, 50, 3), 255, np.uint8), 16)
+    assert flat.shape == (3, 16, 16) and flat.max() <= 1.0 and torch.allclose(flat, torch.ones(1))
+    grey = resize_image(np.full((20, 10), 0.25, np.float32), 8)  # H×W grey → three channels
+    assert grey.shape == (3, 8, 8) and torch.allclose(grey, torch.full_like(grey, 0.25))

@@ -7,9 +7,34 @@ import math
 import pytest
 import torch
 
-from cyclecorr.losses import (CycleLossConfig, compose_cycle, cycle_loss, matchability_loss,
-                              truncated_flow_loss)
-from cyclecorr.model import PAPER_LAYERS, CorrespondenceNet, NetConfig
+from cyclecorr.losses import (
+    CycleLossConfig,
+    compose_cycle,
+    cycle_loss,
+    cycle_objective,
+    flow_regression_loss,
+    matchability_loss,
+    truncated_flow_loss,
+)
+from cyclecorr.model import PAPER_LAYERS, CorrespondenceNet, NetConfig, build_network
+
+
+def test_build_network_from_a_config_or_its_dict():
+    cfg = NetConfig(width=0.25, image_size=32, norm="batch")
+    torch.manual_seed(3)
+    a = build_network(cfg)
+    torch.manual_seed(3)
+    b = build_network({**cfg.to_dict(), "arch": "paper"})  # a model file's "net" metadata
+    assert type(a) is CorrespondenceNet and a.config == b.config == cfg
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert build_network().config == NetConfig()
+    with pytest.raises(ValueError, match="unknown network architecture 'nosuch'"):
+        build_network({"arch": "nosuch"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['depth'\]"):
+        build_network({"width": 0.5, "depth": 3})
+    with pytest.raises(TypeError, match="NetConfig or a dict"):
+        build_network(0.5)
 
 
 def test_default_network_is_papers_table():
@@ -124,7 +149,7 @@ def test_network_takes_the_bias_gradient_path_only_when_training_on_cpu():
         m.zero_grad()
         dts = []
         layer = [d for d in m.flow_decoder if isinstance(d, torch.nn.ConvTranspose2d)][0]
-        h = layer.register_forward_hook(lambda mod, i, o: dts.append(o.dtype))
+        h = layer.register_forward_hook(lambda mod, i, o, dts=dts: dts.append(o.dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = m(x, y)
         h.remove()
@@ -217,6 +242,43 @@ def test_leg_prior_adds_the_hand_computed_term_and_legs_are_reported():
     assert m2["loss_leg"] == pytest.approx(4 * 32 + 1 * 64)
     with pytest.raises(ValueError, match="leg_weight"):
         CycleLossConfig(leg_weight=-1)
+
+
+def test_cycle_objective_is_the_cycle_plus_the_hand_computed_self_warp_term():
+    b, h, w = 2, 8, 8
+    const = _const_flow(b, h, w)
+    pred = {"flow_s1r1": const(1, 0), "flow_r1r2": const(0, 2), "flow_r2s2": const(0, 0),
+            "match_r1r2": torch.full((b, 1, h, w), 0.7), "flow_warp": const(3, 0)}
+    batch = {"flow_s1s2": const(1, 2), "match_s1s2": torch.ones(b, 1, h, w),
+             "flow_warp": const(0, 4), "match_warp": torch.ones(b, 1, h, w)}
+    args = (pred["flow_s1r1"], pred["flow_r1r2"], pred["flow_r2s2"], pred["match_r1r2"],
+            batch["flow_s1s2"], batch["match_s1s2"])
+    plain = CycleLossConfig(reduction="sum")
+    l0, m0 = cycle_objective(pred, batch, plain)
+    ref, mref = cycle_loss(*args, plain)
+    assert torch.equal(l0, ref) and m0 == mref  # without the term: the paper's objective
+    cfg = CycleLossConfig(reduction="sum", warp_weight=2.0, truncation=4.0)
+    loss, m = cycle_objective(pred, batch, cfg)
+    base, _ = cycle_loss(*args, cfg)
+    # warp: |(3,0) − (0,4)|² = 25, capped at T² = 16, on all 64 pixels of each pair
+    assert m["loss_warp"] == pytest.approx(16 * 64)
+    assert float(loss - base) == pytest.approx(2.0 * 16 * 64, rel=1e-6)
+    assert m["loss"] == pytest.approx(float(loss)) and m["warp_epe"] == pytest.approx(5.0)
+    assert m["warp_truncated"] == 1.0
+    del batch["match_warp"]
+    with pytest.raises(ValueError, match=r"missing \['match_warp'\]"):
+        cycle_objective(pred, batch, cfg)
+
+
+def test_flow_regression_loss_hand_computed():
+    const = _const_flow(1, 4, 4)
+    valid = torch.zeros(1, 1, 4, 4)
+    valid[..., :2] = 1  # half the pixels count
+    loss, m = flow_regression_loss(const(30, 40), const(0, 0), valid, reduction="sum")
+    assert float(loss) == pytest.approx(2500 * 8)  # no truncation: |(30, 40)|² on 8 pixels
+    assert m["loss"] == pytest.approx(2500 * 8) and m["epe"] == pytest.approx(50.0)
+    loss, _ = flow_regression_loss(const(30, 40), const(0, 0), valid, reduction="mean")
+    assert float(loss) == pytest.approx(2500)
 
 
 def test_flops_by_part_counts_the_encoder_in_closed_form():

@@ -8,9 +8,19 @@ import os
 import numpy as np
 import pytest
 
-from cyclecorr.render import (CropTransform, Mesh, MeshError, Renderer, Viewpoint,
-                              correspondence_between, list_meshes, load_mesh, project_keypoints,
-                              render_view, synthetic_correspondence)
+from cyclecorr.render import (
+    CropTransform,
+    Mesh,
+    MeshError,
+    Renderer,
+    Viewpoint,
+    correspondence_between,
+    list_meshes,
+    load_mesh,
+    project_keypoints,
+    render_view,
+    synthetic_correspondence,
+)
 from cyclecorr.render.mesh import axes_rotation
 
 
@@ -511,8 +521,9 @@ def test_shapenet_layout_and_keypointless_mesh(tmp_path, renderer):
 
 
 def test_render_command_writes_views_pairs_and_resumes(tmp_path):
-    from cyclecorr.commands import render_cmd
     import argparse
+
+    from cyclecorr.commands import render_cmd
 
     obj = tmp_path / "models" / "box.obj"
     obj.parent.mkdir()

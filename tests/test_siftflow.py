@@ -11,10 +11,16 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cyclecorr.siftflow import (SiftFlowParams, compute_sift_flow_batch, dense_sift,
-                                load_sift_flow, matchability_from_cost, sift_flow,
-                                sift_flow_tensors)
-from cyclecorr.siftflow import _bp
+from cyclecorr.siftflow import (
+    SiftFlowParams,
+    _bp,
+    compute_sift_flow_batch,
+    dense_sift,
+    load_sift_flow,
+    matchability_from_cost,
+    sift_flow,
+    sift_flow_tensors,
+)
 
 MARGIN = 16  # pixels left out near the borders (the SIFT patch and out-of-image matches)
 

@@ -15,7 +15,8 @@ def test_batch_pool_finishes_under_a_custom_sigterm_handler(tmp_path):
         rng = np.random.RandomState(0)
         pairs = [(rng.randint(0, 255, (32, 32, 3)).astype(np.uint8),
                   rng.randint(0, 255, (32, 32, 3)).astype(np.uint8)) for _ in range(4)]
-        paths = compute_sift_flow_batch(pairs, {str(tmp_path)!r}, workers=2, size=32, progress=False)
+        paths = compute_sift_flow_batch(pairs, {str(tmp_path)!r}, workers=2, size=32,
+                                        progress=False)
         assert len(paths) == 4 and all(p.exists() for p in paths)
         print("done")
     """)

@@ -1,5 +1,6 @@
 """Training room: configuration, data order, augmentation, one step of each stage, the affine
-cycle overfit, checkpoint round trip, the smoke run and the CLI."""
+cycle overfit, checkpoint round trip, the smoke run and the CLI. (Over 600 lines: the training
+room's unit and end-to-end tests in one file, sharing the tiny-network and quartet fixtures.)"""
 from __future__ import annotations
 
 import json
@@ -13,16 +14,26 @@ import torch
 
 from cyclecorr.geometry import warp
 from cyclecorr.losses import CycleLossConfig
-from cyclecorr.model import CorrespondenceNet, NetConfig
-from cyclecorr.train.config import TrainConfig, list_presets, load_config
-from cyclecorr.train.data import (StepBatchSampler, SyntheticQuartets, collate, global_batch,
-                                  hflip_quartet, rank_slice)
+from cyclecorr.model import NetConfig, build_network
+from cyclecorr.train.config import AugmentConfig, TrainConfig, list_presets, load_config
+from cyclecorr.train.data import (
+    StepBatchSampler,
+    SyntheticQuartets,
+    collate,
+    global_batch,
+    hflip_quartet,
+    rank_slice,
+)
 from cyclecorr.train.modules import CycleModule, FlowModule
-from cyclecorr.train.state import (load_checkpoint_pointer, restore_checkpoint,
-                                   save_checkpoint)
+from cyclecorr.train.state import load_checkpoint_pointer, restore_checkpoint, save_checkpoint
 from cyclecorr.train.steps import cycle_step_loss, stage1_step_loss
 
 torch.set_num_threads(1)
+
+
+def _aug(**kw) -> AugmentConfig:
+    """Augmentation off except what ``kw`` turns on."""
+    return AugmentConfig(**{"hflip": 0.0, **kw})
 
 
 # ------------------------------------------------------------------ configuration
@@ -98,7 +109,7 @@ def test_synthetic_quartet_flow_is_exact_and_flip_consistent():
 
 def _tiny_net(seed=0, size=32):
     torch.manual_seed(seed)
-    return CorrespondenceNet(NetConfig(width=0.125, image_size=size))
+    return build_network(NetConfig(width=0.125, image_size=size))
 
 
 def test_stage1_step_decreases_loss():
@@ -348,10 +359,10 @@ def test_shipped_model_loads_with_matcher():
 
 
 def test_quartets_resampled_to_the_network_size_stay_consistent():
-    from cyclecorr.train.loop import _Resized
+    from cyclecorr.train.run_data import ResizedQuartets
 
     big = SyntheticQuartets(1, 64, seed=4)
-    small = _Resized(big, 32)[0]
+    small = ResizedQuartets(big, 32)[0]
     q = big[0]
     assert small["s1"].shape == (3, 32, 32) and small["flow_s1s2"].shape == (2, 32, 32)
     assert set(small["match_s1s2"].unique().tolist()) <= {0.0, 1.0}
@@ -371,7 +382,7 @@ def test_render_background_replaced_only_off_the_object_and_deterministic():
     s1 = torch.zeros(3, 32, 32)
     s1[:, 8:24, 10:20] = 0.4  # the object; the rest is the renders' black background
     q = {**q, "s1": s1, "s2": s1.clone()}
-    ds = AugmentedDataset([q], seed=0, keys=tuple(q), render_background=1.0)
+    ds = AugmentedDataset([q], seed=0, keys=tuple(q), augment=_aug(render_background=1.0))
     a, again = ds[(0, 5, 0)], ds[(0, 5, 0)]
     obj = ~render_background_mask(s1)
     assert torch.equal(a["s1"] * obj, s1 * obj)  # object pixels untouched
@@ -381,7 +392,7 @@ def test_render_background_replaced_only_off_the_object_and_deterministic():
     assert not torch.equal(a["s1"], ds[(0, 6, 0)]["s1"])
     for k in ("r1", "r2", "flow_s1s2", "match_s1s2"):
         assert torch.equal(a[k], q[k])
-    off = AugmentedDataset([q], seed=0, keys=tuple(q), render_background=0.0)[(0, 5, 0)]
+    off = AugmentedDataset([q], seed=0, keys=tuple(q), augment=_aug())[(0, 5, 0)]
     assert torch.equal(off["s1"], s1)
 
 
@@ -446,12 +457,12 @@ def test_zoom_identity_translation_and_pairs():
     assert torch.allclose(zp["flow"], moved["flow_s1s2"]) and torch.equal(zp["valid"],
                                                                          moved["match_s1s2"])
     # in the dataset: deterministic per (seed, step, position), off by default
-    ds = AugmentedDataset([q], seed=0, keys=tuple(q), hflip=0.0, zoom=1.0)
+    ds = AugmentedDataset([q], seed=0, keys=tuple(q), augment=_aug(zoom=1.0))
     a = ds[(0, 3, 1)]
     assert torch.equal(a["flow_s1s2"], ds[(0, 3, 1)]["flow_s1s2"])
     assert not torch.equal(a["flow_s1s2"], ds[(0, 4, 1)]["flow_s1s2"])
     assert not torch.equal(a["r2"], q["r2"])
-    off = AugmentedDataset([q], seed=0, keys=tuple(q), hflip=0.0)[(0, 3, 1)]
+    off = AugmentedDataset([q], seed=0, keys=tuple(q), augment=_aug())[(0, 3, 1)]
     assert torch.equal(off["flow_s1s2"], q["flow_s1s2"])
     with pytest.raises(ValueError, match="zoom_min"):
         load_config("smoke", ["augment.zoom=0.5", "augment.zoom_min=1.5"])
@@ -483,7 +494,8 @@ def test_zoom_texture_fill_only_changes_photo_pixels_outside_their_old_frame():
         zoom_item(q, (half, half), fill="mirror")
     with pytest.raises(ValueError, match="generator"):
         zoom_item(q, (half, half), fill="texture")
-    ds = AugmentedDataset([q], seed=0, keys=tuple(q), hflip=0.0, zoom=1.0, zoom_fill="texture")
+    ds = AugmentedDataset([q], seed=0, keys=tuple(q),
+                          augment=_aug(zoom=1.0, zoom_fill="texture"))
     assert torch.equal(ds[(0, 2, 0)]["r1"], ds[(0, 2, 0)]["r1"])
     with pytest.raises(ValueError, match="zoom_fill"):
         load_config("smoke", ["augment.zoom_fill=mirror"])
@@ -496,7 +508,7 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
 
     cfg = load_config("smoke")
     torch.manual_seed(11)
-    src = CorrespondenceNet(cfg.net)
+    src = build_network(cfg.net)
     for p in src.parameters():
         p.data.normal_(0, 0.01)
     save_model(tmp_path / "init.safetensors", src)
@@ -513,7 +525,7 @@ def test_init_starts_from_a_model_file_and_bad_files_are_named(tmp_path):
     bad = load_config("smoke", [f"init={tmp_path / 'missing.safetensors'}"])
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         train(bad, tmp_path / "run1")
-    other = CorrespondenceNet(NetConfig(width=0.25, image_size=32))
+    other = build_network(NetConfig(width=0.25, image_size=32))
     save_model(tmp_path / "wide.safetensors", other)
     wrong = load_config("smoke", [f"init={tmp_path / 'wide.safetensors'}"])
     with pytest.raises(ValueError, match="do not fit"):
@@ -599,8 +611,12 @@ def test_deformed_self_warp_keeps_the_exact_flow():
     original pair's flow says; checked against the closed-form affine flow of the two
     re-framings, and through the images (the copy's content follows the new flow)."""
     from cyclecorr.geometry import pixel_grid
-    from cyclecorr.train.data import (deform_self_warp, random_zoom, self_warp_pair,
-                                      smooth_deformation)
+    from cyclecorr.train.data import (
+        deform_self_warp,
+        random_zoom,
+        self_warp_pair,
+        smooth_deformation,
+    )
 
     S = 48
     img = SyntheticQuartets(2, S, seed=3)[0]["r1"]
@@ -629,7 +645,8 @@ def test_deformed_self_warp_keeps_the_exact_flow():
     lit = deform_self_warp(pair, torch.Generator().manual_seed(2), 0.0, 4, 0.3)
     assert torch.equal(lit["flow_warp"], pair["flow_warp"])
     assert not torch.equal(lit["warp_src"], pair["warp_src"])
-    assert not torch.allclose(lit["warp_src"] - pair["warp_src"], lit["warp_tgt"] - pair["warp_tgt"])
+    assert not torch.allclose(lit["warp_src"] - pair["warp_src"],
+                              lit["warp_tgt"] - pair["warp_tgt"])
     with pytest.raises(ValueError, match="grid"):
         smooth_deformation(g, S, 1.0, 1)
 
@@ -640,10 +657,10 @@ def test_warp_deformation_draws_leave_every_other_draw_alone():
     from cyclecorr.train.config import load_config
     from cyclecorr.train.data import AugmentedDataset
 
-    kw = dict(seed=0, zoom=1.0, zoom_range=(0.7, 1.3), zoom_fill="texture", self_warp=True)
-    plain = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), **kw)
-    bent = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), warp_deform=3.0, warp_jitter=0.2,
-                            **kw)
+    kw = dict(zoom=1.0, zoom_min=0.7, zoom_max=1.3, zoom_fill="texture")
+    plain = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), 0, _aug(**kw), self_warp=True)
+    bent = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), 0,
+                            _aug(warp_deform=3.0, warp_jitter=0.2, **kw), self_warp=True)
     a, b, b2 = plain[(1, 5, 0)], bent[(1, 5, 0)], bent[(1, 5, 0)]
     assert all(torch.equal(b[k], b2[k]) for k in b)
     for k in a:
@@ -657,8 +674,8 @@ def test_cycle_step_with_self_warp_adds_the_weighted_pair_loss_in_one_pass():
     from cyclecorr.losses import truncated_flow_loss
     from cyclecorr.train.data import AugmentedDataset
 
-    ds = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), seed=0, zoom_range=(0.7, 1.3),
-                          zoom_fill="texture", self_warp=True)
+    ds = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), seed=0, self_warp=True,
+                          augment=_aug(zoom_min=0.7, zoom_max=1.3, zoom_fill="texture"))
     items = [ds[(i, 3, i)] for i in range(2)]
     assert items[0]["warp_src"].shape == (3, 32, 32) and items[0]["match_warp"].shape == (1, 32, 32)
     again = ds[(0, 3, 0)]  # deterministic per (index, step, position)

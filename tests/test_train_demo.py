@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cyclecorr.geometry import warp
-from cyclecorr.train.data import (AugmentedDataset, SiftPairs, SyntheticQuartets,
-                                  sample_stage1_pairs)
+from cyclecorr.train.config import AugmentConfig
+from cyclecorr.train.data import AugmentedDataset, SiftPairs, SyntheticQuartets, sample_stage1_pairs
 
 torch.set_num_threads(1)
 
@@ -38,7 +38,8 @@ def test_sift_pairs_cache_and_flip(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "sift").glob("*.npz")}
     SiftPairs(q, pairs, tmp_path / "sift", workers=1, progress=False)  # cached: no recompute
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "sift").glob("*.npz")}
-    aug = AugmentedDataset(ds, seed=0, hflip=1.0, keys=("src", "tgt", "flow", "valid"))
+    aug = AugmentedDataset(ds, seed=0, augment=AugmentConfig(hflip=1.0),
+                           keys=("src", "tgt", "flow", "valid"))
     f = aug[(0, 0, 0)]
     assert torch.allclose(f["flow"][0], -item["flow"][0].flip(-1))
     assert torch.equal(f["src"], item["src"].flip(-1))
@@ -74,3 +75,12 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     assert (out / "match_demo_model" / "flow.png").is_file()
     assert "cycle_epe" in s["validation"] and np.isfinite(s["validation"]["cycle_epe"])
     assert len(list((out / "run" / "pictures").glob("*.png"))) == 2
+    # the page says what ran: a tiny model, its validation numbers beside the zero flow's,
+    # the training quartets, and each model's card
+    page = (out / "index.html").read_text()
+    v, z = s["validation"], s["zero_flow_validation"]
+    assert "tiny network" in page and "src='quartets.png'" in page
+    assert f"<td>{v['direct_epe']:.2f}</td><td>{z['direct_epe']:.2f}</td>" in page
+    assert 0 < z["direct_epe"] and 0 <= z["direct_pck"] <= 1 and 0 < z["match_acc"] <= 1
+    assert "href='run/MODEL_CARD.md'" in page and "href='model_card_2.md'" in page
+    assert (out / "model_card_2.md").is_file()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 
@@ -103,8 +104,6 @@ def _choose(what: str, spec: str | None, have: list[str]) -> list[str]:
 def parse_replicates(specs: list[str], have: list[str]) -> dict[str, list[str]]:
     """``["bent=bent*", "ctrl=ctrl1+ctrl2"]`` → ``{"bent": [rows matching bent*, in the order
     met], "ctrl": ["ctrl1", "ctrl2"]}``; each item must match a row of ``have``."""
-    from fnmatch import fnmatchcase
-
     groups: dict[str, list[str]] = {}
     for spec in specs:
         name, sep, rows = spec.partition("=")
@@ -125,6 +124,7 @@ def parse_replicates(specs: list[str], have: list[str]) -> dict[str, list[str]]:
 
 
 def run(args) -> int:
+    # on use: cyclecorr.evaluate loads torch; `cyclecorr --help` imports every command module
     from cyclecorr.evaluate.report import write_results
     from cyclecorr.evaluate.stats import compare_replicates, compare_set
 

@@ -8,7 +8,10 @@ Methods: ``zero`` (zero flow), ``siftflow`` (SIFT flow, published parameters), `
 ``--model`` file), ``NAME=PATH`` (another model file under a row name, e.g.
 ``stage1=runs/stage1/model.safetensors``).
 Sets: ``flowweb-car``, ``pf-willow``, ``tss``, ``synthetic-car``, ``synthetic-chair``,
-``synthetic-aeroplane``, ``shape2image-car`` (a retrieved CAD render's mask carried onto the FlowWeb
+``synthetic-aeroplane`` (same-model and cross-model PASCAL3D+ render pairs), ``synth-kp-car``,
+``synth-kp-chair``, ``synth-kp-aeroplane`` (the cross-instance keypoint benchmark: renders of two
+different PASCAL3D+ models, :func:`cyclecorr.evaluate.datasets.make_synthetic_pairs` with
+``mode="cross"``), ``shape2image-car`` (a retrieved CAD render's mask carried onto the FlowWeb
 cars), ``embedding-car`` (the feature-embedding picture; needs a model).
 ``--limit N``: first N images per set (per class for PF-WILLOW; N pairs for TSS/synthetic).
 """
@@ -18,10 +21,16 @@ import argparse
 import time
 from pathlib import Path
 
-from cyclecorr._runtime import PRECISIONS
+import numpy as np
+
+from cyclecorr._runtime import PRECISIONS, keep_freed_memory, resolve_device
+from cyclecorr.data.holdout import EVALUATION_ONLY, TRAINING_ALLOWED
 
 SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
-        "synthetic-aeroplane", "shape2image-car", "embedding-car")
+        "synthetic-aeroplane", "synth-kp-car", "synth-kp-chair", "synth-kp-aeroplane",
+        "shape2image-car", "embedding-car")
+#: rendered pairs per set when --synthetic-pairs is not given
+DEFAULT_PAIRS = {"synthetic": 40, "synth-kp": 200}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data root holding real/ and cad/ (default: the shared data folder)")
     parser.add_argument("--limit", type=int, default=None,
                         help="quick run: first N images per set/class (N pairs for tss/synthetic)")
-    parser.add_argument("--synthetic-pairs", type=int, default=40,
-                        help="rendered pairs per synthetic set (default 40)")
+    parser.add_argument("--synthetic-pairs", type=int, default=None,
+                        help="rendered pairs per synthetic set (default 40 for synthetic-*, "
+                             "200 for synth-kp-*)")
     parser.add_argument("--seed", type=int, default=0, help="seed of synthetic pairs (default 0)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="pairs per forward pass (default 16: fastest on CPU)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto",
+                        help="where the networks run: auto (default: cuda when available, else "
+                             "cpu), cpu, cuda, cuda:1, …")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="the networks' inference precision (default float32, the protocol; "
                              "bf16: autocast, faster on CPUs with bf16 units; recorded in the "
@@ -57,16 +69,16 @@ def _split(s: str) -> list[str]:
 
 
 def run(args) -> int:
-    import numpy as np
+    # on use: these load torch; `cyclecorr --help` imports every command module
     import torch
 
-    from cyclecorr._runtime import keep_freed_memory
     from cyclecorr.evaluate import benchmarks as B
     from cyclecorr.evaluate import datasets as D
+    from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
     from cyclecorr.evaluate.methods import NetworkMethod, make_method
     from cyclecorr.evaluate.report import write_results
+    from cyclecorr.evaluate.shape_transfer import build_template_bank, evaluate_shape_to_image
     from cyclecorr.evaluate.stats import compare_set
-    from cyclecorr.matcher import resolve_device
 
     sets = _split(args.sets)
     if sets == ["all"]:
@@ -121,22 +133,31 @@ def run(args) -> int:
             pairs = D.load_tss(args.data, limit=lim)
             for m in methods:
                 res[m.name] = B.evaluate_tss(m, pairs, progress=True, seed=args.seed)
-        elif set_name.startswith("synthetic-"):
-            cat = set_name.split("-", 1)[1]
-            n = min(args.synthetic_pairs, lim) if lim else args.synthetic_pairs
-            pairs = D.make_synthetic_pairs(args.data, cat, n_pairs=n, seed=args.seed, progress=True)
+        elif set_name.startswith(("synthetic-", "synth-kp-")):
+            cross = set_name.startswith("synth-kp-")
+            cat = set_name.split("-")[-1]
+            n = args.synthetic_pairs or DEFAULT_PAIRS["synth-kp" if cross else "synthetic"]
+            n = min(n, lim) if lim else n
+            pairs = D.make_synthetic_pairs(args.data, cat, n_pairs=n, seed=args.seed,
+                                           progress=True, mode="cross" if cross else "mixed")
             gen = {"category": cat, "n_pairs": n, "seed": args.seed,
                    "models": "cad/pascal3d PASCAL3D+ CAD, even pairs same model, odd pairs "
                              "different models", "viewpoints": "azimuth U[0,360), target "
                              "azimuth +-U(0,45), elevation U[0,30], distance 2.5"}
+            if cross:
+                gen.update(
+                    models=sorted({p.meta["model_a"] for p in pairs}
+                                  | {p.meta["model_b"] for p in pairs}),
+                    pairs="two different models per pair (ordered model pair uniform); "
+                          "pair 'i-j#k' = models i, j; intervals resample models",
+                    viewpoints=D.SYNTH_KP_VIEWPOINTS,
+                    held_out=(f"evaluation-only: {EVALUATION_ONLY[cat]}" if cat in EVALUATION_ONLY
+                              else f"not held out: {TRAINING_ALLOWED.get(cat, '')}"))
             for m in methods:
                 res[m.name] = B.evaluate_synthetic(m, pairs, batch_size=args.batch_size,
                                                    progress=True, set_name=set_name,
                                                    seed=args.seed, generation=gen)
         elif set_name == "shape2image-car":
-            from cyclecorr.evaluate.shape_transfer import (build_template_bank,
-                                                           evaluate_shape_to_image)
-
             samples = D.load_flowweb_car(args.data, limit=lim)
             bank = build_template_bank(args.data, "car", progress=True)
             for m in methods:
@@ -149,8 +170,6 @@ def run(args) -> int:
                     print("  embedding-car: skipped (needs a model method)")
                     continue
                 raise ValueError("set embedding-car needs a model method (model or NAME=PATH)")
-            from cyclecorr.evaluate.embedding_set import feature_embedding_pictures
-
             for m in nets:
                 res[m.name] = feature_embedding_pictures(m, args.data, out, n=lim or 120,
                                                          seed=args.seed)

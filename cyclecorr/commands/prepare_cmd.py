@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 
+from cyclecorr.data.io import DataError
+from cyclecorr.data.quartet_config import QuartetConfig
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prepare`` options on ``parser``."""
-    from cyclecorr.data.quartet_config import QuartetConfig
-
     d = QuartetConfig()
     parser.add_argument("--category", default=d.category, help="object category (default: car)")
     parser.add_argument("--real", nargs="+", required=True, metavar="DIR",
@@ -61,14 +62,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pose tag (HOG alone confuses front and rear views)")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--bank-cache", default=None, metavar="DIR",
-                        help="where render banks are cached (default: the user cache, ~/.cache/cyclecorr/banks)")
+                        help="where render banks are cached (default: the user cache, "
+                             "~/.cache/cyclecorr/banks)")
+    parser.add_argument("--eval-data", default="auto", metavar="ROOT",
+                        help="data root holding the evaluation sets (real/pf-willow, "
+                             "real/flowweb-car, real/tss) whose images, and near-duplicates of "
+                             "them, never enter training (default: the shared data folder, "
+                             "../shared/data or $CYCLECORR_DATA)")
+    parser.add_argument("--exclude-like", nargs="+", default=[], metavar="DIR",
+                        help="further folders of images that no training photo may duplicate "
+                             "(e.g. your own test photos)")
+    parser.add_argument("--allow-evaluation-models", action="store_true",
+                        help="let in the category's evaluation-only CAD models (the PASCAL3D+ "
+                             "chairs and aeroplanes, rendered by the synth-kp-<category> "
+                             "benchmark; refused otherwise). PASCAL3D+ cars are always allowed "
+                             "(the shipped car model trained on them): cyclecorr.data.holdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the preparation; print what was found and written. Returns the exit status."""
-    from cyclecorr.data.io import DataError
-    from cyclecorr.data.quartets import QuartetConfig, prepare_quartets
+    # on use: the preparation loads the renderer, HOG and safetensors
+    from cyclecorr.data.quartets import prepare_quartets
 
     try:
         cfg = QuartetConfig(category=args.category, k=args.k, azimuth_step=args.azimuth_step,
@@ -81,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
                             require_pose=args.require_pose)
         summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
                                    workers=args.workers, shard=args.shard,
-                                   progress=not args.quiet, bank_cache=args.bank_cache)
+                                   progress=not args.quiet, bank_cache=args.bank_cache,
+                                   eval_data=args.eval_data, exclude_like=args.exclude_like,
+                                   allow_evaluation_models=args.allow_evaluation_models)
     except (FileNotFoundError, DataError, ValueError) as e:
         print(f"cyclecorr prepare: error: {e}")
         return 2
@@ -92,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("skipped_models"):
         print(f"skipped {len(summary['skipped_models'])} model(s) that could not be rendered: "
               + ", ".join(summary["skipped_models"]))
-    print(json.dumps({k: summary[k] for k in ("out", "real_crops", "models", "quartets_total",
-                                              "quartets_made")}))
+    print(json.dumps({k: summary[k] for k in ("out", "real_crops", "excluded", "models",
+                                              "quartets_total", "quartets_made")}))
     return 0
 
 

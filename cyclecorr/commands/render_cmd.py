@@ -21,8 +21,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr.render import (
+    Renderer,
+    Viewpoint,
+    correspondence_between,
+    list_meshes,
+    load_mesh,
+    project_keypoints,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
 
@@ -72,9 +80,6 @@ def _check_image(gt) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from cyclecorr.render import (Renderer, Viewpoint, correspondence_between, list_meshes,
-                                  load_mesh, project_keypoints)
-
     if args.views < 1 or args.size < 8:
         raise ValueError(f"--views must be ≥ 1 and --size ≥ 8, got {args.views}, {args.size}")
     if not args.models.exists():
@@ -87,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     renderer = Renderer(backend=args.backend, antialias=args.antialias)
     rng = np.random.default_rng(args.seed)
-    print(f"rendering {len(files)} model(s), {args.views} view(s) each at {args.size}×{args.size}"
+    n_views = len(args.viewpoint) if args.viewpoint else args.views
+    print(f"rendering {len(files)} model(s), {n_views} view(s) each at {args.size}×{args.size}"
           f" ({renderer.backend} backend) into {args.out}", file=sys.stderr)
     it = files
     if not args.no_progress:
-        from tqdm import tqdm
-
         it = tqdm(files, desc="render", unit="model")
-    done = skipped = failed = 0
+    done = skipped = 0
+    failures: list[str] = []
     used: set[str] = set()
     for path in it:
         stem = Path(path).stem if Path(path).stem != "model_normalized" else Path(path).parent.name
@@ -105,42 +110,52 @@ def run(args: argparse.Namespace) -> int:
         if (folder / "views.json").is_file():
             skipped += 1
             continue
-        try:
-            mesh = load_mesh(path)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"skipping {path}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
         if args.viewpoint:
             vps = [Viewpoint(a, e, t, args.distance) for a, e, t in args.viewpoint]
         else:
             vps = [Viewpoint(float(rng.uniform(0, 360)), float(rng.uniform(0, 40)),
                              float(rng.uniform(-10, 10)), args.distance)
                    for _ in range(args.views)]
-        views, meta = [], []
-        for k, vp in enumerate(vps):
-            v = renderer.render(mesh, vp, args.size, margin=args.margin)
-            views.append(v)
-            _save_png(folder / f"view_{k:02d}.png", v.rgb)
-            _save_png(folder / f"view_{k:02d}_mask.png", (v.mask * 255).astype(np.uint8))
-            entry = {"file": f"view_{k:02d}.png", "azimuth": vp.azimuth,
-                     "elevation": vp.elevation, "theta": vp.theta, "distance": vp.distance,
-                     "crop_box_in_image": [v.crop.x0, v.crop.y0, v.crop.x1, v.crop.y1]}
-            if mesh.keypoints:
-                kp = project_keypoints(mesh, view=v)
-                entry["keypoints"] = {n: {"x": float(x), "y": float(y), "visible": bool(vis)}
-                                      for n, (x, y), vis in zip(kp.names, kp.xy, kp.visible)}
-            meta.append(entry)
-        if args.pairs:
-            for k in range(len(views) // 2):
-                gt = correspondence_between(views[2 * k], views[2 * k + 1])
-                with atomic_path(folder / f"pair_{k:02d}.npz") as tmp:
-                    np.savez_compressed(tmp, flow=gt.flow, matchability=gt.matchability)
-                _save_png(folder / f"pair_{k:02d}_check.png", _check_image(gt))
-        atomic_write_bytes(folder / "views.json", json.dumps(
-            {"model": str(path), "kind": mesh.kind, "views": meta}, indent=1).encode())
+        try:
+            _render_model(path, folder, vps, args, renderer, load_mesh, project_keypoints,
+                          correspondence_between)
+        except Exception as e:  # one broken model must not stop a folder of hundreds
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            print(f"skipping {path}: {type(e).__name__}: {msg}", file=sys.stderr)
+            failures.append(str(path))
+            continue
         done += 1
-    print(f"done: {done} rendered, {skipped} already there, {failed} unreadable; "
-          f"output in {args.out}", file=sys.stderr)
+    print(f"done: {done} rendered, {skipped} already there, {len(failures)} unreadable or "
+          f"unrenderable; output in {args.out}", file=sys.stderr)
+    if failures:
+        print(f"skipped {len(failures)} model(s): " + ", ".join(failures), file=sys.stderr)
     return 0 if done + skipped > 0 else 2
+
+
+def _render_model(path, folder: Path, vps, args, renderer, load_mesh, project_keypoints,
+                  correspondence_between) -> None:
+    """Load one model and write its views (and pairs) into ``folder``; ``views.json`` last."""
+    mesh = load_mesh(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    views, meta = [], []
+    for k, vp in enumerate(vps):
+        v = renderer.render(mesh, vp, args.size, margin=args.margin)
+        views.append(v)
+        _save_png(folder / f"view_{k:02d}.png", v.rgb)
+        _save_png(folder / f"view_{k:02d}_mask.png", (v.mask * 255).astype(np.uint8))
+        entry = {"file": f"view_{k:02d}.png", "azimuth": vp.azimuth,
+                 "elevation": vp.elevation, "theta": vp.theta, "distance": vp.distance,
+                 "crop_box_in_image": [v.crop.x0, v.crop.y0, v.crop.x1, v.crop.y1]}
+        if mesh.keypoints:
+            kp = project_keypoints(mesh, view=v)
+            entry["keypoints"] = {n: {"x": float(x), "y": float(y), "visible": bool(vis)}
+                                  for n, (x, y), vis in zip(kp.names, kp.xy, kp.visible)}
+        meta.append(entry)
+    if args.pairs:
+        for k in range(len(views) // 2):
+            gt = correspondence_between(views[2 * k], views[2 * k + 1])
+            with atomic_path(folder / f"pair_{k:02d}.npz") as tmp:
+                np.savez_compressed(tmp, flow=gt.flow, matchability=gt.matchability)
+            _save_png(folder / f"pair_{k:02d}_check.png", _check_image(gt))
+    atomic_write_bytes(folder / "views.json", json.dumps(
+        {"model": str(path), "kind": mesh.kind, "views": meta}, indent=1).encode())

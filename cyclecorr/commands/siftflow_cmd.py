@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cyclecorr.data.io import read_pairs_file
+
 HELP = "SIFT flow baseline / stage-1 targets for a list of image pairs (cached, resumable)"
 
 
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status (0 ok, 2 bad input)."""
-    from cyclecorr.data.io import read_pairs_file
+    # on use: SIFT flow loads torch and compiles numba kernels
     from cyclecorr.siftflow import SiftFlowParams, compute_sift_flow_batch
 
     try:

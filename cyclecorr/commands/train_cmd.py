@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from pathlib import Path
+
+from cyclecorr._runtime import cpu_has_bf16, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "Presets: paper (the paper's schedule; GPU), cpu (about an hour on 2 CPU cores), demo, "
-        "smoke (seconds). Override any field with --set, e.g. --set stage2.batch_size=6 "
-        "net.width=0.5. Several GPUs/machines: torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …")
+        "Presets: paper (the paper's schedule, 400k iterations: about 72 min on one H100), cpu "
+        "(400 + 1,800 iterations: 13 min on 2 AVX-512 CPU cores, 9 min with --set "
+        "runtime.precision=bf16; docs/RESULTS.md), demo (what `cyclecorr demo` trains), smoke "
+        "(seconds). Override any field with --set, e.g. --set stage2.batch_size=6 net.width=0.5. "
+        "Several GPUs/machines: torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="run folder: config.json, last.json + checkpoints/, final.safetensors, "
+                        help="run folder: config.json, last.json + checkpoints/, "
+                             "final.safetensors, "
                              "log.jsonl, tb/, pictures/")
     parser.add_argument("--preset", "--config", dest="preset", default=None, metavar="NAME|FILE",
                         help="preset name or JSON file (default: cpu; with --resume: the run's "
@@ -32,10 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
+    # on use: these load torch; `cyclecorr --help` imports every command module
     from cyclecorr.train.config import load_config
-    from cyclecorr.train.loop import train
+    from cyclecorr.train.loop import TrainingInterrupted, train
 
     out = Path(args.out)
     overrides = list(args.overrides)
@@ -54,20 +61,15 @@ def run(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
     progress = not args.no_progress
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 talks
         res = train(cfg, out, resume=args.resume, progress=False)
         return 0
     what = "resuming" if args.resume else "training"
-    print(f"{what} preset {cfg.name!r}: stage 1 {cfg.stage1.iterations} it × {cfg.stage1.batch_size} "
-          f"pairs, stage 2 {cfg.stage2.iterations} it × {cfg.stage2.batch_size} quartets, "
+    print(f"{what} preset {cfg.name!r}: stage 1 {cfg.stage1.iterations} it × "
+          f"{cfg.stage1.batch_size} pairs, stage 2 {cfg.stage2.iterations} it × "
+          f"{cfg.stage2.batch_size} quartets, "
           f"network width {cfg.net.width} at {cfg.net.image_size}px; data: {cfg.data.quartets}")
     print(f"writing to {out} (log.jsonl, checkpoints, final.safetensors)")
-    from cyclecorr._runtime import cpu_has_bf16
-    from cyclecorr.matcher import resolve_device
-    from cyclecorr.train.loop import TrainingInterrupted
-
     if (resolve_device(cfg.runtime.device).type == "cpu" and cfg.runtime.precision == "float32"
             and cpu_has_bf16()):
         print("this CPU has bf16 units: --set runtime.precision=bf16 trains about 1.4-1.9x "
@@ -76,8 +78,6 @@ def run(args) -> int:
     try:
         res = train(cfg, out, resume=args.resume, progress=progress)
     except TrainingInterrupted as e:
-        import sys
-
         print(f"cyclecorr train: {e}", file=sys.stderr)
         return 130
     if res.final_model is not None:

@@ -1,5 +1,6 @@
 """Loaders of real-image datasets, each returning :class:`~cyclecorr.data.samples.Sample` items
 (images, **0-based** keypoints with visibility, masks where present, the source file).
+(Over 600 lines: seven short loaders, one per dataset layout, that share these conventions.)
 
 All loaders are lazy sequences (``len(ds)``, ``ds[i]``, iteration): they list the files at
 construction (raising a clear error for a missing or empty folder) and read one item per access
@@ -17,7 +18,8 @@ loader                      layout
                             mask1.png, mask2.png[, flip_gt.txt]``
 :class:`ImageFolder`        any folder of images; with a ``boxes.tsv`` (``real/voc2007`` format:
                             VOC 1-based box in the original image + the 0-based crop window)
-                            each item gets its object ``bbox`` in the crop and VOC flags/pose
+                            each item gets its object ``bbox`` in the crop and VOC flags/pose;
+                            ``models.tsv`` / ``images.tsv`` (``real/stanford-cars``) labels
 :class:`VOCDetection`       ``<root>/Annotations/*.xml`` + ``<root>/JPEGImages/`` (+ optional
                             ``ImageSets/Main/<split>.txt``): one item per object (VOC boxes are
                             1-based → −1)
@@ -37,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclecorr.data.io import (IMAGE_SUFFIXES, DataError, load_mat, read_flo, read_image,
-                               read_mask)
+from cyclecorr.data.io import IMAGE_SUFFIXES, DataError, load_mat, read_flo, read_image, read_mask
 from cyclecorr.data.samples import PairSample, Sample
+from cyclecorr.render.camera import Viewpoint
 
 __all__ = ["PFWillow", "FlowWebCars", "TSSPairs", "ImageFolder", "VOCDetection", "Pascal3D",
            "list_shapenet", "list_images", "PASCAL3D_KEYPOINTS", "SHAPENET_SYNSETS"]
@@ -58,7 +60,8 @@ def list_images(folder) -> list[Path]:
     """Sorted image files (by suffix) directly inside ``folder``; raises when there are none."""
     folder = _require_dir(folder, "image")
     files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
     if not files:
         raise DataError(f"{folder}: empty folder (no image files {IMAGE_SUFFIXES})")
     return files
@@ -192,12 +195,14 @@ class FlowWebCars(_Seq):
         if "parts" in m and m["parts"].size:
             p = m["parts"]
             if p.dtype.names is None or not {"part_name", "mask"} <= set(p.dtype.names):
-                raise DataError(f"{mat_path}: 'parts' must be a struct array with part_name and mask")
+                raise DataError(f"{mat_path}: 'parts' must be a struct array with part_name "
+                                "and mask")
             for rec in p.reshape(-1):
                 name = str(np.asarray(rec["part_name"]).reshape(-1)[0])
                 pm = np.asarray(rec["mask"]).astype(bool)
                 if pm.shape != (h, w):
-                    raise DataError(f"{mat_path}: part {name!r} mask is {pm.shape}, image is {h}×{w}")
+                    raise DataError(f"{mat_path}: part {name!r} mask is {pm.shape}, image is "
+                                    f"{h}×{w}")
                 parts[name] = parts[name] | pm if name in parts else pm
         return Sample(image=image, keypoints=kps, visible=vis, mask=mask.astype(bool), parts=parts,
                       path=img_path, meta={"annotation": mat_path})
@@ -222,15 +227,17 @@ class TSSPairs(_Seq):
 
     def _load(self, d: Path) -> PairSample:
         files = {k: d / k for k in ("image1.png", "image2.png", "flow1.flo", "flow2.flo")}
-        for k, f in files.items():
+        for f in files.values():
             if not f.exists():
                 raise DataError(f"{f}: missing from TSS pair folder {d}")
         a, b = read_image(files["image1.png"]), read_image(files["image2.png"])
         fab, fba = read_flo(files["flow1.flo"]), read_flo(files["flow2.flo"])
         if fab.shape[1:] != a.shape[:2]:
-            raise DataError(f"{files['flow1.flo']}: flow is {fab.shape[1:]}, image1 is {a.shape[:2]}")
+            raise DataError(f"{files['flow1.flo']}: flow is {fab.shape[1:]}, image1 is "
+                            f"{a.shape[:2]}")
         if fba.shape[1:] != b.shape[:2]:
-            raise DataError(f"{files['flow2.flo']}: flow is {fba.shape[1:]}, image2 is {b.shape[:2]}")
+            raise DataError(f"{files['flow2.flo']}: flow is {fba.shape[1:]}, image2 is "
+                            f"{b.shape[:2]}")
         ma = read_mask(d / "mask1.png") if (d / "mask1.png").exists() else None
         mb = read_mask(d / "mask2.png") if (d / "mask2.png").exists() else None
         meta = {"group": d.parent.name, "name": d.name}
@@ -260,13 +267,24 @@ class ImageFolder(_Seq):
     xmax − 1 − crop_x0, ymax − 1 − crop_y0)`` (0-based inclusive, in the crop) and
     ``meta["pose"]`` (VOC coarse tag, '' / 'Unspecified' when unknown), ``meta["truncated"]``,
     ``meta["difficult"]`` (None where 'NA'). A ``models.tsv`` (columns ``image``, then one
-    label column, e.g. ``real/ikea-chair``'s IKEA model names) adds ``meta["model"]``.
+    label column, e.g. ``real/ikea-chair``'s IKEA model names) adds ``meta["model"]``; so does an
+    ``images.tsv`` with ``file`` and ``class_label`` columns (``real/stanford-cars``: the
+    make/model/year class, and ``meta["class_id"]``).
+
+    Crops: :func:`~cyclecorr.data.samples.crop_sample` crops an item to its ``bbox`` when it has
+    one, else to the whole image. Both shared car layouts thus give a **tight** crop of the car:
+    the VOC crops were saved with the box enlarged ×1.1, and their ``boxes.tsv`` box takes the
+    margin off again; the Stanford Cars photos were saved cropped to the car's box with no
+    margin, so the whole image is the box.
     """
 
     def __init__(self, root):
         self.root = _require_dir(root, "image")
         tsv = self.root / "boxes.tsv"
         self.labels = _read_labels_tsv(self.root / "models.tsv")
+        self.class_ids: dict[str, int] = {}
+        if not self.labels and (self.root / "images.tsv").exists():
+            self.labels, self.class_ids = _read_images_tsv(self.root / "images.tsv")
         self.boxes: dict[str, dict] = {}
         if tsv.exists():
             self.boxes = _read_boxes_tsv(tsv)
@@ -293,6 +311,8 @@ class ImageFolder(_Seq):
             bbox = (max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1))
         if path.name in self.labels:
             meta["model"] = self.labels[path.name]
+        if path.name in self.class_ids:
+            meta["class_id"] = self.class_ids[path.name]
         return Sample(image=image, bbox=bbox, path=path, meta=meta)
 
     def pose(self, i: int) -> str:
@@ -316,6 +336,30 @@ def _read_labels_tsv(tsv: Path) -> dict[str, str]:
             raise DataError(f"{tsv}:{ln}: expected 'image<TAB>label', got {line[:60]!r}")
         out[parts[0]] = parts[1]
     return out
+
+
+def _read_images_tsv(tsv: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """``images.tsv`` with ``file`` and ``class_label`` (optional ``class_id``) columns →
+    ({file: label}, {file: class id}); ({}, {}) when it has no ``class_label`` column."""
+    with open(tsv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        cols = reader.fieldnames or []
+        if "file" not in cols or "class_label" not in cols:
+            return {}, {}
+        labels, ids = {}, {}
+        for ln, r in enumerate(reader, start=2):
+            name = (r.get("file") or "").strip()
+            if not name:
+                raise DataError(f"{tsv}:{ln}: empty 'file'")
+            labels[name] = (r.get("class_label") or "").strip()
+            cid = (r.get("class_id") or "").strip()
+            if cid:
+                try:
+                    ids[name] = int(cid)
+                except ValueError:
+                    raise DataError(f"{tsv}:{ln}: class_id must be an integer, "
+                                    f"got {cid!r}") from None
+    return labels, ids
 
 
 def _flag(v: str):
@@ -471,7 +515,8 @@ def _scalar(v, default=None):
 
 
 class Pascal3D(_Seq):
-    """The public PASCAL3D+ layout: ``Annotations/<cls>_<source>/*.mat`` + ``Images/<cls>_<source>/``.
+    """The public PASCAL3D+ layout: ``Annotations/<cls>_<source>/*.mat`` +
+    ``Images/<cls>_<source>/``.
 
     Each ``.mat`` holds ``record`` with ``filename`` and ``objects`` (struct array with ``class``,
     ``bbox`` [x1 y1 x2 y2] **1-based**, ``truncated``, ``occluded``, ``difficult``,
@@ -499,7 +544,8 @@ class Pascal3D(_Seq):
         ann_dirs = [self.root / "Annotations" / f"{category}_{s}" for s in sources]
         ann_dirs = [d for d in ann_dirs if d.is_dir()]
         if not ann_dirs:
-            raise FileNotFoundError(f"{self.root}/Annotations: no {category}_{{{','.join(sources)}}} "
+            raise FileNotFoundError(f"{self.root}/Annotations: no "
+                                    f"{category}_{{{','.join(sources)}}} "
                                     "folder")
         keep = set(ids) if ids is not None else None
         self.items = []
@@ -562,7 +608,6 @@ class Pascal3D(_Seq):
     def _viewpoint(vp, mat: Path):
         if vp is None or not isinstance(vp, np.void) and not hasattr(vp, "dtype"):
             return None
-        from cyclecorr.render.camera import Viewpoint
 
         az = _scalar(_field(vp, "azimuth"))
         if az is None:
@@ -594,7 +639,8 @@ class Pascal3D(_Seq):
 
     def _anchors(self, anchors, mat: Path):
         names = list(PASCAL3D_KEYPOINTS.get(self.category, []))
-        if anchors is not None and getattr(anchors, "dtype", None) is not None and anchors.dtype.names:
+        if (anchors is not None and getattr(anchors, "dtype", None) is not None
+                and anchors.dtype.names):
             for n in anchors.dtype.names:
                 if n not in names:
                     names.append(n)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from cyclecorr._io import atomic_write_bytes
 
@@ -45,8 +46,6 @@ def read_image(path) -> np.ndarray:
         FileNotFoundError: the file does not exist.
         DataError: the file is not a decodable image (message names the file).
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = _require_file(path)
     try:
         with Image.open(path) as im:
@@ -65,8 +64,6 @@ def read_mask(path) -> np.ndarray:
     Palette images: True where the palette index is non-zero. Other images: True where the value
     is > 127 (for colour images any channel), or > 0 when the image only holds 0/1 values.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = _require_file(path)
     try:
         with Image.open(path) as im:
@@ -94,7 +91,7 @@ def load_mat(path, required: tuple[str, ...] = ()) -> dict:
         FileNotFoundError: missing file.
         DataError: unreadable/truncated file, or a required variable is missing.
     """
-    import scipy.io
+    import scipy.io  # on use: 0.2 s to import, kept out of the command line's start-up
 
     path = _require_file(path)
     try:
@@ -112,7 +109,7 @@ def load_mat(path, required: tuple[str, ...] = ()) -> dict:
 
 def _load_mat_h5(path: Path) -> dict:
     try:
-        import h5py
+        import h5py  # optional (the dev extra): only MATLAB v7.3 files need it
     except ImportError as e:  # pragma: no cover - optional
         raise DataError(f"{path}: MATLAB v7.3 file needs h5py to be read") from e
     try:
@@ -139,7 +136,8 @@ def read_flo(path) -> np.ndarray:
         raise DataError(f"{path}: invalid .flo size {w}×{h}")
     n = w * h * 2
     if len(raw) < 12 + 4 * n:
-        raise DataError(f"{path}: truncated .flo file (expected {12 + 4 * n} bytes, got {len(raw)})")
+        raise DataError(f"{path}: truncated .flo file (expected {12 + 4 * n} bytes, got "
+                        f"{len(raw)})")
     flow = np.frombuffer(raw[12:12 + 4 * n], dtype="<f4").reshape(h, w, 2).astype(np.float32)
     bad = (np.abs(flow) > _FLO_UNKNOWN).any(axis=-1) | ~np.isfinite(flow).all(axis=-1)
     flow[bad] = np.nan

@@ -1,10 +1,15 @@
-"""Training quartets ``<s1, s2, r1, r2>`` with the renderer's ground truth ``~F_s1s2``, ``~M_s1s2``.
+"""Preparing training quartets ``<s1, s2, r1, r2>`` with the renderer's ground truth ``~F_s1s2``,
+``~M_s1s2``: the generation behind ``cyclecorr prepare`` (:func:`prepare_quartets`). The folder it
+writes is described in :mod:`cyclecorr.data.quartet_files` and read back by the datasets of
+:mod:`cyclecorr.data.quartet_datasets`.
 
-Pipeline (:func:`prepare_quartets`, the ``cyclecorr prepare`` command)
----------------------------------------------------------------------
-1. **Real crops**: every real image of the ``--real`` folders is cropped to its object box
-   (annotation, else the whole image) and resized to 128×128 (:func:`crop_sample`);
-   stored once in ``real_crops.safetensors`` (uint8) with their sources and VOC pose tags.
+Pipeline
+--------
+1. **Real crops**: every real image of the ``--real`` folders is screened against the
+   evaluation images (:mod:`cyclecorr.data.hygiene`: near-duplicates are left out and listed),
+   cropped to its object box (annotation, else the whole image) and resized to 128×128
+   (:func:`crop_sample`); stored once in ``real_crops.safetensors`` (uint8) with their sources,
+   VOC pose tags and the excluded photos.
 2. **Render bank** (:mod:`cyclecorr.data.retrieval`): HOG of every CAD model over the viewpoint
    grid, cached in ``<out>/cache/bank-<key>.npz``.
 3. **Retrieval** (``retrieval.safetensors``): per real crop its viewpoint (annotated when the
@@ -28,17 +33,6 @@ Validity rule (all must hold; rejected candidates are counted and reported)
 - at least ``min_matchable`` (default 0.2) of s1's object pixels are matchable in s2;
 - with ``require_pose``, r1 and r2 have an annotated viewpoint or a VOC pose tag (HOG alone
   confuses front and rear views of cars: see :data:`cyclecorr.data.retrieval.POSE_AZIMUTH`).
-
-On disk
--------
-``<out>/manifest.json`` (generation parameters, models, every file with its sha256),
-``real_crops.safetensors``, ``retrieval.safetensors`` and ``shards/quartets-NNNNN.safetensors``,
-each shard holding ``n ≤ shard_size`` quartets: ``s1``, ``s2`` (n,128,128,3) uint8,
-``mask_s1``, ``mask_s2``, ``match_s1s2`` (n,128,128) uint8, ``flow_s1s2`` (n,2,128,128)
-**float16** (channel 0 = x, pixels, ``q − p``), ``r1_index``, ``r2_index`` (into the real
-crops), ``model_index`` (into the manifest's models), ``viewpoint_s1``, ``viewpoint_s2``
-(n,3: azimuth, elevation, theta in degrees). Every file is written to a temporary name and
-renamed, so a killed run resumes by skipping the complete shards.
 """
 from __future__ import annotations
 
@@ -47,25 +41,49 @@ import json
 import os
 import time
 from collections import OrderedDict
+from concurrent.futures import as_completed
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save
+from tqdm import tqdm
 
-from cyclecorr._io import read_format_json
+from cyclecorr._io import file_sha256
+from cyclecorr._paths import cache_dir, shared_data_dir
+from cyclecorr.data.datasets import ImageFolder, Pascal3D, VOCDetection
+from cyclecorr.data.hygiene import PARAMS as HYGIENE_PARAMS
+from cyclecorr.data.hygiene import Screener, load_index
 from cyclecorr.data.io import DataError, atomic_write_bytes
 from cyclecorr.data.quartet_config import QuartetConfig
+from cyclecorr.data.quartet_files import (
+    FORMAT,
+    MANIFEST,
+    PLAN_FILE,
+    REAL_FILE,
+    RETRIEVAL_FILE,
+    VERSION,
+    shard_path,
+)
+from cyclecorr.data.retrieval import (
+    POSE_AZIMUTH,
+    build_bank,
+    estimate_viewpoints,
+    get_mesh,
+    hog_descriptors,
+    nearest_grid_viewpoint,
+    nearest_models,
+    spawn_pool,
+    viewpoint_grid,
+)
 from cyclecorr.data.samples import crop_sample
+from cyclecorr.render import Renderer, Viewpoint, correspondence_between, list_meshes, random_light
 
-__all__ = ["QuartetConfig", "prepare_quartets", "QuartetDataset", "OnTheFlyQuartetDataset",
-           "PairDataset", "collect_real", "collect_models", "verify_quartets", "parse_shard"]
+__all__ = ["QuartetConfig", "prepare_quartets", "collect_real", "collect_models", "parse_shard",
+           "QuartetGenerator", "quartet_generator"]
 
-FORMAT = "cyclecorr-quartets"
-VERSION = 1
-MANIFEST = "manifest.json"
-REAL_FILE = "real_crops.safetensors"
-RETRIEVAL_FILE = "retrieval.safetensors"
-PLAN_FILE = "plan.json"
+_SCREEN_CHUNK = 256  # photos screened per batch (bounds memory; verdicts are saved per batch)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -81,18 +99,8 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save_st(path: Path, tensors: dict, metadata: dict | None = None) -> str:
     """Write a safetensors file atomically; return its sha256."""
-    from safetensors.numpy import save
-
     # one metadata entry: safetensors stores metadata in a hash map (unordered), and a file must
     # be byte-identical when regenerated
     payload = save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
@@ -102,8 +110,6 @@ def _save_st(path: Path, tensors: dict, metadata: dict | None = None) -> str:
 
 
 def _load_st(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="np") as f:
             meta = json.loads((f.metadata() or {}).get("cyclecorr", "{}"))
@@ -125,8 +131,6 @@ def collect_real(dirs, category: str = "car"):
 
     Returns a list of ``(folder, dataset)``.
     """
-    from cyclecorr.data.datasets import ImageFolder, Pascal3D, VOCDetection
-
     out = []
     for d in dirs:
         d = Path(d)
@@ -150,8 +154,6 @@ def collect_models(dirs, category: str = "car") -> list[str]:
     """Mesh files under the ``--cad`` folders (sorted per folder). PASCAL3D+ JSON models whose
     name starts with another category than ``category`` are skipped (``cad/pascal3d`` holds
     cars, chairs and aeroplanes side by side)."""
-    from cyclecorr.render import list_meshes
-
     others = ("aeroplane", "bicycle", "boat", "bottle", "bus", "car", "chair", "diningtable",
               "motorbike", "sofa", "train", "tvmonitor")
     out = []
@@ -174,7 +176,7 @@ def collect_models(dirs, category: str = "car") -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # the per-process quartet generator
-class _Generator:
+class QuartetGenerator:
     """Holds real crops + retrieval plan + meshes, renders views with an LRU cache."""
 
     def __init__(self, folder: Path, cache_views: int = 96):
@@ -212,9 +214,6 @@ class _Generator:
         self.t = {"render": 0.0, "gt": 0.0}
 
     def _view(self, m: int, vp: np.ndarray, light=None):
-        from cyclecorr.data.retrieval import get_mesh
-        from cyclecorr.render import Renderer, Viewpoint
-
         key = (m, *np.round(vp, 4).tolist(), light)
         v = self.views.get(key)
         if v is not None:
@@ -236,8 +235,6 @@ class _Generator:
 
     def draw(self, rng: np.random.Generator, stats: dict, max_attempts: int = 2000):
         """Draw candidates from ``rng`` until one is valid; return the quartet dict."""
-        from cyclecorr.render import correspondence_between
-
         N = len(self.eligible)
         for _ in range(max_attempts):
             stats["attempts"] = stats.get("attempts", 0) + 1
@@ -254,7 +251,6 @@ class _Generator:
             m = int(common[rng.integers(len(common))])
             light = None
             if self.cfg.light == "random":  # one light for s1 and s2, drawn from the same rng
-                from cyclecorr.render import random_light
                 light = random_light(int(rng.integers(2 ** 31)))
             if m in self.bad_models:
                 stats["broken_model"] = stats.get("broken_model", 0) + 1
@@ -305,26 +301,23 @@ def _azd(a, b):
 _GEN: dict = {}
 
 
-def _gen(folder: str) -> _Generator:
+def quartet_generator(folder: str) -> QuartetGenerator:
+    """This process's :class:`QuartetGenerator` of a prepared folder (one per process, reused)."""
     g = _GEN.get((folder, os.getpid()))
     if g is None:
         _GEN.clear()
-        g = _GEN[(folder, os.getpid())] = _Generator(Path(folder))
+        g = _GEN[(folder, os.getpid())] = QuartetGenerator(Path(folder))
     return g
-
-
-def _shard_path(folder: Path, j: int) -> Path:
-    return Path(folder) / "shards" / f"quartets-{j:05d}.safetensors"
 
 
 def _shard_task(args):
     folder, j, count = args
     t0 = time.perf_counter()
-    g = _gen(folder)
+    g = quartet_generator(folder)
     g.t = {"render": 0.0, "gt": 0.0}
     arrays, stats = g.make_shard(j, count)
     t1 = time.perf_counter()
-    sha = _save_st(_shard_path(Path(folder), j), arrays, {"shard": j, "count": count})
+    sha = _save_st(shard_path(Path(folder), j), arrays, {"shard": j, "count": count})
     t2 = time.perf_counter()
     timing = {"render": g.t["render"], "gt": g.t["gt"], "write": t2 - t1, "total": t2 - t0}
     return j, count, sha, stats, timing
@@ -335,20 +328,34 @@ def _shard_counts(n: int, size: int) -> list[int]:
     return [min(size, n - s) for s in range(0, n, size)]
 
 
-def _prepare_real(out: Path, real_dirs, cfg: QuartetConfig, log, progress: bool):
-    from tqdm import tqdm
-
+def _prepare_real(out: Path, real_dirs, cfg: QuartetConfig, log, progress: bool,
+                  screener: Screener):
     path = out / REAL_FILE
     if path.exists():
         tensors, meta = _load_st(path)
-        log(f"real crops: reusing {path} ({len(tensors['images'])} crops)")
+        log(f"real crops: reusing {path} ({len(tensors['images'])} crops, "
+            f"{len(meta.get('excluded', []))} near-duplicates of evaluation images excluded)")
         return tensors, meta
     sets = collect_real(real_dirs, cfg.category)
-    images, vps, sources, poses, skipped = [], [], [], [], []
+    images, vps, sources, poses, skipped, excluded = [], [], [], [], [], []
+    pending: list[tuple] = []  # (full image, crop, viewpoint, source, pose) awaiting a verdict
+
+    def flush():
+        verdicts = screener.check([p[0] for p in pending])
+        for (_full, crop, vp, src, pose), dup in zip(pending, verdicts):
+            if dup is not None:
+                excluded.append({"source": src, **dup.to_dict()})
+                continue
+            images.append(crop)
+            vps.append(vp)
+            sources.append(src)
+            poses.append(pose)
+        pending.clear()
+
     total = sum(len(ds) for _, ds in sets)
     bar = tqdm(total=total, desc="real crops", unit="img", disable=not progress)
     for d, ds in sets:
-        n0 = len(images)
+        n0, x0 = len(images), len(excluded)
         for i in range(len(ds)):
             try:
                 s = ds[i]
@@ -358,31 +365,36 @@ def _prepare_real(out: Path, real_dirs, cfg: QuartetConfig, log, progress: bool)
                 bar.update()
                 continue
             c = crop_sample(s, cfg.size)
-            images.append(c.image)
             vp = s.viewpoint
-            vps.append([vp.azimuth, vp.elevation, vp.theta] if vp is not None else [np.nan] * 3)
-            sources.append(str(Path(s.path).resolve()))
-            poses.append(s.meta.get("pose", "") or "")
+            angles = [vp.azimuth, vp.elevation, vp.theta] if vp is not None else [np.nan] * 3
+            pending.append((s.image, c.image, angles, str(Path(s.path).resolve()),
+                            s.meta.get("pose", "") or ""))
+            if len(pending) >= _SCREEN_CHUNK:
+                flush()
             bar.update()
-        log(f"real: {d}: {len(images) - n0} {cfg.category} crops ({type(ds).__name__})")
+        flush()
+        log(f"real: {d}: {len(images) - n0} {cfg.category} crops ({type(ds).__name__}), "
+            f"{len(excluded) - x0} excluded as near-duplicates of evaluation images")
     bar.close()
+    log(f"hygiene: screened {len(images) + len(excluded)} photos against "
+        f"{len(screener.index)} evaluation images; excluded {len(excluded)}"
+        + "".join(f"\n  {e['source']} ~ {e['eval_image']} (ncc {e['ncc']:.2f})"
+                  for e in excluded[:20])
+        + (f"\n  … and {len(excluded) - 20} more (see {path})" if len(excluded) > 20 else ""))
     if not images:
-        raise DataError(f"no readable real image in {[str(d) for d in real_dirs]}")
+        raise DataError(f"no readable real image in {[str(d) for d in real_dirs]}"
+                        + (f" ({len(excluded)} excluded as near-duplicates of evaluation images)"
+                           if excluded else ""))
     tensors = {"images": np.stack(images), "viewpoint_annotated": np.asarray(vps, np.float32)}
     meta = {"sources": sources, "poses": poses,
             "folders": [str(Path(d).resolve()) for d in real_dirs],
-            "skipped": skipped}
+            "skipped": skipped, "excluded": excluded}
     _save_st(path, tensors, meta)
     return tensors, meta
 
 
 def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, workers: int,
                        log, progress: bool, bank_cache: Path | None):
-    from cyclecorr.data.retrieval import (POSE_AZIMUTH, build_bank, estimate_viewpoints,
-                                          hog_descriptors,
-                                          nearest_grid_viewpoint, nearest_models,
-                                          viewpoint_grid)
-
     path = out / RETRIEVAL_FILE
     if path.exists():
         tensors, meta = _load_st(path)
@@ -391,7 +403,6 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
     grid = viewpoint_grid(cfg.azimuth_step, cfg.elevations)
     t0 = time.perf_counter()
     if bank_cache is None:
-        from cyclecorr._paths import cache_dir
         bank_cache = cache_dir() / "banks"
     bank = build_bank(models, grid, cache=bank_cache, workers=workers,
                       progress=progress, distance=cfg.distance, render_size=cfg.size, log=log)
@@ -425,9 +436,11 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
     return tensors, meta
 
 
-def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: QuartetConfig | None = None,
-                     workers: int = 1, shard: str | tuple | None = None, progress: bool = True,
-                     log=print, bank_cache=None) -> dict:
+def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
+                     config: QuartetConfig | None = None, workers: int = 1,
+                     shard: str | tuple | None = None, progress: bool = True, log=print,
+                     bank_cache=None, eval_data="auto", exclude_like=(), hygiene_cache=None,
+                     allow_evaluation_models: bool = False) -> dict:
     """Prepare ``num_quartets`` quartets into ``out`` (resumable; see the module docstring).
 
     Args:
@@ -443,12 +456,24 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
         bank_cache: folder for the render bank (default ``cyclecorr._paths.cache_dir()/banks``,
             shared by every preparation; descriptors are cached per model file, grid and
             parameters, see :func:`cyclecorr.data.retrieval.build_bank`).
+        eval_data: data root whose evaluation sets (:data:`cyclecorr.data.hygiene.
+            EVALUATION_SETS`) no training photo may duplicate; ``"auto"``: the shared data folder
+            (:func:`cyclecorr._paths.shared_data_dir`), ``None``: none.
+        exclude_like: further folders of images no training photo may duplicate.
+        hygiene_cache: folder for the evaluation index and the verdicts (default
+            ``cache_dir()/hygiene``).
+        allow_evaluation_models: let the category's evaluation-only CAD models in (see
+            :mod:`cyclecorr.data.holdout`; refused with a ``DataError`` otherwise).
+
+    Every real photo is screened (:mod:`cyclecorr.data.hygiene`): a near-duplicate of an
+    evaluation image (the same photo resized, cropped, re-encoded, or containing it) is left out
+    of the real crops, logged and listed in the crops' metadata (``excluded``); the evaluation
+    index's key is part of the plan, so a preparation is never resumed against other evaluation
+    images.
 
     Returns:
         a summary dict (counts, rejections, timing shares, manifest path or missing shards).
     """
-    from tqdm import tqdm
-
     cfg = config or QuartetConfig()
     si, sn = parse_shard(shard) if not isinstance(shard, tuple) else shard
     if num_quartets < 0:
@@ -458,10 +483,24 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
     t_start = time.perf_counter()
     models = collect_models(cad_dirs, cfg.category)
     log(f"cad: {len(models)} {cfg.category} models in {len(list(cad_dirs))} folder(s)")
+    from cyclecorr.data.holdout import check_training_models
+    held = check_training_models(models, cfg.category, allow_evaluation_models, log)
+    if eval_data == "auto":
+        eval_data = shared_data_dir()
+    index = load_index(eval_data, exclude_like, cache=hygiene_cache, progress=progress)
+    if len(index) == 0:
+        log("hygiene: WARNING: no evaluation images known (no data root with PF-WILLOW, FlowWeb "
+            "or TSS, no --exclude-like folder): training photos are not screened")
+    else:
+        log(f"hygiene: {len(index)} evaluation images to keep out of training")
     plan = {"format": FORMAT, "version": VERSION, "config": asdict(cfg),
             "num_quartets": int(num_quartets),
             "real_folders": [str(Path(d).resolve()) for d in real_dirs],
-            "cad_folders": [str(Path(d).resolve()) for d in cad_dirs]}
+            "cad_folders": [str(Path(d).resolve()) for d in cad_dirs],
+            "hygiene": {"index": index.key, "evaluation_images": len(index),
+                        "params": HYGIENE_PARAMS}}
+    if held:
+        plan["evaluation_models_allowed"] = held
     plan = json.loads(json.dumps(plan))  # tuples → lists, as read back from disk
     plan_path = out / PLAN_FILE
     if plan_path.exists():
@@ -473,7 +512,10 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
         if old_cmp != new_cmp:
             raise DataError(f"{plan_path}: {out} holds a preparation with other parameters "
                             f"({_diff(old_cmp, new_cmp)}); use another --out")
-    real, real_meta = _prepare_real(out, real_dirs, cfg, log, progress)
+    t_real = time.perf_counter()
+    with Screener(index, workers=workers, cache=hygiene_cache) as screener:
+        real, real_meta = _prepare_real(out, real_dirs, cfg, log, progress, screener)
+    t_real = time.perf_counter() - t_real
     ret, ret_meta = _prepare_retrieval(out, real, real_meta, models, cfg, workers, log, progress,
                                        Path(bank_cache) if bank_cache else None)
     plan["models"] = ret_meta["models"]
@@ -505,21 +547,21 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int, config: Quarte
             for t in tasks:
                 _collect(_shard_task(t))
         else:
-            from cyclecorr.data.retrieval import _pool
-            from concurrent.futures import as_completed
-            with _pool(min(workers, len(tasks))) as pool:
+            with spawn_pool(min(workers, len(tasks))) as pool:
                 for fut in as_completed([pool.submit(_shard_task, t) for t in tasks]):
                     _collect(fut.result())
     bar.close()
     wall = time.perf_counter() - t0
     made = sum(counts[j] for j in todo)
     summary = {"out": str(out), "real_crops": int(len(real["images"])),
+               "excluded": len(real_meta.get("excluded", [])),
                "models": len(plan["models"]), "skipped_models": ret_meta.get("skipped_models", []),
                "quartets_total": int(num_quartets), "quartets_made": int(made),
                "shards_made": len(todo), "wall_s": wall, "prep_s": t_prep,
+               "real_s": t_real,
                "quartets_per_s": made / wall if wall > 0 and made else 0.0,
                "rejections": stats, "timing": timing, "retrieval_timing": ret_meta.get("timing")}
-    missing = [j for j in range(len(counts)) if not _shard_path(out, j).exists()]
+    missing = [j for j in range(len(counts)) if not shard_path(out, j).exists()]
     if missing:
         summary["missing_shards"] = missing
         log(f"quartets: {len(missing)} shard(s) still missing (other --shard runs); run again "
@@ -548,10 +590,9 @@ def _diff(a: dict, b: dict) -> str:
 
 
 def _shard_ok(out: Path, j: int, count: int) -> bool:
-    p = _shard_path(out, j)
+    p = shard_path(out, j)
     if not p.exists():
         return False
-    from safetensors import safe_open
     try:
         with safe_open(str(p), framework="np") as f:
             return f.get_slice("s1").get_shape()[0] == count
@@ -562,15 +603,16 @@ def _shard_ok(out: Path, j: int, count: int) -> bool:
 def _write_manifest(out: Path, plan: dict, counts, real, ret) -> Path:
     shards, first = [], 0
     for j, c in enumerate(counts):
-        p = _shard_path(out, j)
+        p = shard_path(out, j)
         shards.append({"file": str(p.relative_to(out)), "count": int(c), "first": first,
-                       "sha256": _sha256(p)})
+                       "sha256": file_sha256(p)})
         first += c
     man = {
         **plan,
-        "files": {"real_crops": {"file": REAL_FILE, "sha256": _sha256(out / REAL_FILE),
+        "files": {"real_crops": {"file": REAL_FILE, "sha256": file_sha256(out / REAL_FILE),
                                  "count": int(len(real["images"]))},
-                  "retrieval": {"file": RETRIEVAL_FILE, "sha256": _sha256(out / RETRIEVAL_FILE)}},
+                  "retrieval": {"file": RETRIEVAL_FILE,
+                                "sha256": file_sha256(out / RETRIEVAL_FILE)}},
         "shards": shards,
         "keys": {"s1": "render of the model at r1's viewpoint, uint8 (n,H,W,3)",
                  "s2": "render of the model at r2's viewpoint, uint8 (n,H,W,3)",
@@ -587,225 +629,3 @@ def _write_manifest(out: Path, plan: dict, counts, real, ret) -> Path:
     return path
 
 
-def verify_quartets(folder) -> int:
-    """Check every file listed in ``<folder>/manifest.json`` against its sha256.
-
-    Returns the number of files checked; raises :class:`DataError` naming the first bad file.
-    """
-    folder = Path(folder)
-    man = _read_manifest(folder)
-    files = list(man["files"].values()) + man["shards"]
-    for f in files:
-        p = folder / f["file"]
-        if not p.exists():
-            raise DataError(f"{p}: listed in {folder / MANIFEST} but missing")
-        if _sha256(p) != f["sha256"]:
-            raise DataError(f"{p}: sha256 differs from {folder / MANIFEST} (corrupt or modified)")
-    return len(files)
-
-
-def _read_manifest(folder: Path) -> dict:
-    p = Path(folder) / MANIFEST
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no quartet manifest (run `cyclecorr prepare --out "
-                                f"{folder}` first)")
-    return read_format_json(p, FORMAT, "manifest", DataError)
-
-
-# ---------------------------------------------------------------------------------------------
-# torch datasets
-def _to_img(a: np.ndarray):
-    """H×W×3 uint8 → (3, H, W) float32 tensor in [0, 1] (numpy arithmetic: no torch intra-op
-    threads, which are very slow on a busy CPU for tensors this small)."""
-    import torch
-    out = np.empty((3,) + a.shape[:2], np.float32)
-    np.multiply(np.moveaxis(np.asarray(a), 2, 0), np.float32(1.0 / 255.0), out=out)
-    return torch.from_numpy(out)
-
-
-def _f32(a, add_channel: bool = False):
-    import torch
-    out = np.array(a, dtype=np.float32)
-    return torch.from_numpy(out[None] if add_channel else out)
-
-
-def _quartet_tensors(q: dict, r1: np.ndarray, r2: np.ndarray) -> dict:
-    return {
-        "s1": _to_img(q["s1"]), "s2": _to_img(q["s2"]), "r1": _to_img(r1), "r2": _to_img(r2),
-        "flow_s1s2": _f32(q["flow_s1s2"]),
-        "match_s1s2": _f32(q["match_s1s2"], True),
-        "mask_s1": _f32(q["mask_s1"], True),
-        "mask_s2": _f32(q["mask_s2"], True),
-        "viewpoint_s1": _f32(q["viewpoint_s1"]),
-        "viewpoint_s2": _f32(q["viewpoint_s2"]),
-    }
-
-
-try:  # subclass torch's Dataset when torch is importable (it is a package dependency)
-    from torch.utils.data import Dataset as _Base
-except Exception:  # pragma: no cover
-    _Base = object
-
-
-class QuartetDataset(_Base):
-    """Read back a prepared folder: ``ds[i]`` → dict of tensors.
-
-    Keys: ``s1``, ``s2``, ``r1``, ``r2`` (3×H×W float in [0, 1]); ``flow_s1s2`` (2×H×W float32,
-    channel 0 = x, pixels, ``q − p``); ``match_s1s2``, ``mask_s1``, ``mask_s2`` (1×H×W float32 in
-    {0, 1}); ``viewpoint_s1``, ``viewpoint_s2`` (3,) float32 (azimuth, elevation, theta in
-    degrees); plus ``index``, ``r1_index``, ``r2_index``, ``model_index`` (ints). Files are read
-    through memory maps opened lazily in each process (safe with DataLoader workers).
-
-    Args:
-        folder: a folder written by :func:`prepare_quartets`.
-        verify: check every file's sha256 against the manifest first.
-    """
-
-    def __init__(self, folder, verify: bool = False):
-        self.folder = Path(folder)
-        self.manifest = _read_manifest(self.folder)
-        if verify:
-            verify_quartets(self.folder)
-        self.shards = self.manifest["shards"]
-        self.starts = np.array([s["first"] for s in self.shards] + [self.manifest["num_quartets"]])
-        self.models = self.manifest["models"]
-        self._handles: dict = {}
-        self._pid = None
-
-    def __len__(self) -> int:
-        return int(self.manifest["num_quartets"])
-
-    def __getstate__(self):  # open files are per process (DataLoader workers, spawn)
-        d = dict(self.__dict__)
-        d["_handles"], d["_pid"] = {}, None
-        return d
-
-    def _open(self, rel: str):
-        from safetensors import safe_open
-
-        if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        h = self._handles.get(rel)
-        if h is None:
-            p = self.folder / rel
-            if not p.exists():
-                raise DataError(f"{p}: listed in {self.folder / MANIFEST} but missing")
-            try:
-                h = self._handles[rel] = safe_open(str(p), framework="np")
-            except Exception as e:
-                raise DataError(f"{p}: unreadable shard ({e})") from e
-        return h
-
-    def raw(self, i: int) -> dict:
-        """Quartet ``i`` as stored (numpy, uint8/float16) plus the real crops r1, r2."""
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"quartet index {i} out of range for {n}")
-        i = i % n
-        j = int(np.searchsorted(self.starts, i, side="right") - 1)
-        local = i - int(self.starts[j])
-        h = self._open(self.shards[j]["file"])
-        q = {k: h.get_slice(k)[local:local + 1][0] for k in h.keys()}
-        real = self._open(self.manifest["files"]["real_crops"]["file"])
-        q["r1"] = real.get_slice("images")[int(q["r1_index"]):int(q["r1_index"]) + 1][0]
-        q["r2"] = real.get_slice("images")[int(q["r2_index"]):int(q["r2_index"]) + 1][0]
-        return q
-
-    def __getitem__(self, i: int) -> dict:
-        q = self.raw(i)
-        out = _quartet_tensors(q, q["r1"], q["r2"])
-        out.update(index=int(i), r1_index=int(q["r1_index"]), r2_index=int(q["r2_index"]),
-                   model_index=int(q["model_index"]))
-        return out
-
-
-class OnTheFlyQuartetDataset(_Base):
-    """Quartets rendered in ``__getitem__`` from a prepared folder's real crops and retrieval
-    (``cyclecorr prepare --quartets 0`` is enough): same keys as :class:`QuartetDataset`.
-
-    Quartet ``i`` is drawn from a generator seeded with ``(seed, 2**31 + i)`` under the same
-    validity rule, so it is reproducible. The GL context is created lazily in each process
-    (DataLoader workers render with their own); prefer ``multiprocessing_context="spawn"``
-    if the parent process has rendered.
-    """
-
-    def __init__(self, folder, length: int = 10000, seed: int = 0):
-        self.folder = Path(folder)
-        for f in (PLAN_FILE, REAL_FILE, RETRIEVAL_FILE):
-            if not (self.folder / f).exists():
-                raise FileNotFoundError(f"{self.folder / f}: missing (run `cyclecorr prepare "
-                                        f"--out {self.folder} --quartets 0` first)")
-        self.length = int(length)
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.length:
-            raise IndexError(f"quartet index {i} out of range for {self.length}")
-        g = _gen(str(self.folder))
-        rng = np.random.default_rng([self.seed, 2 ** 31 + int(i)])
-        q = g.draw(rng, {})
-        out = _quartet_tensors(q, g.images[q["r1_index"]], g.images[q["r2_index"]])
-        out.update(index=int(i), r1_index=int(q["r1_index"]), r2_index=int(q["r2_index"]),
-                   model_index=int(q["model_index"]))
-        return out
-
-
-class PairDataset(_Base):
-    """Random pairs of real crops for stage 1 (SIFT-flow imitation): ``{"src", "tgt"}``, each
-    3×H×W float in [0, 1], plus ``src_index``/``tgt_index``.
-
-    Args:
-        source: a prepared folder (uses its ``real_crops.safetensors``), or a list of real-image
-            folders (cropped on first access, see :func:`collect_real`).
-        length: number of pairs (default: the number of crops).
-        seed: pair ``i`` uses a generator seeded with ``(seed, i)`` (two distinct crops).
-        size, category: crop size and category when ``source`` is a list of folders.
-    """
-
-    def __init__(self, source, length: int | None = None, seed: int = 0, size: int = 128,
-                 category: str = "car"):
-        self.seed = int(seed)
-        self.size = int(size)
-        self._images = None
-        self._items = None
-        if isinstance(source, (str, os.PathLike)) and (Path(source) / REAL_FILE).exists():
-            self._path = Path(source) / REAL_FILE
-            from safetensors import safe_open
-            with safe_open(str(self._path), framework="np") as f:
-                n = f.get_slice("images").get_shape()[0]
-        else:
-            dirs = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-            self._path = None
-            self._items = [(ds, i) for _, ds in collect_real(dirs, category) for i in range(len(ds))]
-            n = len(self._items)
-        if n < 2:
-            raise DataError(f"{source}: PairDataset needs at least 2 real images, found {n}")
-        self.n = n
-        self.length = int(length) if length is not None else n
-
-    def __len__(self) -> int:
-        return self.length
-
-    def crop(self, k: int) -> np.ndarray:
-        """The ``k``-th real crop (H×W×3 uint8)."""
-        if self._path is not None:
-            if self._images is None:
-                from safetensors import safe_open
-                with safe_open(str(self._path), framework="np") as f:
-                    self._images = f.get_tensor("images")
-            return self._images[k]
-        ds, i = self._items[k]
-        return crop_sample(ds[i], self.size).image
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.length:
-            raise IndexError(f"pair index {i} out of range for {self.length}")
-        rng = np.random.default_rng([self.seed, int(i)])
-        a = int(rng.integers(self.n))
-        b = int(rng.integers(self.n - 1))
-        b = b + 1 if b >= a else b
-        return {"src": _to_img(self.crop(a)), "tgt": _to_img(self.crop(b)),
-                "src_index": a, "tgt_index": b}

@@ -26,14 +26,22 @@ confuses front and rear views (use the tags, annotated viewpoints, or ``require_
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from skimage.feature import hog
+from tqdm import tqdm
 
 from cyclecorr.data.io import DataError, atomic_write_bytes
+from cyclecorr.render import Renderer, Viewpoint, load_mesh
+from cyclecorr.render.frames import frame_key
 
 __all__ = ["HOG_PARAMS", "hog_descriptor", "hog_descriptors", "viewpoint_grid", "RenderBank",
            "build_bank", "estimate_viewpoints", "nearest_models", "POSE_AZIMUTH",
@@ -56,8 +64,6 @@ POSE_AZIMUTH = {"Frontal": (0.0, 60.0), "Left": (90.0, 60.0), "Rear": (180.0, 60
 def hog_descriptor(image: np.ndarray, params: dict | None = None) -> np.ndarray:
     """HOG of one image (``H×W×3`` uint8 or ``H×W`` grey), resized to 128×128 if needed → (D,)
     float32 (D = 1764 with the default :data:`HOG_PARAMS`)."""
-    from skimage.feature import hog
-
     p = {**HOG_PARAMS, **(params or {})}
     img = np.asarray(image)
     scale = 1.0 / 255.0 if img.dtype == np.uint8 else 1.0
@@ -66,7 +72,6 @@ def hog_descriptor(image: np.ndarray, params: dict | None = None) -> np.ndarray:
     img = img.astype(np.float32) * np.float32(scale)
     s = int(p["size"])
     if img.shape != (s, s):
-        from PIL import Image
         img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(
             (s, s), Image.Resampling.BILINEAR), dtype=np.float32)
     d = hog(img, orientations=int(p["orientations"]),
@@ -78,8 +83,6 @@ def hog_descriptor(image: np.ndarray, params: dict | None = None) -> np.ndarray:
 
 def hog_descriptors(images, params: dict | None = None, progress: bool = False) -> np.ndarray:
     """HOG of a sequence of images → (N, D) float32."""
-    from tqdm import tqdm
-
     it = tqdm(images, desc="HOG", unit="img", disable=not progress, leave=False)
     out = [hog_descriptor(im, params) for im in it]
     if not out:
@@ -129,7 +132,6 @@ class RenderBank:
 
     def save(self, path) -> None:
         """Write atomically as ``.npz``."""
-        import io
         buf = io.BytesIO()
         np.savez(buf, viewpoints=self.viewpoints, descriptors=self.descriptors.astype(np.float16),
                  meta=np.frombuffer(json.dumps({"models": self.models, "params": self.params})
@@ -137,7 +139,7 @@ class RenderBank:
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path) -> "RenderBank":
+    def load(cls, path) -> RenderBank:
         path = Path(path)
         try:
             with np.load(path) as z:
@@ -149,9 +151,13 @@ class RenderBank:
 
 
 def _file_key(p: Path) -> list:
+    """(path, size, mtime) of a model file, and its axes where a conventions table gives them
+    (:func:`cyclecorr.render.frames.frame_key`): deciding a model's front anew re-renders it."""
     p = Path(p).resolve()
     st = p.stat()
-    return [str(p), st.st_size, int(st.st_mtime)]
+    key = [str(p), st.st_size, int(st.st_mtime)]
+    fk = frame_key(p)
+    return key + [fk] if fk else key
 
 
 def bank_key(models, viewpoints, params) -> str:
@@ -170,7 +176,6 @@ _RENDERER = None
 def _worker_renderer():
     global _RENDERER
     if _RENDERER is None or getattr(_RENDERER, "_owner_pid", None) != os.getpid():
-        from cyclecorr.render import Renderer
         _RENDERER = Renderer(cache_size=4)
         _RENDERER._owner_pid = os.getpid()
     return _RENDERER
@@ -180,7 +185,6 @@ def get_mesh(path: str):
     """Load (once per process) the mesh at ``path`` in the canonical frame."""
     m = _MESHES.get(path)
     if m is None:
-        from cyclecorr.render import load_mesh
         m = _MESHES[path] = load_mesh(path)
     return m
 
@@ -188,8 +192,6 @@ def get_mesh(path: str):
 def render_bank_views(mesh, viewpoints: np.ndarray, size: int = 128, distance: float = 2.5,
                       renderer=None):
     """Render ``mesh`` at every (azimuth, elevation) row of ``viewpoints`` → list of rgb."""
-    from cyclecorr.render import Viewpoint
-
     r = renderer or _worker_renderer()
     return [r.render(mesh, Viewpoint(float(a), float(e), 0.0, distance), size).rgb
             for a, e in viewpoints]
@@ -214,13 +216,10 @@ def _worker_init():
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 
-def _pool(workers: int):
+def spawn_pool(workers: int):
     """A process pool of ``workers`` *spawned* processes (a worker never inherits a GL context,
     see :mod:`cyclecorr.render`); a worker that dies raises ``BrokenProcessPool`` instead of
     hanging the run."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                initializer=_worker_init)
 
@@ -247,10 +246,6 @@ def build_bank(models, viewpoints: np.ndarray | None = None, cache: str | os.Pat
 
     Models that cannot be rendered are skipped (listed in ``bank.params["skipped"]`` and logged).
     """
-    import io
-
-    from tqdm import tqdm
-
     models = [str(m) for m in models]
     if not models:
         raise DataError("build_bank: no CAD models given")
@@ -293,7 +288,7 @@ def build_bank(models, viewpoints: np.ndarray | None = None, cache: str | os.Pat
             _store(t[0], _bank_task(t))
             bar.update()
     else:
-        with _pool(min(workers, len(tasks))) as pool:
+        with spawn_pool(min(workers, len(tasks))) as pool:
             for t, d in zip(tasks, pool.map(_bank_task, tasks)):
                 _store(t[0], d)
                 bar.update()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cyclecorr.render.camera import CropTransform
 
@@ -76,7 +77,8 @@ class Sample:
             raise ValueError(f"{self.path}: {len(self.keypoints)} keypoints but "
                              f"{len(self.keypoint_names)} names")
         h, w = img.shape[:2]
-        for name, m in [("mask", self.mask)] + [(f"parts[{k!r}]", v) for k, v in self.parts.items()]:
+        fields = [("mask", self.mask)] + [(f"parts[{k!r}]", v) for k, v in self.parts.items()]
+        for name, m in fields:
             if m is not None and np.shape(m) != (h, w):
                 raise ValueError(f"{self.path}: {name} has shape {np.shape(m)}, image is {h}×{w}")
 
@@ -122,8 +124,6 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def _pil_crop(arr: np.ndarray, tf: CropTransform, mode_float: bool) -> np.ndarray:
     """Antialiased bilinear crop+resize with PIL; output pixels whose centre falls outside the
     source image are 0 (the source is edge-padded first so the filter never reads zeros)."""
-    from PIL import Image
-
     h, w = arr.shape[:2]
     # CropTransform box edges are in "centre at integer" coordinates; PIL boxes use edges at
     # integers (pixel i covers [i, i+1]), hence +0.5.
@@ -164,7 +164,8 @@ def crop_array(arr: np.ndarray, tf: CropTransform) -> np.ndarray:
         return _pil_crop(arr, tf, False)
     if arr.ndim == 2:
         return _pil_crop(arr.astype(np.float32), tf, True)
-    raise ValueError(f"crop_array expects H×W×3 uint8 or H×W bool/float, got {arr.shape} {arr.dtype}")
+    raise ValueError(f"crop_array expects H×W×3 uint8 or H×W bool/float, got {arr.shape} "
+                     f"{arr.dtype}")
 
 
 def crop_sample(sample: Sample, size: int = 128, box=None, scale: float = 1.0,
@@ -262,7 +263,8 @@ def flip_sample(sample: Sample) -> Sample:
         image=np.ascontiguousarray(sample.image[:, ::-1]),
         keypoints=kps, visible=vis, keypoint_names=names,
         mask=np.ascontiguousarray(sample.mask[:, ::-1]) if sample.mask is not None else None,
-        parts={swap_left_right(k): np.ascontiguousarray(v[:, ::-1]) for k, v in sample.parts.items()},
+        parts={swap_left_right(k): np.ascontiguousarray(v[:, ::-1])
+               for k, v in sample.parts.items()},
         bbox=bbox, viewpoint=vp, path=sample.path,
         meta={**sample.meta, "flipped": not sample.meta.get("flipped", False)},
     )
@@ -270,7 +272,7 @@ def flip_sample(sample: Sample) -> Sample:
 
 def image_to_tensor(image: np.ndarray):
     """``H×W×3`` uint8 → ``(3, H, W)`` float32 torch tensor in [0, 1]."""
-    import torch
+    import torch  # on use: the command line's start-up imports this module without torch
 
     out = np.empty((3,) + np.shape(image)[:2], np.float32)
     np.multiply(np.moveaxis(np.asarray(image, dtype=np.uint8), 2, 0), np.float32(1 / 255), out=out)

@@ -3,8 +3,8 @@
 Every function takes a *method* (see :mod:`cyclecorr.evaluate.methods`) and already-loaded samples
 (:class:`cyclecorr.data.samples.Sample` / ``PairSample``), so training code can call them on any
 list of images. The method always runs at its own side ``S`` (128, the network's input): each whole
-image is resized to ``S × S`` (aspect not kept, antialiased bilinear, as
-:class:`cyclecorr.matcher.Matcher` does); where a protocol measures in the original pixels, the
+image is resized to ``S × S`` by :func:`cyclecorr.matcher.resize_image` (aspect not kept,
+antialiased bilinear: the matcher's resizing); where a protocol measures in the original pixels, the
 flow is carried back with the pixel-area convention of
 :func:`cyclecorr.geometry.resample_flow` (``x_S = (x + 0.5)·S/W − 0.5``).
 
@@ -30,16 +30,25 @@ import math
 import re
 import time
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
-from cyclecorr.evaluate.metrics import (IoUAccumulator, PCKAccumulator, accuracy,
-                                        average_precision, flow_accuracy, iou, pck_pair,
-                                        reference_length)
+from cyclecorr.evaluate.datasets import load_pf_willow
+from cyclecorr.evaluate.metrics import (
+    IoUAccumulator,
+    PCKAccumulator,
+    accuracy,
+    average_precision,
+    flow_accuracy,
+    iou,
+    pck_pair,
+    reference_length,
+)
 from cyclecorr.geometry import resample_flow, rescale_points, transfer_keypoints
+from cyclecorr.matcher import resize_image
 
 __all__ = [
     "resize_image",
@@ -59,31 +68,19 @@ __all__ = [
 ]
 
 
+def bar_label(method, set_name: str) -> str:
+    """A progress bar's label: which method runs on which set (``"model on flowweb-car"``)."""
+    return f"{getattr(method, 'name', '?')} on {set_name}"
+
+
 def _tqdm(iterable, progress: bool, **kw):
     if not progress:
         return iterable
-    from tqdm import tqdm
 
     return tqdm(iterable, **kw)
 
 
 # ----------------------------------------------------------------------------- image handling
-def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """``H×W×3`` uint8 → ``(3, size, size)`` float in [0, 1] (antialiased bilinear, aspect not kept;
-    the same resize as :class:`cyclecorr.matcher.Matcher`)."""
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image must be H×W×3, got {arr.shape}")
-    t = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float()
-    if arr.dtype == np.uint8:
-        t = t / 255.0
-    if tuple(t.shape[-2:]) == (size, size):
-        return t.clamp(0, 1)
-    t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False,
-                      antialias=True)[0]
-    return t.clamp(0, 1)
-
-
 def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour resize of an integer/bool ``H×W`` map to ``size × size`` (pixel centres:
     output pixel i reads input pixel ``floor((i + 0.5)·H/size)``)."""
@@ -121,7 +118,8 @@ def transfer_keypoints_resized(kps_a: np.ndarray, flow_small: torch.Tensor,
     """Transfer original-pixel keypoints of a by a flow computed between ``S × S`` resizes.
 
     ``p_S = (p + 0.5)·S/W_a − 0.5``, ``q_S = p_S + F_S(p_S)`` (bilinear, border),
-    ``q = (q_S + 0.5)·W_b/S − 0.5`` (same in y): exactly :func:`resample_flow` read at the keypoints.
+    ``q = (q_S + 0.5)·W_b/S − 0.5`` (same in y): exactly :func:`resample_flow` read at the
+    keypoints.
     NaN keypoints stay NaN.
     """
     s_h, s_w = flow_small.shape[-2:]
@@ -136,7 +134,9 @@ def transfer_keypoints_resized(kps_a: np.ndarray, flow_small: torch.Tensor,
 
 def method_protocol(method) -> dict:
     """The method's own description (name, parameters, checkpoint sha256, …)."""
-    return method.describe() if hasattr(method, "describe") else {"name": getattr(method, "name", "?")}
+    if hasattr(method, "describe"):
+        return method.describe()
+    return {"name": getattr(method, "name", "?")}
 
 
 # ----------------------------------------------------------------------------- keypoint PCK
@@ -171,7 +171,8 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
     if resolution not in ("original", "network"):
         raise ValueError(f"resolution must be 'original' or 'network', got {resolution!r}")
     if len(samples) < 2:
-        raise ValueError(f"{set_name}: keypoint transfer needs at least 2 images, got {len(samples)}")
+        raise ValueError(f"{set_name}: keypoint transfer needs at least 2 images, got "
+                         f"{len(samples)}")
     groups = list(groups) if groups is not None else [set_name] * len(samples)
     pairs_text = f"{len(pairs)} given pairs" if pairs is not None else \
         "all ordered pairs (i != j) within each group"
@@ -181,7 +182,8 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
     t0 = time.perf_counter()
     images = [resize_image(s.image, size) for s in samples]
     acc = PCKAccumulator(alphas)
-    for k, flow, _ in predict_pairs(method, images, pairs, batch_size, progress, desc=set_name):
+    for k, flow, _ in predict_pairs(method, images, pairs, batch_size, progress,
+                                    desc=bar_label(method, set_name)):
         i, j = pairs[k]
         a, b = samples[i], samples[j]
         ha, wa = a.image.shape[:2]
@@ -189,7 +191,8 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
         kps_a = np.where(np.asarray(a.visible, bool)[:, None], a.keypoints, np.nan)
         kps_b = np.where(np.asarray(b.visible, bool)[:, None], b.keypoints, np.nan)
         if len(kps_a) != len(kps_b):
-            raise ValueError(f"{set_name}: pair ({i}, {j}) has {len(kps_a)} vs {len(kps_b)} keypoints")
+            raise ValueError(f"{set_name}: pair ({i}, {j}) has {len(kps_a)} vs {len(kps_b)} "
+                             "keypoints")
         if resolution == "original":
             pred = transfer_keypoints_resized(kps_a, flow, (ha, wa), (hb, wb))
             gt, hw_b, bbox_b = kps_b, (hb, wb), getattr(b, "bbox", None)
@@ -214,7 +217,8 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
                      "mean_over_groups = unweighted mean over groups",
         "keypoints": "annotated in both images", "method_resolution": f"{size}x{size} (whole image "
         "resized, aspect not kept)",
-        "measured_in": "original image pixels" if resolution == "original" else f"{size}x{size} pixels",
+        "measured_in": ("original image pixels" if resolution == "original"
+                        else f"{size}x{size} pixels"),
         "method": method_protocol(method), "seed": seed,
     }
     protocol.update(extra_protocol or {})
@@ -241,8 +245,6 @@ def evaluate_pck_pf_willow(method, root=None, alphas=(0.05, 0.1, 0.15), classes=
     ``pck["mean_over_groups"]["per_pair"]["0.1"]``.
     """
     if samples_by_class is None:
-        from cyclecorr.evaluate.datasets import load_pf_willow
-
         samples_by_class = load_pf_willow(root, classes=classes, limit=limit)
     samples, groups = [], []
     for cls, ss in samples_by_class.items():
@@ -298,7 +300,8 @@ def matchability_ground_truth(mask_a: np.ndarray, labels_a: np.ndarray,
 
 
 def _warp_nearest(labels_b: np.ndarray, flow) -> np.ndarray:
-    """``out(p) = labels_b(round(p + flow(p)))``, 0 outside b (``labels_b`` ``H×W``, flow ``(2, h, w)``)."""
+    """``out(p) = labels_b(round(p + flow(p)))``, 0 outside b (``labels_b`` ``H×W``, flow
+    ``(2, h, w)``)."""
     labels_b = np.asarray(labels_b)
     f = flow.numpy() if isinstance(flow, torch.Tensor) else np.asarray(flow)
     h, w = labels_b.shape
@@ -356,7 +359,8 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
     seg = IoUAccumulator()
     obj_ious = []
     has_match = None
-    for k, flow, mat in predict_pairs(method, images, pairs, batch_size, progress, desc=set_name):
+    for k, flow, mat in predict_pairs(method, images, pairs, batch_size, progress,
+                                      desc=bar_label(method, set_name)):
         i, j = pairs[k]
         if "pck" in tasks and len(kps[i]):
             pred = transfer_keypoints(torch.from_numpy(kps[i]), flow.double()).numpy()
@@ -403,7 +407,8 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
         "alphas": list(alphas), "reference_length": f"image side {size} (alpha*{size} px)",
         "averaging": "PCK per keypoint over all pairs (per_keypoint) and mean of pair PCKs "
                      "(per_pair); matchability AP/accuracy over all evaluated pixels pooled; "
-                     "part IoU dataset-level per part, then mean over parts; object IoU mean over pairs",
+                     "part IoU dataset-level per part, then mean over parts; object IoU mean "
+                     "over pairs",
         "keypoints": "annotated in both images",
         "matchability_truth": "source pixel on the object whose part (instance index dropped) is "
                               "visible in the target = 1; background = 0; unlabelled object pixels "
@@ -437,7 +442,8 @@ def evaluate_tss(method, pairs: Sequence, *, threshold: float = 5.0, batch_size:
             meta = getattr(p, "meta", {}) or {}
             names.append(f"{meta.get('group', set_name)}/{meta.get('name', i)}")
     per_pair = {}
-    for k in _tqdm(range(0, len(pairs), batch_size), progress, desc=set_name, leave=False):
+    for k in _tqdm(range(0, len(pairs), batch_size), progress, desc=bar_label(method, set_name),
+                   leave=False):
         chunk = pairs[k:k + batch_size]
         src = torch.stack([resize_image(p.image_a, size) for p in chunk])
         tgt = torch.stack([resize_image(p.image_b, size) for p in chunk])
@@ -457,9 +463,11 @@ def evaluate_tss(method, pairs: Sequence, *, threshold: float = 5.0, batch_size:
     by_group = defaultdict(list)
     for name, r in per_pair.items():
         by_group[name.split("/")[0]].append(r)
-    groups = {g: {key: float(np.mean([r[key] for r in rs]))
-                  for key in ("accuracy", "accuracy_max_side_100", "mean_epe")} | {"n_pairs": len(rs)}
-              for g, rs in sorted(by_group.items())}
+    groups = {}
+    for g, rs in sorted(by_group.items()):
+        groups[g] = {key: float(np.mean([r[key] for r in rs]))
+                     for key in ("accuracy", "accuracy_max_side_100", "mean_epe")}
+        groups[g]["n_pairs"] = len(rs)
     mean = {key: float(np.mean([r[key] for r in per_pair.values()]))
             for key in ("accuracy", "accuracy_max_side_100", "mean_epe")}
     return {"mean": mean, "groups": groups, "pairs": per_pair, "n_pairs": len(per_pair),
@@ -484,9 +492,14 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
     (:class:`cyclecorr.evaluate.datasets.SyntheticPair`, all ``S × S`` crops).
 
     - ``pck``: named 3D keypoints visible in both renders, correct within α·S; all pairs
-      (same-model and cross-model) and the cross-model ones alone (``pck_cross_model``);
-    - ``matchability`` (same-model pairs, methods with one): AP and accuracy at 0.5 against the
-      renderer's exact matchability, all pixels of all such pairs pooled;
+      (same-model and cross-model) and each kind alone (``pck_cross_model``,
+      ``pck_same_model``); per keypoint name too (``pck_by_keypoint``). Per-pair records
+      (``pck_pairs``) are named by ``meta["pair_name"]`` where the pairs carry one (cross-instance
+      pairs: ``"i-j#k"``, so that the bootstrap resamples models), else by the pair's index;
+    - ``matchability`` (methods with one): AP and accuracy at 0.5 against the pairs'
+      ``match_ab`` (same-model pairs: the renderer's exact matchability; cross-instance pairs:
+      the source model's visibility from the target's viewpoint), all pixels of all such pairs
+      pooled, and the mean of the pairs' APs (``mean_pair_ap``);
     - ``flow``: fraction of matchable source pixels with flow error ≤ ``flow_threshold`` px
       (same-model pairs, mean over pairs).
     """
@@ -501,10 +514,11 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
     n = len(pairs)
     index_pairs = [(k, n + k) for k in range(n)]
     pck = PCKAccumulator(alphas)
-    scores, truths, flow_acc = [], [], []
+    by_name: dict[str, list] = defaultdict(list)
+    scores, truths, flow_acc, pair_ap = [], [], [], []
     has_match = False
     for k, flow, mat in predict_pairs(method, images, index_pairs, batch_size, progress,
-                                      desc=set_name):
+                                      desc=bar_label(method, set_name)):
         p = pairs[k]
         h, w = p.image_a.shape[:2]
         if (h, w) != (size, size) or p.image_b.shape[:2] != (size, size):
@@ -515,24 +529,37 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
             valid = np.isfinite(p.kps_a).all(1) & np.isfinite(p.kps_b).all(1)
             r = pck_pair(pred, p.kps_b, float(size), alphas, valid)
             same = p.flow_ab is not None
-            pck.add("same-model" if same else "cross-model", r, pair=str(k))
+            pck.add("same-model" if same else "cross-model", r,
+                    pair=(p.meta or {}).get("pair_name", str(k)))
+            for i, name in enumerate(getattr(p, "keypoint_names", None) or []):
+                if np.isfinite(r["errors"][i]):  # counted: visible in both
+                    by_name[name].append([bool(r["correct"][a][i]) for a in alphas])
+        if p.match_ab is not None and mat is not None:
+            gt_m = np.asarray(p.match_ab) > 0.5
+            has_match = True
+            sc = mat[0].numpy().reshape(-1)
+            scores.append(sc)
+            truths.append(gt_m.reshape(-1))
+            if gt_m.any() and not gt_m.all():
+                pair_ap.append(average_precision(sc, gt_m.reshape(-1)))
         if p.flow_ab is not None:
             gt_m = np.asarray(p.match_ab) > 0.5
-            if mat is not None:
-                has_match = True
-                scores.append(mat[0].numpy().reshape(-1))
-                truths.append(gt_m.reshape(-1))
             fa = flow_accuracy(flow.numpy(), p.flow_ab, gt_m, flow_threshold)
             if fa["n_pixels"]:
                 flow_acc.append(fa)
     summ = pck.summary()
     out: dict = {"n_pairs": n, "pck": summ.get("all", {}),
                  "pck_cross_model": summ.get("cross-model"),
-                 "pck_same_model": summ.get("same-model"), "pck_pairs": pck.pairs()}
+                 "pck_same_model": summ.get("same-model"), "pck_pairs": pck.pairs(),
+                 "pck_by_keypoint": {
+                     name: {"n": len(v), **{str(a): float(np.mean([x[i] for x in v]))
+                                            for i, a in enumerate(alphas)}}
+                     for name, v in sorted(by_name.items())}}
     if has_match:
         s_all, t_all = np.concatenate(scores), np.concatenate(truths)
         out["matchability"] = {"ap": average_precision(s_all, t_all),
                                "accuracy@0.5": accuracy(s_all, t_all, 0.5),
+                               "mean_pair_ap": float(np.mean(pair_ap)) if pair_ap else None,
                                "positive_fraction": float(t_all.mean()),
                                "n_pixels": int(len(t_all))}
     else:
@@ -541,13 +568,19 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
                     "mean_epe": float(np.mean([f["mean_epe"] for f in flow_acc])),
                     "n_pairs": len(flow_acc)} if flow_acc else None)
     out["seconds"] = time.perf_counter() - t0
+    cross_truth = any(p.flow_ab is None and p.match_ab is not None for p in pairs)
     out["protocol"] = {
         "task": "synthetic CAD pairs: keypoint transfer, matchability, dense flow",
         "set": set_name, "resolution": f"{size}x{size} renders (object box crop)",
         "alphas": list(alphas), "reference_length": f"image side {size} (alpha*{size} px)",
         "keypoints": "named 3D keypoints visible in both renders",
-        "averaging": "PCK per keypoint and per pair; matchability pooled over pixels of "
-                     "same-model pairs; flow accuracy mean over same-model pairs",
+        "averaging": "PCK per keypoint and per pair; matchability pooled over the pixels of the "
+                     "pairs with a matchability truth; flow accuracy mean over same-model pairs",
+        "matchability_truth": "same-model pairs: the renderer's exact matchability"
+                              + ("; cross-instance pairs: the source model's surface point at "
+                                 "the pixel is visible from the target's viewpoint (source "
+                                 "rendered from there), background unmatchable"
+                                 if cross_truth else ""),
         "flow_threshold_px": flow_threshold, "generation": generation or {},
         "method": method_protocol(method), "seed": seed,
     }

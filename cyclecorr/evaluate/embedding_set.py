@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cyclecorr.data import ImageFolder, crop_sample
+from cyclecorr.evaluate.benchmarks import resize_image
+from cyclecorr.evaluate.datasets import resolve_dataset_dir
+from cyclecorr.render import Viewpoint, default_renderer, load_mesh
+from cyclecorr.viz.embedding import embed_features, encoder_features, plot_embedding
+
 __all__ = ["feature_embedding_pictures"]
 
 
@@ -44,11 +50,6 @@ def _knn_accuracy(feats: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 def feature_embedding_pictures(method, data_root, out_dir, n: int = 120, seed: int = 0) -> dict:
     """Write ``embedding-synthetic-<name>.png`` and ``embedding-voc-<name>.png`` into ``out_dir``;
     returns the file names, the two numbers above and the protocol."""
-    from cyclecorr.evaluate.benchmarks import resize_image
-    from cyclecorr.evaluate.datasets import resolve_dataset_dir
-    from cyclecorr.render import Viewpoint, default_renderer, load_mesh
-    from cyclecorr.viz.embedding import embed_features, encoder_features, plot_embedding
-
     out = Path(out_dir)
     net = method.net
     res: dict = {"files": {}}
@@ -69,13 +70,12 @@ def feature_embedding_pictures(method, data_root, out_dir, n: int = 120, seed: i
     xy = embed_features(f, "tsne", seed=seed)
     name = f"embedding-synthetic-{method.name}.png"
     plot_embedding(xy, out / name, values=az, thumbnails=imgs,
-                   title=f"{method.name}: encoder codes of {n} car renders (t-SNE), colour = azimuth")
+                   title=f"{method.name}: encoder codes of {n} car renders (t-SNE), "
+                         "colour = azimuth")
     res["files"]["synthetic"] = name
     res["synthetic_nn_azimuth_error_deg"] = _nn_azimuth_error(f, az)
     # real VOC crops with pose tags
     try:
-        from cyclecorr.data import ImageFolder, crop_sample
-
         voc = ImageFolder(resolve_dataset_dir(data_root, "real", "voc2007", "car",
                                               marker="boxes.tsv"))
         per = max(2, n // 4)
@@ -101,7 +101,8 @@ def feature_embedding_pictures(method, data_root, out_dir, n: int = 120, seed: i
     except FileNotFoundError as e:
         res["voc"] = f"skipped: {e}"
     res["protocol"] = {"task": "feature embedding (t-SNE of L2-normalised encoder codes)",
-                       "synthetic": f"{n} renders of PASCAL3D+ cars, azimuth every {360 / n:g} deg, "
+                       "synthetic": f"{n} renders of PASCAL3D+ cars, azimuth every "
+                                    f"{360 / n:g} deg, "
                                     "elevation 10", "voc": "VOC2007 car crops with pose tags, up "
                                     f"to {max(2, n // 4)} per tag", "seed": seed,
                        "method": method.describe()}

@@ -19,16 +19,20 @@ Implementations:
   ``m = 0.5`` at ``c = c_half`` (default 1700: about the median match cost of 128×128 car
   pairs) and decreasing; average precision depends only on the order, so ``c_half`` only moves
   the accuracy at 0.5;
-- :class:`NetworkMethod`: a :class:`~cyclecorr.model.CorrespondenceNet` from a model file (its
-  SHA-256 is recorded), run batched under ``torch.inference_mode``.
+- :class:`NetworkMethod`: a trained network from a model file (its SHA-256 is recorded), run
+  batched by a :class:`~cyclecorr.matcher.Matcher`.
+
+:func:`dense_match` runs any method on two images of any size, with the matcher's resizing.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from cyclecorr.matcher import Matcher, resize_image, to_image_pixels, to_tensor_image
+from cyclecorr.siftflow import SiftFlowParams, sift_flow
 
 __all__ = ["ZeroFlow", "SiftFlowMethod", "NetworkMethod", "predict_in_batches", "make_method",
            "dense_match"]
@@ -68,8 +72,6 @@ class SiftFlowMethod:
     name = "siftflow"
 
     def __init__(self, size: int = 128, params=None, c_half: float = 1700.0):
-        from cyclecorr.siftflow import SiftFlowParams
-
         self.size = size
         self.params = params or SiftFlowParams()
         if not c_half > 0:
@@ -86,8 +88,6 @@ class SiftFlowMethod:
         return np.exp2(-np.asarray(cost, dtype=np.float64) / self.c_half).astype(np.float32)
 
     def predict_batch(self, src, tgt):
-        from cyclecorr.siftflow import sift_flow
-
         _check_pair(src, tgt)
         flows, mats = [], []
         for s, t in zip(src, tgt):
@@ -100,15 +100,18 @@ class SiftFlowMethod:
 
 
 class NetworkMethod:
-    """A trained :class:`~cyclecorr.model.CorrespondenceNet` (from a model file or in memory).
+    """A trained network (from a model file or in memory) as a method: a
+    :class:`~cyclecorr.matcher.Matcher` with a row name and a description.
 
     Args:
-        net: the network (eval mode is set here).
+        net: the network, or a :class:`~cyclecorr.matcher.Matcher` already holding one (then
+            ``device``, ``channels_last``, ``size`` and ``precision`` are the matcher's).
         meta: the model file's metadata (``sha256``, ``stage``, ``step`` …), recorded by
             :meth:`describe`.
         name: row name in the tables (default ``"model"``).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, …
         channels_last: run the convolutions in channels-last memory format (faster on CPU).
+        size: run the network at ``size × size`` (default: the size it was trained at).
         precision: ``"float32"`` (the protocol) or ``"bf16"`` (autocast; recorded by
             :meth:`describe`; see :data:`cyclecorr._runtime.PRECISIONS`).
     """
@@ -116,37 +119,45 @@ class NetworkMethod:
     def __init__(self, net, meta: dict | None = None, name: str = "model", device="auto",
                  channels_last: bool = True, size: int | None = None,
                  precision: str = "float32"):
-        from cyclecorr._runtime import precision_context
-        from cyclecorr.matcher import resolve_device
-
-        if size is not None:  # run at another input size (CorrespondenceNet.set_input_size)
-            net.set_input_size(size)
-        self.device = resolve_device(device)
-        precision_context(self.device, precision)  # validates
-        self.precision = precision
-        self.net = net.to(self.device).eval()
-        self.channels_last = channels_last
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.meta = dict(meta or {})
+        if not isinstance(net, Matcher):
+            net = Matcher(net, meta, device=device, input_size=size, precision=precision,
+                          channels_last=channels_last)
+        elif meta is not None:
+            net.meta = dict(meta)
+        self.matcher = net
         self.name = name
-        self.size = int(net.config.image_size)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.matcher.net
+
+    @property
+    def size(self) -> int:
+        return self.matcher.size
+
+    @property
+    def meta(self) -> dict:
+        return self.matcher.meta
+
+    @property
+    def device(self) -> torch.device:
+        return self.matcher.device
+
+    @property
+    def precision(self) -> str:
+        return self.matcher.precision
 
     @classmethod
     def from_file(cls, path: str | os.PathLike | None = None, name: str | None = None,
-                  device="auto", **kw) -> "NetworkMethod":
+                  device="auto", size: int | None = None, precision: str = "float32"
+                  ) -> NetworkMethod:
         """Load a model file (``None``: the model shipped with the package for cars)."""
-        from cyclecorr.checkpoint import load_model, shipped_model_path
-
-        p = Path(path) if path is not None else shipped_model_path("car")
-        if not p.is_file():
-            raise FileNotFoundError(f"model file not found: {p}")
-        net, meta = load_model(p)
-        meta["path"] = str(p)
+        matcher = Matcher.from_checkpoint(path, device=device, input_size=size,
+                                          precision=precision)
         if name is None:
-            stage = meta.get("stage")
+            stage = matcher.meta.get("stage")
             name = f"model-stage{stage}" if stage is not None else "model"
-        return cls(net, meta, name=name, device=device, **kw)
+        return cls(matcher, name=name)
 
     def describe(self) -> dict:
         keep = ("sha256", "path", "stage", "step", "code_version", "data_manifest_sha256")
@@ -155,15 +166,9 @@ class NetworkMethod:
                 **{k: self.meta[k] for k in keep if k in self.meta}}
 
     def predict_batch(self, src, tgt):
-        from cyclecorr._runtime import precision_context
-
         _check_pair(src, tgt, self.size)
-        mf = torch.channels_last if self.channels_last else torch.contiguous_format
-        with torch.inference_mode(), precision_context(self.device, self.precision):
-            out = self.net(src.to(self.device, memory_format=mf),
-                           tgt.to(self.device, memory_format=mf))
-        return (out["flow"].float().cpu().contiguous(),
-                out["matchability"].float().cpu().contiguous())
+        out = self.matcher.predict(src, tgt)
+        return out["flow"].cpu(), out["matchability"].cpu()
 
 
 def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size: int = 16):
@@ -182,10 +187,10 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
 def make_method(spec: str, model: str | None = None, size: int = 128, device="auto",
                 net_size: int | None = None, precision: str = "float32"):
     """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
-    the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` / ``"NAME=PATH"``
-    for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``). ``size``: the baselines'
-    input side; ``net_size``: the networks' (default: the size each was trained at);
-    ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
+    the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` /
+    ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``).
+    ``size``: the baselines' input side; ``net_size``: the networks' (default: the size each was
+    trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
     spec = spec.strip()
     if spec == "zero":
         return ZeroFlow(size)
@@ -205,25 +210,15 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
     raise ValueError(f"unknown method {spec!r}: use zero, siftflow, model, model:PATH or NAME=PATH")
 
 
-def dense_match(method, image_a: np.ndarray, image_b: np.ndarray) -> dict:
-    """Run ``method`` on two images of any size (resized to ``S × S``, aspect not kept, like
-    :class:`cyclecorr.matcher.Matcher`) and express the result in the original pixels.
+def dense_match(method, image_a, image_b) -> dict:
+    """Run ``method`` on two images of any size: both are resized to ``method.size`` and the
+    result is expressed in the original pixels, by the functions :class:`~cyclecorr.matcher.
+    Matcher` uses (:func:`~cyclecorr.matcher.resize_image`, :func:`~cyclecorr.matcher.
+    to_image_pixels`).
 
     Returns ``{"flow": (H_a, W_a, 2) float32 (q − p, into b's pixels), "matchability": (H_a, W_a)
-    float32 or None}`` (flow by :func:`cyclecorr.geometry.resample_flow`, matchability bilinearly
-    resized)."""
-    import torch.nn.functional as F
-
-    from cyclecorr.evaluate.benchmarks import resize_image
-    from cyclecorr.geometry import resample_flow
-
+    float32 or None}``."""
+    a, b = to_tensor_image(image_a), to_tensor_image(image_b)
     size = int(method.size)
-    a = np.asarray(image_a)
-    b = np.asarray(image_b)
     flow, mat = method.predict_batch(resize_image(a, size)[None], resize_image(b, size)[None])
-    f = resample_flow(flow.float(), a.shape[:2], b.shape[:2])[0].permute(1, 2, 0).numpy()
-    m = None
-    if mat is not None:
-        m = F.interpolate(mat.float(), size=a.shape[:2], mode="bilinear",
-                          align_corners=False)[0, 0].clamp(0, 1).numpy()
-    return {"flow": np.ascontiguousarray(f, np.float32), "matchability": m}
+    return to_image_pixels(flow, mat, a.shape[-2:], b.shape[-2:])

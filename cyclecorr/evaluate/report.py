@@ -24,9 +24,10 @@ def _get(d, *keys):
 
 def set_kind(set_name: str) -> str:
     """The family of a benchmark set name ("pf-willow", "flowweb", "tss", "synthetic",
-    "shape2image", "embedding"; "custom" for any other), which decides its headline columns and
-    the statistic its comparisons use."""
-    for kind in ("pf-willow", "flowweb", "tss", "synthetic", "shape2image", "embedding"):
+    "synth-kp", "shape2image", "embedding"; "custom" for any other), which decides its headline
+    columns and the statistic its comparisons use."""
+    for kind in ("pf-willow", "flowweb", "tss", "synthetic", "synth-kp", "shape2image",
+                 "embedding"):
         if set_name.startswith(kind):
             return kind
     return "custom"
@@ -63,6 +64,14 @@ HEADLINE_COLUMNS = {
         ("match positives (chance AP)", ("matchability", "positive_fraction")),
         ("flow acc@5px", ("flow", "accuracy")),
     ],
+    "synth-kp": [
+        ("PCK@0.05", ("pck", "per_keypoint", "0.05")),
+        ("PCK@0.10", ("pck", "per_keypoint", "0.1")),
+        ("PCK@0.15", ("pck", "per_keypoint", "0.15")),
+        ("PCK@0.10 per pair", ("pck", "per_pair", "0.1")),
+        ("match AP", ("matchability", "ap")),
+        ("match positives (chance AP)", ("matchability", "positive_fraction")),
+    ],
     "shape2image": [("object IoU", ("object_iou",))],
     "embedding": [
         ("renders: NN azimuth error (deg)", ("synthetic_nn_azimuth_error_deg",)),
@@ -74,21 +83,29 @@ HEADLINE_COLUMNS = {
 
 _PROTOCOL_LINE = {
     "pf-willow": "all 90 ordered pairs per class; L = max side of the target's keypoint box; "
-                 "original pixels (method at S×S on whole images); mean over classes of per-pair PCK",
+                 "original pixels (method at S×S on whole images); mean over classes of "
+                 "per-pair PCK",
     "flowweb": "all ordered pairs; whole crops resized to S×S; PCK per keypoint at α·S "
-               "(keypoints annotated in both); matchability: source pixel on the object whose part is "
-               "visible in the target; part/object masks of the target carried by the flow (IoU)",
+               "(keypoints annotated in both); matchability: source pixel on the object whose "
+               "part is visible in the target; part/object masks of the target carried by the "
+               "flow (IoU)",
     "tss": "method at S×S on whole images, flow resampled to original pixels; fraction of "
            "foreground pixels of image 1 with error ≤ 5 px (and at max side 100); mean over pairs",
     "synthetic": "rendered PASCAL3D+ CAD pairs (128×128 crops); PCK per keypoint at α·128 on named "
-                 "3D keypoints visible in both; matchability and flow vs the renderer's exact ground "
-                 "truth (same-model pairs)",
+                 "3D keypoints visible in both; matchability and flow vs the renderer's exact "
+                 "ground truth (same-model pairs)",
+    "synth-kp": "renders of two different PASCAL3D+ CAD models of the category at seeded random "
+                "viewpoints (target azimuth within ±45° of the source's, elevations 0–30°), "
+                "128×128 object-box crops; PCK per keypoint at α·128 on the named 3D keypoints "
+                "visible in both (renderer's depth test); matchability: the source model's "
+                "surface point visible from the target's viewpoint; intervals resample models",
     "shape2image": "FlowWeb cars at 128×128; template = nearest PASCAL3D+ car render in HOG space "
-                   "(5 models × 12 azimuths × 2 elevations); its mask read at round(p + F(p)) vs the "
-                   "real mask (IoU, mean over images); zero flow = retrieval alone",
+                   "(5 models × 12 azimuths × 2 elevations); its mask read at round(p + F(p)) "
+                   "vs the real mask (IoU, mean over images); zero flow = retrieval alone",
     "embedding": "t-SNE of L2-normalised encoder codes; renders of PASCAL3D+ cars at evenly spaced "
-                 "azimuths (nearest neighbour in feature space: mean azimuth difference, chance ≈ 90°) "
-                 "and VOC 2007 car crops with pose tags (leave-one-out 5-NN tag accuracy)",
+                 "azimuths (nearest neighbour in feature space: mean azimuth difference, "
+                 "chance ≈ 90°) and VOC 2007 car crops with pose tags (leave-one-out 5-NN tag "
+                 "accuracy)",
     "custom": "",
 }
 
@@ -126,9 +143,10 @@ def _cell(c: dict | None, runs_only: bool = False) -> str:
     return text
 
 
-def _comparison_table(comparisons: list[dict] | None) -> list[str]:
+def _comparison_table(comparisons: list[dict] | None, kind: str = "") -> list[str]:
     """Markdown lines: each paired comparison (:mod:`cyclecorr.evaluate.stats`) as
-    "difference [interval]" per α, one row per pair of methods and subset."""
+    "difference [interval]" per α, one row per pair of methods and subset (``kind``: the set's
+    :func:`set_kind`, which names what the bootstrap draws)."""
     if not comparisons:
         return []
     alphas, rows = _rows_by_alpha(comparisons)
@@ -138,6 +156,9 @@ def _comparison_table(comparisons: list[dict] | None) -> list[str]:
     unit = {"image": "images drawn with replacement within each class, every pair among them "
                      "counted (pairs sharing an image are not independent)",
             "pair": "pairs drawn with replacement within each class"}.get(c0.get("unit"), "pairs")
+    if kind == "synth-kp" and c0.get("unit") == "image":
+        unit = ("CAD models drawn with replacement, every pair between drawn models counted "
+                "(pairs sharing a model are not independent)")
     lines = ["", f"Paired differences (row's first method minus its second; {stat}; "
              f"{c0['level']:.0%} percentile interval of a bootstrap with {unit}, "
              f"{c0['n_boot']:,} draws, seed {c0['seed']}; "
@@ -224,7 +245,7 @@ def markdown_report(results: dict) -> str:
                 for m, r in by_method.items():
                     lines.append(f"| {m} | " + " | ".join(
                         _fmt(_get(r, "pck", c, "per_pair", "0.1")) for c in classes) + " |")
-        lines += _comparison_table(results.get("comparisons", {}).get(set_name))
+        lines += _comparison_table(results.get("comparisons", {}).get(set_name), kind)
         lines += _replicate_table(results.get("replicate_comparisons", {}).get(set_name))
         if kind == "tss":
             groups = list((first.get("groups") or {}).keys())

@@ -19,10 +19,23 @@ object mask is transferred (part transfer needs part-labelled CAD models).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from cyclecorr.data.retrieval import hog_descriptor
+from cyclecorr.evaluate.benchmarks import (
+    _warp_nearest,
+    bar_label,
+    method_protocol,
+    resize_image,
+    resize_labels,
+)
+from cyclecorr.evaluate.datasets import resolve_dataset_dir
+from cyclecorr.evaluate.metrics import iou
+from cyclecorr.render import Viewpoint, default_renderer, load_mesh
 
 __all__ = ["TemplateBank", "build_template_bank", "evaluate_shape_to_image"]
 
@@ -34,8 +47,6 @@ class TemplateBank:
         self.rgb, self.masks, self.hog, self.labels = rgb, masks, hog, labels
 
     def nearest(self, image: np.ndarray) -> int:
-        from cyclecorr.data.retrieval import hog_descriptor
-
         d = ((self.hog - hog_descriptor(image)[None]) ** 2).sum(1)
         return int(np.argmin(d))
 
@@ -44,10 +55,6 @@ def build_template_bank(root=None, category: str = "car", azimuth_step: float = 
                         elevations=(0.0, 15.0), size: int = 128, progress: bool = False
                         ) -> TemplateBank:
     """Render every PASCAL3D+ CAD model of ``category`` over the viewpoint grid (see module doc)."""
-    from cyclecorr.data.retrieval import hog_descriptor
-    from cyclecorr.evaluate.datasets import resolve_dataset_dir
-    from cyclecorr.render import Viewpoint, default_renderer, load_mesh
-
     folder = resolve_dataset_dir(root, "cad", "pascal3d", marker="*.json")
     files = sorted(folder.glob(f"{category}[0-9]*.json"))
     if not files:
@@ -57,8 +64,6 @@ def build_template_bank(root=None, category: str = "car", azimuth_step: float = 
     jobs = [(f, a, e) for f in files for a in np.arange(0, 360, azimuth_step) for e in elevations]
     it = jobs
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(jobs, desc="render templates", leave=False)
     meshes = {}
     for f, a, e in it:
@@ -81,19 +86,13 @@ def evaluate_shape_to_image(method, samples: Sequence, bank: TemplateBank | None
     Returns ``{"object_iou": mean over images, "per_image": [...], "protocol": {...}}``.
     """
 
-    from cyclecorr.evaluate.benchmarks import (_warp_nearest, method_protocol, resize_image,
-                                               resize_labels)
-    from cyclecorr.evaluate.metrics import iou
-
     t0 = time.perf_counter()
     size = int(method.size)
     bank = bank or build_template_bank(root, category, size=size, progress=progress)
     ious, per = [], []
     it = range(len(samples))
     if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=set_name, leave=False)
+        it = tqdm(it, desc=bar_label(method, set_name), leave=False)
     for i in it:
         s = samples[i]
         if getattr(s, "mask", None) is None:

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["STATISTICS", "category_of", "paired_bootstrap", "replicate_bootstrap", "compare_methods",
+from cyclecorr.evaluate.report import set_kind
+
+__all__ = ["STATISTICS", "category_of", "paired_bootstrap", "replicate_bootstrap",
+           "compare_methods",
            "compare_set", "compare_replicates"]
 
 STATISTICS = ("per_keypoint", "mean_over_groups")
@@ -92,10 +95,12 @@ def _statistic(c: np.ndarray, n: np.ndarray, spans: list[slice], kind: str,
 
 
 def _endpoints(pairs: list[str]) -> np.ndarray | None:
-    """``(P, 2)`` source and target image indices of ``"i-j"`` pair names; None if any is not."""
+    """``(P, 2)`` source and target image indices of ``"i-j"`` pair names (or ``"i-j#k"``: the
+    k-th pair between i and j, e.g. two models rendered at random viewpoints, where i and j are
+    the units drawn); None if any is not."""
     out = []
     for p in pairs:
-        m = re.fullmatch(r"(\d+)-(\d+)", p)
+        m = re.fullmatch(r"(\d+)-(\d+)(?:#\d+)?", p)
         if m is None:
             return None
         out.append((int(m.group(1)), int(m.group(2))))
@@ -293,14 +298,13 @@ def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] 
 
 #: set kind → (the statistic its headline PCK uses, compare per category too)
 _SET_STATISTIC = {"flowweb": ("per_keypoint", False), "pf-willow": ("mean_over_groups", True),
-                  "synthetic": ("per_keypoint", False), "custom": ("per_keypoint", False)}
+                  "synthetic": ("per_keypoint", False), "synth-kp": ("per_keypoint", False),
+                  "custom": ("per_keypoint", False)}
 
 
 def _set_spec(set_name: str, by_method: dict) -> tuple[str, bool, list] | None:
     """(statistic, by category, α's) of ``set_name``'s headline PCK, the α's from the first
     method with per-pair records; None for sets without a keypoint headline."""
-    from cyclecorr.evaluate.report import set_kind
-
     spec = _SET_STATISTIC.get(set_kind(set_name))
     with_pairs = [r for r in by_method.values() if r and r.get("pck_pairs")]
     if spec is None or not with_pairs:

@@ -1,4 +1,4 @@
-"""Rendering CAD models and exact synthetic correspondence (issue 3).
+"""Rendering CAD models and exact synthetic correspondence.
 
 Canonical object frame: z up, front towards −y, centred, bounding-box diagonal 1 (the PASCAL3D+
 CAD frame); each source's axis convention is in :data:`SOURCE_CONVENTIONS`. Images are H×W×3
@@ -12,12 +12,32 @@ uint8, flows (2, H, W) with channel 0 = x, pixel centres at integer coordinates,
 >>> kp = project_keypoints(mesh, vp_a)                # kp.names, kp.xy, kp.visible
 """
 from .camera import CropTransform, Viewpoint, look_at_rotation, project_points
-from .correspondence import (Correspondence, Keypoints, correspondence_between,
-                             project_keypoints, synthetic_correspondence, visibility)
-from .mesh import (SOURCE_CONVENTIONS, Mesh, MeshError, axes_rotation, detect_source,
-                   list_meshes, load_mesh)
-from .renderer import (Light, Renderer, RenderResult, crop_intrinsics, default_renderer,
-                       random_light, render_view)
+from .correspondence import (
+    Correspondence,
+    Keypoints,
+    correspondence_between,
+    project_keypoints,
+    synthetic_correspondence,
+    visibility,
+)
+from .mesh import (
+    SOURCE_CONVENTIONS,
+    Mesh,
+    MeshError,
+    axes_rotation,
+    detect_source,
+    list_meshes,
+    load_mesh,
+)
+from .renderer import (
+    Light,
+    Renderer,
+    RenderResult,
+    crop_intrinsics,
+    default_renderer,
+    random_light,
+    render_view,
+)
 
 __all__ = [
     "CropTransform", "Viewpoint", "look_at_rotation", "project_points",

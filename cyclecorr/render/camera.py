@@ -162,7 +162,7 @@ class CropTransform:
     @classmethod
     def from_pixel_box(cls, xmin: float, ymin: float, xmax: float, ymax: float,
                        width: int = 128, height: int | None = None,
-                       scale: float = 1.0) -> "CropTransform":
+                       scale: float = 1.0) -> CropTransform:
         """Box of inclusive pixel indices ``xmin…xmax``, ``ymin…ymax`` (e.g. a mask's extent),
         enlarged ``scale`` times about its centre (``scale = 1.1`` for the VOC crops)."""
         height = width if height is None else height

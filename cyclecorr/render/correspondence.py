@@ -72,7 +72,7 @@ def visibility(view: RenderResult, points: np.ndarray, rel_tol: float = 0.002,
     the 2×2 around the projection has depth within ``abs_tol + rel_tol·z + px_tol·z/f`` of the
     point's z.
     """
-    from .raster import visibility_buffer
+    from .raster import visibility_buffer  # on use: numba kernels, kept out of CLI start-up
 
     pts = np.asarray(points, np.float64).reshape(-1, 3)
     _, _, vis = visibility_buffer(pts, view.R, view.C, view.K_buffer, view.depth_buffer,

@@ -24,11 +24,27 @@ pascal3d      +z          −y         PASCAL3D+ CAD as JSON (``vertices``, OFF-
 shapenet      +y          +z         ShapeNetCore v2 ``model_normalized.obj`` (+ MTL, textures)
 gsnet         −y          +z         ApolloCar3D/gsnet car OBJs (y axis down)
 obj           +y          +z         any other Wavefront OBJ (Sweet Home 3D furniture; y up)
+flightgear    +y          −x         FlightGear AC3D aircraft (``.ac`` under a ``flightgear`` or
+                                     ``fgdata`` folder, e.g. Debian's ``flightgear-data-ai``):
+                                     nose towards −x, y up, metres
+torcs         +y          +x         TORCS / Speed Dreams AC3D cars (``.acc``, or ``.ac`` under a
+                                     ``torcs``/``speed-dreams`` folder): front towards +x, y up
+ac3d          +y          +z         any other AC3D file (AC3D's own y-up frame; its front view
+                                     looks along −z)
 ============  ==========  =========  ============================================================
 
 The fronts were checked visually on every model of the shared data (renders at azimuth 0 show
 the front of cars, the seat of chairs, the nose of aeroplanes; gsnet cars' side mirrors are in
-the front half). ``load_mesh(..., up=..., front=...)`` overrides the table.
+the front half), and on FlightGear aircraft (737-800, A345, Cub, F-15, Dragonfly: azimuth 0
+shows the nose, azimuth 90 the left side with the nose on the image's left) and TORCS cars
+(155-DTM, buggy, car1-stock2: azimuth 0 shows the grille and headlights). AC3D files are read
+by :mod:`cyclecorr.render.ac3d` (object hierarchy, polygons, materials, textures).
+``load_mesh(..., up=..., front=...)`` overrides the table.
+
+A model listed in a **conventions table** (``MODELS.tsv``) in an ancestor folder takes its up
+and front axes from there instead (and ``Mesh.kind`` is that folder's name), unless ``source``
+is given: see :mod:`cyclecorr.render.frames` (``cad/car/open-sims``, whose up axis differs by
+simulator and whose fronts the package's ``render/conventions/open-sims.tsv`` records).
 """
 from __future__ import annotations
 
@@ -40,8 +56,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .ac3d import AC3D_SUFFIXES, ac3d_parts, read_ac3d
+
 __all__ = ["Mesh", "load_mesh", "list_meshes", "SOURCE_CONVENTIONS", "detect_source",
-           "axes_rotation", "MeshError"]
+           "axes_rotation", "MeshError", "thickness"]
 
 
 class MeshError(ValueError):
@@ -54,6 +72,9 @@ SOURCE_CONVENTIONS: dict[str, tuple[str, str]] = {
     "shapenet": ("+y", "+z"),
     "gsnet": ("-y", "+z"),
     "obj": ("+y", "+z"),
+    "ac3d": ("+y", "+z"),
+    "flightgear": ("+y", "-x"),
+    "torcs": ("+y", "+x"),
 }
 
 _AXES = {"x": 0, "y": 1, "z": 2}
@@ -118,7 +139,7 @@ class Mesh:
 
     @classmethod
     def from_arrays(cls, vertices, faces, keypoints: dict | None = None,
-                    normalize: bool = False) -> "Mesh":
+                    normalize: bool = False) -> Mesh:
         """A mesh from arrays already in the canonical axes; ``normalize`` recentres and scales
         it to bbox diagonal 1 (keypoints follow)."""
         v = np.asarray(vertices, dtype=np.float64)
@@ -175,12 +196,41 @@ def _normalizer(v: np.ndarray, name: str) -> np.ndarray:
     return T
 
 
+def thickness(vertices: np.ndarray, faces: np.ndarray | None = None) -> float:
+    """Extent of a mesh along its thinnest principal axis, over its bounding-box diagonal.
+
+    0 for a single plane (in any orientation); real objects of the shared data measure ≥ 0.07
+    (aircraft ≈ 0.14, cars and chairs more), FlightGear banners and light flares ≤ 0.002. Only
+    vertices used by ``faces`` count (all when ``faces`` is None); at most 20,000 of them,
+    evenly strided, enter the principal axes.
+    """
+    v = np.asarray(vertices, np.float64)
+    if faces is not None and len(faces):
+        v = v[np.unique(np.asarray(faces))]
+    if len(v) < 3:
+        return 0.0
+    diag = float(np.linalg.norm(v.max(0) - v.min(0)))
+    if not math.isfinite(diag) or diag <= 0:
+        return 0.0
+    c = v - v.mean(0)
+    _, _, vt = np.linalg.svd(c[::max(1, len(c) // 20000)], full_matrices=False)
+    proj = c @ vt[-1]
+    return float((proj.max() - proj.min()) / diag)
+
+
 def detect_source(path: str | os.PathLike) -> str:
     """Which :data:`SOURCE_CONVENTIONS` entry a file follows, from its name and folders."""
     p = Path(path)
     if p.suffix.lower() == ".json":
         return "pascal3d"
     parts = [s.lower() for s in p.parts]
+    if p.suffix.lower() in AC3D_SUFFIXES:
+        if "flightgear" in parts or "fgdata" in parts:
+            return "flightgear"
+        if p.suffix.lower() == ".acc" or any(s in ("torcs", "speed-dreams", "speed-dreams-2")
+                                             for s in parts):
+            return "torcs"
+        return "ac3d"
     if p.name == "model_normalized.obj" or "shapenet" in parts or "shapenetcore" in parts:
         return "shapenet"
     if "gsnet" in parts or "apollocar3d" in parts:
@@ -230,7 +280,7 @@ def _load_pascal3d_json(path: Path):
 
 
 def _load_trimesh(path: Path):
-    import trimesh
+    import trimesh  # on use: heavy (0.6 s), needed only for formats read through trimesh
 
     try:
         loaded = trimesh.load(str(path), process=False, maintain_order=True)
@@ -251,19 +301,43 @@ def _load_trimesh(path: Path):
     return v, f, parts
 
 
+def _load_ac3d(path: Path):
+    scene = read_ac3d(path)
+    if len(scene.faces) == 0:
+        sk = {k: v for k, v in scene.skipped.items() if v}
+        raise MeshError(f"{path}: empty mesh (no polygons found"
+                        + (f"; skipped: {sk}" if sk else "") + ")")
+    order, parts = ac3d_parts(scene)
+    # only the vertices that faces use (a file may hold vertices of lines or light objects)
+    f = scene.faces[order]
+    used, inv = np.unique(f, return_inverse=True)
+    return scene.vertices[used].astype(np.float64), inv.reshape(-1, 3).astype(np.int64), parts
+
+
 def load_mesh(path: str | os.PathLike, source: str | None = None, up: str | None = None,
-              front: str | None = None, normalize: bool = True) -> Mesh:
+              front: str | None = None, normalize: bool = True,
+              min_thickness: float = 0.01) -> Mesh:
     """Load a CAD model into the canonical frame (z up, front −y, centred, bbox diagonal 1).
 
     Supported: PASCAL3D+ JSON (``.json``, with named 3D keypoints), Wavefront OBJ with MTL and
-    textures (ShapeNetCore ``model_normalized.obj``, Sweet Home 3D, gsnet cars) and any other
-    format trimesh reads (OFF, PLY, STL, GLB). ``source`` picks the axis convention from
-    :data:`SOURCE_CONVENTIONS` (default: :func:`detect_source`); ``up``/``front`` override it.
+    textures (ShapeNetCore ``model_normalized.obj``, Sweet Home 3D, gsnet cars), AC3D (``.ac``,
+    ``.acc``: FlightGear aircraft, TORCS cars; materials and textures, see
+    :mod:`cyclecorr.render.ac3d`) and any other format trimesh reads (OFF, PLY, STL, GLB).
+    ``source`` picks the axis convention from :data:`SOURCE_CONVENTIONS` (default:
+    :func:`detect_source`); ``up``/``front`` override it.
+
+    ``min_thickness``: a model thinner than this along its thinnest principal axis (a fraction
+    of its bounding-box diagonal, :func:`thickness`) is refused: a single plane (a banner, a
+    billboard, a light flare) has no area seen edge-on, which breaks the crop of a render and the
+    retrieval; 0 accepts flat models.
+
+    The faces' winding does not matter: both renderers draw both sides and light every face
+    from the side the camera sees, so an inside-out model renders exactly like its original.
 
     Raises:
         FileNotFoundError: the file does not exist.
         MeshError (a ValueError): the file is malformed, empty, has NaN vertices, out-of-range
-            faces, or is degenerate (zero-area faces only / flat bounding box).
+            faces, or is degenerate (zero-area faces only / flat bounding box / a single plane).
     """
     path = Path(path)
     if not path.is_file():
@@ -272,14 +346,23 @@ def load_mesh(path: str | os.PathLike, source: str | None = None, up: str | None
     if kind not in SOURCE_CONVENTIONS:
         raise ValueError(f"unknown mesh source {kind!r}; known: {sorted(SOURCE_CONVENTIONS)}")
     cu, cf = SOURCE_CONVENTIONS[kind]
+    if source is None:  # a conventions table in an ancestor folder (see frames.py) wins
+        kind, cu, cf = _table_frame(path, kind, cu, cf, up, front)
     R = axes_rotation(up or cu, front or cf)
     parts = None
     kps = {}
     if path.suffix.lower() == ".json":
         v, f, kps = _load_pascal3d_json(path)
+    elif path.suffix.lower() in AC3D_SUFFIXES:
+        v, f, parts = _load_ac3d(path)
     else:
         v, f, parts = _load_trimesh(path)
     _validate(v, f, str(path))
+    if min_thickness > 0:
+        th = thickness(v, f)
+        if th < min_thickness:
+            raise MeshError(f"{path}: flat mesh (thickness {th:.2g} of its size, below "
+                            f"{min_thickness:g}): a single plane has no area seen edge-on")
     vr = v @ R.T
     T = np.eye(4)
     T[:3, :3] = R
@@ -295,15 +378,33 @@ def load_mesh(path: str | os.PathLike, source: str | None = None, up: str | None
     return Mesh(v_can, f, kps, str(path), kind, T, parts)
 
 
-_MESH_SUFFIXES = {".obj", ".off", ".ply", ".stl", ".glb", ".gltf"}
+def _table_frame(path: Path, kind: str, cu: str, cf: str, up, front):
+    """(kind, up, front) from a conventions table listing ``path``, else unchanged."""
+    from .frames import model_frame
+
+    try:
+        fr = model_frame(path)
+    except ValueError as e:
+        raise MeshError(str(e)) from None
+    if fr is None:
+        return kind, cu, cf
+    if fr.front is None and front is None:
+        raise MeshError(f"{path}: {fr.table} gives its up axis ({fr.up}) but no table decides "
+                        f"its front (along {fr.length or '?'}): run scripts/decide_fronts.py or "
+                        "pass front=")
+    return fr.collection, fr.up, fr.front or front
+
+
+_MESH_SUFFIXES = {".obj", ".off", ".ply", ".stl", ".glb", ".gltf", *AC3D_SUFFIXES}
 
 
 def list_meshes(folder: str | os.PathLike) -> list[Path]:
     """Every supported model file under ``folder`` (recursively, sorted).
 
     Finds OBJ files (including ShapeNetCore ``<synset>/<id>/models/model_normalized.obj``),
-    other trimesh formats, and PASCAL3D+ JSON models (JSON files with ``vertices`` and ``faces``;
-    ShapeNet's ``model_normalized.json`` metadata files are skipped).
+    AC3D files (``.ac``, ``.acc``), other trimesh formats, and PASCAL3D+ JSON models (JSON files
+    with ``vertices`` and ``faces``; ShapeNet's ``model_normalized.json`` metadata files are
+    skipped).
     """
     folder = Path(folder)
     if not folder.is_dir():

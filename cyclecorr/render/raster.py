@@ -145,7 +145,12 @@ class MeshShading:
                 self.albedo[sl] = col
             uv = getattr(vis, "uv", None)
             if img is not None and uv is not None and len(uv) == len(p.vertices):
-                arr = np.asarray(img.convert("RGB"), np.float32) / 255.0
+                # texels are drawn opaque: a texture's alpha blends it over the material's
+                # diffuse colour (VDrift body textures are transparent where the paint shows)
+                rgba = np.asarray(img.convert("RGBA"), np.float32) / 255.0
+                base = col if col is not None else self.DEFAULT
+                a = rgba[..., 3:]
+                arr = (rgba[..., :3] * a + base.astype(np.float32) * (1.0 - a)).astype(np.float32)
                 self.textures.append(arr)
                 self.tex_id[sl] = len(self.textures) - 1
                 self.uv[sl] = np.asarray(uv, np.float64)[p.faces]

@@ -199,7 +199,7 @@ class Renderer:
                     "can deadlock). Render only in the workers (create Renderer objects, but "
                     "do not render, before forking) or use the 'spawn' start method.")
             _ensure_gl_platform()
-            import pyrender
+            import pyrender  # on use: needs an OpenGL library, absent where only raster runs
 
             self._gl = pyrender.OffscreenRenderer(self.viewport, self.viewport)
             _GL_PID = os.getpid()
@@ -230,8 +230,8 @@ class Renderer:
             pass
 
     def _mesh_node(self, mesh: Mesh):
-        import pyrender
-        import trimesh
+        import pyrender  # on use: OpenGL, see __init__
+        import trimesh  # on use: heavy (0.6 s), only for the GL backend's meshes
 
         key = id(mesh)
         entry = self._meshes.get(key)
@@ -298,7 +298,7 @@ class Renderer:
     def render_depth_rgb(self, mesh: Mesh, K, R, C, znear, zfar, light: Light | None = None,
                          rgb: bool = True):
         """Raw viewport render: ``(color (V,V,3) uint8 or None, depth (V,V) float32)``."""
-        import pyrender
+        import pyrender  # on use: OpenGL, see __init__
 
         gl = self._context()
         self._mesh_node(mesh)
@@ -409,7 +409,7 @@ class Renderer:
                             crop_intrinsics(crop, K_img), R, C, depth, Kv)
 
     def _mesh_shading(self, mesh: Mesh):
-        from .raster import MeshShading
+        from .raster import MeshShading  # on use: numba kernels, kept out of CLI start-up
 
         key = id(mesh)
         entry = self._shading.get(key)
@@ -434,7 +434,7 @@ class Renderer:
         return used
 
     def _render_raster(self, mesh, viewpoint, W, H, light, background, margin, rgb):
-        from .raster import rasterize, shade, surface, to_camera
+        from .raster import rasterize, shade, surface, to_camera  # on use: see _mesh_shading
 
         R = viewpoint.rotation
         C = viewpoint.center

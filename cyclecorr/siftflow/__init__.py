@@ -10,10 +10,20 @@ Quick start::
 
 Batch (stage-1 targets, cached, resumable, parallel): :func:`compute_sift_flow_batch`.
 """
-from cyclecorr.siftflow.batch import (compute_sift_flow_batch, load_image, load_sift_flow,
-                                      pair_key, sift_flow_tensors)
-from cyclecorr.siftflow.core import (SiftFlowParams, SiftFlowResult, matchability_from_cost,
-                                     sift_flow, sift_flow_descriptors)
+from cyclecorr.siftflow.batch import (
+    compute_sift_flow_batch,
+    load_image,
+    load_sift_flow,
+    pair_key,
+    sift_flow_tensors,
+)
+from cyclecorr.siftflow.core import (
+    SiftFlowParams,
+    SiftFlowResult,
+    matchability_from_cost,
+    sift_flow,
+    sift_flow_descriptors,
+)
 from cyclecorr.siftflow.dense_sift import dense_sift
 
 __all__ = ["SiftFlowParams", "SiftFlowResult", "sift_flow", "sift_flow_descriptors", "dense_sift",

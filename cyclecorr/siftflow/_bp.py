@@ -8,11 +8,12 @@ Model (Liu, Yuen, Torralba, TPAMI 2011, eq. 1), for an integer flow ``w(p) = (u(
 
 Each pixel holds two nodes, one for ``u`` (plane 0) and one for ``v`` (plane 1), each with
 ``S = 2w + 1`` labels: label ``l`` means displacement ``offset(p) + l − w`` (the offset comes from
-the coarser pyramid level). Spatial messages run inside a plane and use the O(S) distance transform
-of the truncated L1 cost; the "dual" message between the two nodes of a pixel minimises over the data
-term ``D_p(u, v)``. The sweep schedule is the sequential one of Liu's release (BP-S): iteration
-``t`` updates plane ``t mod 2``; forward raster sweeps (messages to the right and down) when
-``t mod 4 < 2``, backward sweeps (to the left and up) otherwise; dual messages when ``t mod 8 < 4``.
+the coarser pyramid level). Spatial messages run inside a plane and use the O(S) distance
+transform of the truncated L1 cost; the "dual" message between the two nodes of a pixel minimises
+over the data term ``D_p(u, v)``. The sweep schedule is the sequential one of Liu's release
+(BP-S): iteration ``t`` updates plane ``t mod 2``; forward raster sweeps (messages to the right
+and down) when ``t mod 4 < 2``, backward sweeps (to the left and up) otherwise; dual messages
+when ``t mod 8 < 4``.
 
 Array layout: ``D[y, x, lv, lu]`` (float32), ``rng[k, y, x, l]``, ``off[k, y, x]`` (int32),
 spatial messages ``M[k, y, x, j, l]`` = message *into* (y, x) from its neighbour on side ``j``

@@ -20,20 +20,22 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, Union
 
 import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
 from cyclecorr.data.io import read_image as load_image  # one image reader for the package
-
 from cyclecorr.siftflow.core import SiftFlowParams, SiftFlowResult, sift_flow
 
 __all__ = ["compute_sift_flow_batch", "load_sift_flow", "pair_key", "load_image",
            "sift_flow_tensors"]
 
-ImageLike = Union[str, os.PathLike, np.ndarray, Callable[[], np.ndarray]]
+ImageLike = str | os.PathLike | np.ndarray | Callable[[], np.ndarray]
 
 
 def _materialise(item: ImageLike, size: int | None, what: str) -> tuple[np.ndarray, tuple]:
@@ -47,8 +49,6 @@ def _materialise(item: ImageLike, size: int | None, what: str) -> tuple[np.ndarr
         raise ValueError(f"{what}: not an image (shape {img.shape})")
     shape = tuple(int(s) for s in img.shape[:2])
     if size is not None and shape != (size, size):
-        from PIL import Image
-
         if img.dtype != np.uint8:
             if not np.all(np.isfinite(img)):
                 raise ValueError(f"{what}: image contains NaN or infinite values")
@@ -151,8 +151,6 @@ def compute_sift_flow_batch(pairs: Sequence[tuple[ImageLike, ImageLike]], out_di
     Returns the output paths in the order of ``pairs``. A bad pair (missing or corrupt image, NaN)
     raises an error naming it; the pairs finished before stay cached.
     """
-    from tqdm.auto import tqdm
-
     params = params or SiftFlowParams()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +237,6 @@ def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None):
         costs.append(res.cost)
     flow, cost = np.stack(flows), np.stack(costs)
     if is_torch:
-        import torch
-
         dev = images_a.device
         return torch.from_numpy(flow).to(dev), torch.from_numpy(cost).to(dev)
     return flow, cost

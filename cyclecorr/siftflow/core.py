@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from skimage.transform import resize
 
 from cyclecorr.siftflow import _bp
 from cyclecorr.siftflow.dense_sift import as_float_image, dense_sift
@@ -211,8 +212,6 @@ def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
 
 
 def _resize(img: np.ndarray, shape) -> np.ndarray:
-    from skimage.transform import resize
-
     return resize(img, (shape[0], shape[1], img.shape[2]), order=1, mode="edge",
                   anti_aliasing=True)
 

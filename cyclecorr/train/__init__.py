@@ -7,16 +7,22 @@ Quick start::
     result = train(cfg, "runs/car", resume=False)           # → runs/car/final.safetensors
 
 or ``cyclecorr train --preset cpu --data quartets/ --out runs/car`` (``--resume`` continues a
-killed run exactly; ``torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …`` trains on N GPUs).
+killed run exactly; ``torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …`` trains
+on N GPUs).
 
 Modules: :mod:`~cyclecorr.train.config` (presets, overrides), :mod:`~cyclecorr.train.data`
 (deterministic batch order, augmentation, synthetic quartets, SIFT-flow pairs),
+:mod:`~cyclecorr.train.run_data` (a run's quartets, stage-1 pairs and data hash),
 :mod:`~cyclecorr.train.modules` (DDP-friendly views of the network),
-:mod:`~cyclecorr.train.steps` (the two objectives), :mod:`~cyclecorr.train.state` (checkpoints),
-:mod:`~cyclecorr.train.loop` (the loop), :mod:`~cyclecorr.train.launch` (local multi-process),
-:mod:`~cyclecorr.train.demo` (the embedded end-to-end demo).
+:mod:`~cyclecorr.train.steps` (one step's predictions and loss), :mod:`~cyclecorr.train.state`
+(checkpoints), :mod:`~cyclecorr.train.loop` (the loop), :mod:`~cyclecorr.train.monitor` (log,
+validation, real-photo PCK), :mod:`~cyclecorr.train.process` (device, threads, DDP set-up, stop
+signals), :mod:`~cyclecorr.train.launch` (local multi-process), :mod:`~cyclecorr.train.demo`
+(the embedded end-to-end demo).
 """
 from __future__ import annotations
+
+import importlib
 
 __all__ = ["TrainConfig", "load_config", "train", "TrainResult", "run_local_ddp", "run_demo",
            "write_model_card"]
@@ -32,9 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):  # lazy: importing cyclecorr.train stays cheap
+def __getattr__(name):  # on use: importing cyclecorr.train stays cheap
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cyclecorr.train' has no attribute {name!r}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cyclecorr.checkpoint import atomic_write_bytes, file_sha256, read_metadata
+
 __all__ = ["write_model_card"]
 
 
 def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
     """Write ``run_dir/MODEL_CARD.md`` describing the model, its training and its validation."""
-    from cyclecorr.checkpoint import atomic_write_bytes, file_sha256, read_metadata
-
     run = Path(run_dir)
     model = run / model_file
     meta = read_metadata(model)
@@ -43,7 +43,8 @@ def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
         "## Training",
         f"- data: `{cfg.get('data', {}).get('quartets', '?')}` "
         f"({start.get('n_train', '?')} training quartets, {start.get('n_val', '?')} held out)",
-        f"- stage 1 (SIFT-flow imitation, targets: {cfg.get('data', {}).get('stage1_targets', '?')}): "
+        "- stage 1 (SIFT-flow imitation, targets: "
+        f"{cfg.get('data', {}).get('stage1_targets', '?')}): "
         f"{s1.get('iterations')} iterations × {s1.get('batch_size')} pairs, "
         f"lr {s1.get('optim', {}).get('lr')} × {s1.get('optim', {}).get('gamma')} every "
         f"{s1.get('optim', {}).get('decay_every')}",
@@ -52,7 +53,8 @@ def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
         f"{s2.get('optim', {}).get('decay_every')}; loss `{json.dumps(cfg.get('loss', {}))}`",
         f"- augmentation: `{json.dumps(cfg.get('augment', {}))}`",
         *_init_lines(cfg.get("init")),
-        f"- seed {cfg.get('seed')}, {start.get('world_size', 1)} process(es) on {start.get('device', '?')}",
+        f"- seed {cfg.get('seed')}, {start.get('world_size', 1)} process(es) on "
+        f"{start.get('device', '?')}",
         "- full configuration: `config.json` in the run folder (also in the weights' metadata)",
         "",
         "## Validation (monitoring only)",
@@ -88,7 +90,6 @@ def _init_lines(init: str | None) -> list[str]:
     they were trained as when the file is still there."""
     if not init:
         return ["- initial weights: random (seeded)"]
-    from cyclecorr.checkpoint import file_sha256, read_metadata
 
     p = Path(init)
     if not p.is_file():

@@ -8,8 +8,8 @@ parsed as JSON where possible (``true``, ``1e-3``, ``[1, 2]``), else kept as str
 The resolved configuration is written to the run folder (``config.json``) and stored in every
 checkpoint, so a run can be reproduced from its folder alone.
 
-Choices the paper leaves open are fields here (see ``docs`` of each dataclass); paper values are
-the defaults where the paper gives one.
+Choices the paper leaves open are fields here, each documented where it is declared; paper values
+are the defaults where the paper gives one.
 """
 from __future__ import annotations
 
@@ -22,35 +22,35 @@ from typing import Any
 from cyclecorr._runtime import PRECISIONS
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import NetConfig
-from cyclecorr.train.data import ZOOM_FILLS
 
-__all__ = ["TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
+__all__ = ["ZOOM_FILLS", "TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
            "LoggingConfig", "ValidationConfig", "RuntimeConfig", "load_config", "preset_path",
            "list_presets", "apply_overrides", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
+#: What a re-framed photo shows outside its old frame (``AugmentConfig.zoom_fill``).
+ZOOM_FILLS = ("border", "texture")
+
 
 @dataclass
 class OptimConfig:
-    """Adam with a step schedule: ``lr(t) = lr · gamma^(t // decay_every)``.
-
-    Paper: Adam β = (0.9, 0.999), lr 0.001, halved every 50k iterations. ``weight_decay`` and
-    ``grad_clip`` (max global gradient norm; 0 = off) are not in the paper (default off).
-    ``skips_lr_mult``: the learning rate of the flow decoder's skip layers (``net.skips``) is
-    ``lr(t) · skips_lr_mult``: layers grown at zero on a trained network (``init``) learn from
-    the fine-tuning's small rate at a pace of their own (with 1, a 2,000-iteration run at 2.5e-4
-    left their weights at |w| ≈ 0.003, docs/RESULTS.md).
-    """
+    """Adam with a step schedule, ``lr(t) = lr · gamma^(t // decay_every)`` (paper: β = (0.9,
+    0.999), lr 0.001, halved every 50k iterations)."""
 
     lr: float = 1e-3
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
+    #: L2 weight decay (not in the paper; 0 = off).
     weight_decay: float = 0.0
     decay_every: int = 50_000
     gamma: float = 0.5
+    #: iterations of linear warm-up (0 = none).
     warmup: int = 0
+    #: maximum global gradient norm (not in the paper; 0 = off).
     grad_clip: float = 0.0
+    #: the flow decoder's skip layers (``net.skips``) learn at ``lr(t) · skips_lr_mult``, so that
+    #: layers grown at zero on a trained network move at a pace of their own when fine-tuned.
     skips_lr_mult: float = 1.0
 
     def lr_at(self, step: int) -> float:
@@ -63,168 +63,151 @@ class OptimConfig:
 
 @dataclass
 class StageConfig:
-    """One training stage.
+    """One training stage."""
 
-    ``iterations``: optimiser steps (paper: 200k; 0 skips the stage). ``batch_size``: global batch
-    (pairs in stage 1 — paper 40; quartets in stage 2 — paper 10), split evenly across DDP
-    processes. Each stage starts a fresh Adam state (the paper does not say; stage 2 is a new
-    objective, so its moments restart) — ``reset_optimizer=false`` keeps stage 1's moments.
-    """
-
+    #: optimiser steps (paper: 200k; 0 skips the stage).
     iterations: int = 200_000
+    #: global batch, split evenly across DDP processes: pairs in stage 1 (paper 40), quartets in
+    #: stage 2 (paper 10).
     batch_size: int = 10
     optim: OptimConfig = field(default_factory=OptimConfig)
+    #: start the stage with fresh Adam moments (the paper does not say; stage 2 is a new
+    #: objective); false keeps the previous stage's.
     reset_optimizer: bool = True
 
 
 @dataclass
 class DataConfig:
-    """Where the training data comes from.
+    """Where the training data comes from."""
 
-    - ``quartets``: folder of quartet shards written by ``cyclecorr prepare`` (data room's
-      ``QuartetDataset``), or ``"synthetic"`` for procedurally generated affine quartets (tests,
-      smoke runs). Relative paths are resolved against the current directory.
-    - ``stage1_pairs``: number of (r1, r2)-style real pairs sampled from the training quartets for
-      stage 1 (paper: "randomly sampled image pairs from the training quartets"); their SIFT-flow
-      targets are cached in ``sift_cache`` (default ``<run>/siftflow``). The pair list is a pure
-      function of ``seed``. ``stage1_pair_source``: ``"quartet"`` (default: the real pair r1, r2
-      of a quartet — two cars at nearby viewpoints, the pairs stage 2 decodes, and where SIFT flow
-      is meaningful; quartets drawn without repetition) or ``"random"`` (r1 of one quartet with
-      r2 of another: any two real images). The paper's "randomly sampled image pairs from the
-      training quartets" fits both readings.
-    - ``stage1_targets``: ``"siftflow"`` (paper) or ``"ground_truth"`` (regress the renderer's
-      s1→s2 flow on render pairs instead; the paper found SIFT-flow initialisation better; useful
-      for smoke tests and the demo, where no SIFT flow is computed).
-    - ``synthetic_size``: number of quartets when ``quartets == "synthetic"``.
-    - ``val_fraction``: share of quartets held out for synthetic-ground-truth validation (never
-      trained on); ``val_count`` caps it.
-    - ``workers``: data-loader worker processes (0 = in the main process).
-    """
-
+    #: a folder written by ``cyclecorr prepare`` (relative to the current directory), or
+    #: ``"synthetic"`` for procedural affine quartets (tests, smoke runs).
     quartets: str = "synthetic"
+    #: stage-1 image pairs drawn from the training quartets ("randomly sampled image pairs from
+    #: the training quartets"); the list is a pure function of ``seed``.
     stage1_pairs: int = 1000
+    #: ``"quartet"``: r1 and r2 of one quartet (two cars at nearby viewpoints, quartets without
+    #: repetition); ``"random"``: r1 of one quartet with r2 of another. The paper fits both.
     stage1_pair_source: str = "quartet"
+    #: ``"siftflow"`` (paper) or ``"ground_truth"``: regress the renderer's s1→s2 flow on render
+    #: pairs instead (no SIFT flow to compute: smoke tests, the demo).
     stage1_targets: str = "siftflow"
+    #: SIFT-flow target cache (default ``<run>/siftflow``).
     sift_cache: str = ""
     sift_workers: int = 2
+    #: quartets when ``quartets == "synthetic"``.
     synthetic_size: int = 256
+    #: share of quartets held out for validation (never trained on), at most ``val_count``.
     val_fraction: float = 0.02
     val_count: int = 32
+    #: data-loader worker processes (0 = in the main process).
     workers: int = 0
 
 
 @dataclass
 class AugmentConfig:
-    """Data augmentation (the paper mentions none). ``hflip``: probability of a horizontal flip of
-    a whole training item (both images of a pair, or all four of a quartet, with the flow's x
-    negated and the fields mirrored). ``color_jitter``: amplitude of a random per-image brightness /
-    contrast change applied to real images only (0 = off). ``render_background``: probability of
-    replacing the black background of the renders (s1, s2; the render pairs of a ground-truth
-    stage 1) by random colour textures, so a render cannot be told from a photo by its empty
-    background (not in the paper; 0 = off). ``zoom``: probability of re-framing the two sides
-    of an item independently (side 1 = s1 with r1, side 2 = s2 with r2; a stage-1 pair's source
-    and target): each side is magnified by a log-uniform factor in ``[zoom_min, zoom_max]``
-    (< 1 shows the object smaller, with ``zoom_fill`` around a photo: ``"border"`` repeats its
-    edge pixels, ``"texture"`` shows a random colour texture), x/y by up to ±``zoom_aspect``
-    apart, and shifted by up to ``zoom_shift`` × size per axis; the ground-truth flow follows
-    exactly. Tight VOC crops otherwise never show the scale and position changes of whole
-    photos (PF-WILLOW); not in the paper; 0 = off. ``warp_deform``, ``warp_deform_grid``,
-    ``warp_jitter`` shape the self-warp pair of ``loss.warp_weight`` (a photo against a
-    re-framed copy of itself): its source is bent by a smooth random displacement of up to about
-    ``warp_deform`` px (offsets on a ``warp_deform_grid``² lattice, bicubic in between) and each
-    side gets its own brightness / contrast change of amplitude ``warp_jitter``, so the copy
-    differs from the photo the way another object's photo does, not only by an affine
-    re-framing of identical pixels; the flow stays exact (not in the paper; 0 = off). Random
-    draws are a pure function of (seed, step, item index), so resume is exact without saving
-    RNG state."""
+    """Data augmentation (the paper mentions none; every option off at 0). Draws are a pure
+    function of (seed, step, item position), so resume is exact without saving RNG state."""
 
+    #: probability of mirroring a whole item left–right (flows' x negated, fields mirrored).
     hflip: float = 0.5
+    #: amplitude of a random brightness / contrast change of the real images.
     color_jitter: float = 0.0
+    #: probability of replacing the renders' black background by random colour textures, so a
+    #: render cannot be told from a photo by its empty background.
     render_background: float = 0.0
+    #: probability of re-framing the two sides of an item (s1 with r1, s2 with r2; a stage-1
+    #: pair's source and target) independently, the ground-truth flow following exactly.
     zoom: float = 0.0
+    #: magnification range of a re-framing (log-uniform; < 1 shows the object smaller).
     zoom_min: float = 0.6
     zoom_max: float = 1.3
+    #: largest shift of a re-framing, per axis, as a fraction of the size.
     zoom_shift: float = 0.15
+    #: largest difference between the x and y magnifications.
     zoom_aspect: float = 0.1
+    #: what a photo shows outside its old frame: ``"border"`` (its edge pixels) or
+    #: ``"texture"`` (a random colour texture); renders keep their black background.
     zoom_fill: str = "border"
+    #: the self-warp pair (``loss.warp_weight``): its source is bent by a smooth random
+    #: displacement of up to about this many pixels (offsets on a ``warp_deform_grid``² lattice,
+    #: bicubic in between); the flow stays exact.
     warp_deform: float = 0.0
     warp_deform_grid: int = 4
+    #: amplitude of independent brightness / contrast changes of the self-warp pair's two sides.
     warp_jitter: float = 0.0
 
 
 @dataclass
 class LoggingConfig:
-    """``log_every``: iterations between JSONL/TensorBoard records (metrics are averaged over the
-    interval); ``checkpoint_every``: iterations between checkpoints (one is always written at the
-    end of each stage); ``keep_checkpoints``: how many step checkpoints to keep;
-    ``tensorboard``: write TensorBoard events to ``<run>/tb``; ``progress``: tqdm bar."""
+    """The run's log, checkpoints and progress bar."""
 
+    #: iterations between JSONL / TensorBoard records (metrics averaged over the interval).
     log_every: int = 50
+    #: iterations between checkpoints (one is always written at the end of each stage).
     checkpoint_every: int = 1000
+    #: step checkpoints kept.
     keep_checkpoints: int = 2
+    #: TensorBoard events in ``<run>/tb``.
     tensorboard: bool = True
     progress: bool = True
 
 
 @dataclass
 class ValidationConfig:
-    """Periodic validation (monitoring only, never model selection).
+    """Periodic validation (monitoring only, never model selection): EPE / PCK of the composed
+    cycle and of the direct s1→s2 prediction on the held-out quartets."""
 
-    - ``every``: iterations between validations (0 = only at the end of each stage).
-    - synthetic ground truth: EPE / PCK of the composed cycle and of the direct s1→s2 prediction on
-      the held-out quartets; ``pck_alpha``: threshold α·image_size.
-    - ``real_pck``: keypoint PCK on a small fixed subset of a real evaluation set through the
-      evaluation room (``real_dataset``, ``real_pairs`` pairs); these images are never trained on.
-    - ``pictures``: write a picture of the cycle on ``picture_quartets`` validation quartets.
-    """
-
+    #: iterations between validations (0 = only at the end of each stage).
     every: int = 1000
+    #: PCK threshold α · image_size.
     pck_alpha: float = 0.1
+    #: keypoint PCK on a small fixed subset of a real evaluation set (never trained on).
     real_pck: bool = True
     real_dataset: str = "pf-willow"
     real_pairs: int = 50
+    #: a picture of the cycle on ``picture_quartets`` validation quartets at each validation.
     pictures: bool = True
     picture_quartets: int = 4
 
 
 @dataclass
 class RuntimeConfig:
-    """``threads``: ``torch.set_num_threads`` (0 = leave torch's default; env
-    ``CYCLECORR_THREADS`` overrides); ``device``: ``"auto"`` (CUDA when present), ``"cpu"``,
-    ``"cuda"``; ``channels_last``: memory format of the network; ``deterministic``: request
-    deterministic kernels on CUDA (slower; CPU kernels are deterministic for a fixed thread
-    count, which exact resume needs: resume with the same ``threads``); ``keep_memory``: on a
-    CPU device, let the process keep freed memory for the next step instead of returning it to
-    the kernel (glibc only; :func:`cyclecorr._runtime.keep_freed_memory`: no page faults per
-    step, results unchanged); ``precision``: ``"float32"`` (default) or ``"bf16"``, the
-    network's forward under bf16 autocast in training steps (its outputs, the composition and the
-    losses stay float32; validation stays float32); about 1.6× the CPU step on a CPU with bf16
-    units (docs/RESULTS.md), far slower on one without."""
+    """How the run executes; nothing here changes the weights except ``precision``."""
 
+    #: ``torch.set_num_threads`` (0 = torch's default; ``CYCLECORR_THREADS`` overrides). CPU
+    #: kernels are deterministic for a fixed thread count, so exact resume needs the same value.
     threads: int = 0
+    #: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
     device: str = "auto"
+    #: the network's memory format.
     channels_last: bool = False
+    #: request deterministic kernels on CUDA (slower).
     deterministic: bool = True
+    #: on a CPU, keep freed memory in the process (:func:`cyclecorr._runtime.keep_freed_memory`:
+    #: no page faults per step, results unchanged).
     keep_memory: bool = True
+    #: ``"float32"`` or ``"bf16"``: the network's forward in training steps under bf16 autocast
+    #: (outputs, composition, losses and validation stay float32); fast only on CPUs with bf16
+    #: units (measurements: docs/RESULTS.md, "bf16").
     precision: str = "float32"
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (see the module docstring).
-
-    ``init``: a model file (safetensors, as written by training) whose weights the network starts
-    from instead of a random initialisation; with ``stage1.iterations=0`` this fine-tunes an
-    existing model with the cycle only. Empty: random initialisation (seeded).
-    """
+    """Everything a training run depends on (see the module docstring)."""
 
     name: str = "custom"
     seed: int = 0
+    #: the object category (chooses the real-photo monitor's classes).
     category: str = "car"
+    #: a model file whose weights the network starts from (empty: seeded random initialisation);
+    #: with ``stage1.iterations=0`` this fine-tunes a model with the cycle only.
     init: str = ""
     net: NetConfig = field(default_factory=NetConfig)
     loss: CycleLossConfig = field(default_factory=CycleLossConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(batch_size=40))
+    #: stage 1's reduction: ``"mean"`` over pixels or ``"sum"`` per pair.
     stage1_reduction: str = "mean"
     stage2: StageConfig = field(default_factory=lambda: StageConfig(batch_size=10))
     data: DataConfig = field(default_factory=DataConfig)
@@ -237,7 +220,7 @@ class TrainConfig:
         return _to_jsonable(asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
         return _build(cls, d, where)
 
     def validate(self) -> None:
@@ -253,7 +236,8 @@ class TrainConfig:
                 raise ValueError(f"{st_name}.optim.skips_lr_mult must be positive, got "
                                  f"{st.optim.skips_lr_mult}")
         if self.stage1_reduction not in ("sum", "mean"):
-            raise ValueError(f"stage1_reduction must be 'sum' or 'mean', got {self.stage1_reduction!r}")
+            raise ValueError("stage1_reduction must be 'sum' or 'mean', got "
+                             f"{self.stage1_reduction!r}")
         if self.data.stage1_pair_source not in ("quartet", "random"):
             raise ValueError("data.stage1_pair_source must be 'quartet' or 'random', got "
                              f"{self.data.stage1_pair_source!r}")
@@ -303,7 +287,7 @@ def _build(cls, d: Any, where: str):
                          f"(known: {sorted(known)})")
     defaults = cls()
     kwargs = {}
-    for name, f in known.items():
+    for name in known:
         cur = getattr(defaults, name)
         if name not in d:
             kwargs[name] = cur

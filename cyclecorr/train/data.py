@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyclecorr.geometry import (affine_flow, compose_flow, inside_mask, pixel_grid, sample,
-                                warp)
+from cyclecorr.geometry import affine_flow, compose_flow, inside_mask, pixel_grid, sample, warp
+from cyclecorr.siftflow import compute_sift_flow_batch, load_sift_flow
+from cyclecorr.train.config import ZOOM_FILLS, AugmentConfig
 
 __all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler",
            "AugmentedDataset", "self_warp_pair", "hflip_quartet", "hflip_pair",
@@ -171,9 +172,6 @@ def random_zoom(g: torch.Generator, size: int, scale_range=(0.6, 1.3), shift: fl
     return m
 
 
-ZOOM_FILLS = ("border", "texture")
-
-
 def zoom_item(item: dict, maps: tuple[torch.Tensor, torch.Tensor],
               zero_pad_keys: tuple = ("s1", "s2"), fill: str = "border",
               g: torch.Generator | None = None) -> dict:
@@ -285,37 +283,29 @@ def deform_self_warp(pair: dict, g: torch.Generator, amplitude: float, grid: int
 
 class AugmentedDataset(torch.utils.data.Dataset):
     """Wraps a dataset of dict items; ``__getitem__((index, step, position))`` returns the item
-    with deterministic augmentation (see :class:`~cyclecorr.train.config.AugmentConfig`).
+    with deterministic augmentation as ``augment`` (an :class:`~cyclecorr.train.config.
+    AugmentConfig`; None: none) says.
 
+    ``keys``: the keys an item must have (only those are kept; empty: all).
     ``real_keys``: keys of the real images (colour jitter applies only to them).
     ``render_keys``: keys of renders whose black background is replaced by a random texture with
-    probability ``render_background`` (each render its own texture).
-    ``zoom``: probability of :func:`zoom_item` with two :func:`random_zoom` maps (``zoom_range``,
-    ``zoom_shift``, ``zoom_aspect``); renders are padded with their black background, photos as
-    ``zoom_fill`` says (``"border"`` or ``"texture"``). ``self_warp`` adds a
-    :func:`self_warp_pair` of ``r1``, bent and jittered by :func:`deform_self_warp` when
-    ``warp_deform`` / ``warp_jitter`` are set.
-    Order: flip, zoom, colour jitter, render background.
+    probability ``augment.render_background`` (each render its own texture).
+    ``augment.zoom``: probability of :func:`zoom_item` with two :func:`random_zoom` maps; renders
+    are padded with their black background, photos as ``augment.zoom_fill`` says.
+    ``self_warp``: add a :func:`self_warp_pair` of ``r1``, bent and jittered by
+    :func:`deform_self_warp` when ``augment.warp_deform`` / ``warp_jitter`` are set.
+    Order: flip, zoom, colour jitter, render background, self-warp pair.
     """
 
-    def __init__(self, base, seed: int, hflip: float = 0.0, color_jitter: float = 0.0,
-                 keys: tuple = (), real_keys: tuple = ("r1", "r2", "src", "tgt"),
-                 render_background: float = 0.0, render_keys: tuple = ("s1", "s2"),
-                 zoom: float = 0.0, zoom_range=(0.6, 1.3), zoom_shift: float = 0.15,
-                 zoom_aspect: float = 0.1, zoom_fill: str = "border", self_warp: bool = False,
-                 warp_deform: float = 0.0, warp_deform_grid: int = 4, warp_jitter: float = 0.0):
-        if zoom_fill not in ZOOM_FILLS:
-            raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {zoom_fill!r}")
-        self.base, self.seed = base, seed
-        self.zoom_fill = zoom_fill
-        self.zoom, self.zoom_range = zoom, tuple(zoom_range)
-        self.zoom_shift, self.zoom_aspect = zoom_shift, zoom_aspect
-        self.hflip, self.color_jitter = hflip, color_jitter
-        self.keys, self.real_keys = keys, real_keys
-        self.render_background, self.render_keys = render_background, render_keys
+    def __init__(self, base, seed: int, augment: AugmentConfig | None = None, keys: tuple = (),
+                 real_keys: tuple = ("r1", "r2", "src", "tgt"),
+                 render_keys: tuple = ("s1", "s2"), self_warp: bool = False):
+        augment = augment if augment is not None else AugmentConfig(hflip=0.0)
+        if augment.zoom_fill not in ZOOM_FILLS:
+            raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {augment.zoom_fill!r}")
+        self.base, self.seed, self.augment = base, seed, augment
+        self.keys, self.real_keys, self.render_keys = keys, real_keys, render_keys
         self.self_warp = bool(self_warp)
-        self.warp_deform, self.warp_deform_grid = float(warp_deform), int(warp_deform_grid)
-        self.warp_jitter = float(warp_jitter)
 
     def __len__(self):
         return len(self.base)
@@ -327,26 +317,28 @@ class AugmentedDataset(torch.utils.data.Dataset):
             index, step, pos = key, 0, 0
             return self._check(self.base[index], index)
         item = self._check(self.base[index], index)
+        a = self.augment
+        zoom_range = (a.zoom_min, a.zoom_max)
         g = torch.Generator().manual_seed(_seed(self.seed, step, pos, 2))
-        if self.hflip > 0 and float(torch.rand((), generator=g)) < self.hflip:
+        if a.hflip > 0 and float(torch.rand((), generator=g)) < a.hflip:
             item = hflip_quartet(item)
-        if self.zoom > 0:
+        if a.zoom > 0:
             g_z = torch.Generator().manual_seed(_seed(self.seed, step, pos, 4))
-            if float(torch.rand((), generator=g_z)) < self.zoom:
+            if float(torch.rand((), generator=g_z)) < a.zoom:
                 size = next(v.shape[-1] for k, v in item.items()
                             if k in ZOOM_SIDES[0] and isinstance(v, torch.Tensor))
-                maps = tuple(random_zoom(g_z, size, self.zoom_range, self.zoom_shift,
-                                         self.zoom_aspect) for _ in range(2))
-                item = zoom_item(item, maps, zero_pad_keys=self.render_keys,
-                                 fill=self.zoom_fill, g=g_z)
-        if self.color_jitter > 0:
+                maps = tuple(random_zoom(g_z, size, zoom_range, a.zoom_shift, a.zoom_aspect)
+                             for _ in range(2))
+                item = zoom_item(item, maps, zero_pad_keys=self.render_keys, fill=a.zoom_fill,
+                                 g=g_z)
+        if a.color_jitter > 0:
             item = dict(item)
             for k in self.real_keys:
                 if k in item:
-                    item[k] = _jitter(item[k], g, self.color_jitter)
-        if self.render_background > 0:
+                    item[k] = _jitter(item[k], g, a.color_jitter)
+        if a.render_background > 0:
             g_bg = torch.Generator().manual_seed(_seed(self.seed, step, pos, 3))
-            if float(torch.rand((), generator=g_bg)) < self.render_background:
+            if float(torch.rand((), generator=g_bg)) < a.render_background:
                 item = dict(item)
                 for k in self.render_keys:
                     if k in item:
@@ -356,12 +348,12 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 raise ValueError(f"training item {index}: the self-warp pair needs a photo 'r1' "
                                  f"(has {sorted(item)})")
             g_w = torch.Generator().manual_seed(_seed(self.seed, step, pos, 5))
-            pair = self_warp_pair(item["r1"], g_w, self.zoom_range, self.zoom_shift,
-                                  self.zoom_aspect, self.zoom_fill)
-            if self.warp_deform > 0 or self.warp_jitter > 0:  # own stream: other draws unchanged
+            pair = self_warp_pair(item["r1"], g_w, zoom_range, a.zoom_shift, a.zoom_aspect,
+                                  a.zoom_fill)
+            if a.warp_deform > 0 or a.warp_jitter > 0:  # own stream: other draws unchanged
                 g_d = torch.Generator().manual_seed(_seed(self.seed, step, pos, 6))
-                pair = deform_self_warp(pair, g_d, self.warp_deform, self.warp_deform_grid,
-                                        self.warp_jitter)
+                pair = deform_self_warp(pair, g_d, float(a.warp_deform), int(a.warp_deform_grid),
+                                        float(a.warp_jitter))
             item = {**item, **pair}
         return item
 
@@ -559,8 +551,6 @@ class SiftPairs(torch.utils.data.Dataset):
 
     def __init__(self, quartets, pairs, cache_dir, workers: int = 2, progress: bool = True,
                  chunk: int = 200):
-        from cyclecorr.siftflow import compute_sift_flow_batch
-
         self.quartets, self.pairs = quartets, list(pairs)
         self.cache_dir = Path(cache_dir)
         self.paths: list[Path] = []
@@ -583,8 +573,6 @@ class SiftPairs(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> dict:
-        from cyclecorr.siftflow import load_sift_flow
-
         i, ka, j, kb = self.pairs[k]
         src = torch.as_tensor(self.quartets[i][ka]).float()
         tgt = torch.as_tensor(self.quartets[j][kb]).float()

@@ -1,15 +1,20 @@
 """Multi-process training on one machine without ``torchrun`` (CPU gloo or one GPU per process).
 
-``torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …`` is the usual way (several machines too:
-``--nnodes``, ``--rdzv-endpoint``). :func:`run_local_ddp` does the same from Python with
-``torch.multiprocessing.spawn``: it sets ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``
-for each child and calls :func:`cyclecorr.train.loop.train` there.
+``torchrun --standalone --nproc_per_node N -m cyclecorr.cli train …`` is the usual way (several
+machines too: ``--nnodes``, ``--rdzv-endpoint``). :func:`run_local_ddp` does the same from
+Python with ``torch.multiprocessing.spawn``: it sets ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
+``WORLD_SIZE`` for each child and calls :func:`cyclecorr.train.loop.train` there.
 """
 from __future__ import annotations
 
 import os
 import socket
 from pathlib import Path
+
+import torch.multiprocessing as mp
+
+from cyclecorr.train.config import TrainConfig
+from cyclecorr.train.loop import train
 
 __all__ = ["run_local_ddp", "free_port"]
 
@@ -27,8 +32,6 @@ def _child(rank: int, world: int, port: int, cfg_dict: dict, run_dir: str, resum
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     if threads > 0:
         os.environ["CYCLECORR_THREADS"] = str(threads)
-    from cyclecorr.train.config import TrainConfig
-    from cyclecorr.train.loop import train
 
     train(TrainConfig.from_dict(cfg_dict), run_dir, resume=resume, progress=False)
 
@@ -39,8 +42,6 @@ def run_local_ddp(cfg, run_dir: str | os.PathLike, nprocs: int = 2, resume: bool
 
     The global batch sizes of ``cfg`` are split evenly across the processes (they must divide).
     """
-    import torch.multiprocessing as mp
-
     for name in ("stage1", "stage2"):
         bs = getattr(cfg, name).batch_size
         if getattr(cfg, name).iterations and bs % nprocs:

@@ -7,12 +7,16 @@ ground truth's largest displacement).
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from cyclecorr.checkpoint import atomic_write_bytes
 from cyclecorr.geometry import warp
+from cyclecorr.viz.flow_color import flow_to_color
 
 __all__ = ["flow_to_rgb", "cycle_picture"]
 
@@ -20,8 +24,6 @@ __all__ = ["flow_to_rgb", "cycle_picture"]
 def flow_to_rgb(flow: torch.Tensor, max_norm: float | None = None) -> np.ndarray:
     """``(2, H, W)`` flow → ``H×W×3`` float RGB in [0, 1], in the package's one colour code
     (:func:`cyclecorr.viz.flow_to_color`, Middlebury wheel)."""
-    from cyclecorr.viz.flow_color import flow_to_color
-
     return flow_to_color(flow.detach().float().cpu().numpy(), max_norm).astype(np.float64) / 255.0
 
 
@@ -35,11 +37,6 @@ def _img(t: torch.Tensor) -> np.ndarray:
 def cycle_picture(batch: dict, pred: dict, flow_cyc: torch.Tensor, match_cyc: torch.Tensor,
                   path: str | Path, n: int = 4) -> Path:
     """Write the picture of the first ``n`` quartets of a validation batch to ``path`` (atomic)."""
-    from PIL import Image
-
-    from cyclecorr.checkpoint import atomic_write_bytes
-    import io
-
     rows = []
     n = min(n, batch["s1"].shape[0])
     for i in range(n):

@@ -3,8 +3,8 @@
 A run folder holds::
 
     config.json                    the resolved TrainConfig
-    last.json                      pointer to the newest complete checkpoint (written last, atomically)
-    last.safetensors               a copy of the newest model (loadable by cyclecorr.checkpoint.load_model)
+    last.json                      pointer to the newest complete checkpoint (written last)
+    last.safetensors               a copy of the newest model (for checkpoint.load_model)
     checkpoints/stage{S}-{step:08d}.safetensors        model weights (+ metadata)
     checkpoints/stage{S}-{step:08d}.optim.safetensors  Adam state, flattened (tensors only)
     final.safetensors              the model at the end of the last stage
@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cyclecorr import __version__
 from cyclecorr._io import atomic_path, atomic_write_bytes, read_format_json
 from cyclecorr.checkpoint import file_sha256, load_weights, save_model
 
@@ -68,8 +70,6 @@ def source_digest(package_dir: str | os.PathLike | None = None) -> str:
 
 
 def _describe_code() -> str:
-    from cyclecorr import __version__
-
     root = Path(__file__).resolve().parents[2]
     src = f"src.{source_digest()}"
     try:
@@ -155,7 +155,8 @@ def save_checkpoint(run_dir: str | os.PathLike, net, optimizer, stage: int, step
     # convenience copy for load_model / Matcher (the pointer above is the source of truth)
     save_model(run / "last.safetensors", net, meta)
     # prune older step checkpoints
-    olds = sorted(p for p in ck.glob("stage*-*.safetensors") if not p.name.endswith(".optim.safetensors"))
+    olds = sorted(p for p in ck.glob("stage*-*.safetensors")
+                  if not p.name.endswith(".optim.safetensors"))
     olds = [p for p in olds if p != model_path]
     for p in olds[:max(0, len(olds) - (keep - 1))]:
         for q in (p, p.with_name(p.name.replace(".safetensors", ".optim.safetensors"))):
@@ -181,8 +182,6 @@ def load_checkpoint_pointer(run_dir: str | os.PathLike) -> dict | None:
 
 def restore_checkpoint(run_dir: str | os.PathLike, ptr: dict, net, optimizer=None) -> None:
     """Load the weights (and optimiser state) named by a pointer into ``net`` / ``optimizer``."""
-    from safetensors import safe_open
-
     run = Path(run_dir)
     load_weights(net, run / ptr["model_file"])
     if optimizer is not None:

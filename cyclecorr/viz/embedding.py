@@ -13,14 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 __all__ = ["encoder_features", "pca", "tsne", "embed_features", "plot_embedding"]
 
 
 def encoder_features(net, images, batch_size: int = 64) -> np.ndarray:
-    """``(N, 3, S, S)`` float images in [0, 1] → ``(N, D)`` L2-normalised flattened encoder codes."""
-    import torch
-
+    """``(N, 3, S, S)`` float images in [0, 1] → ``(N, D)`` L2-normalised flattened encoder
+    codes."""
     feats = []
     net = net.eval()
     with torch.inference_mode():
@@ -114,7 +114,7 @@ def plot_embedding(xy: np.ndarray, path, values=None, labels=None, title: str = 
     """Scatter plot of a 2D embedding, coloured by a continuous ``values`` (e.g. azimuth in
     degrees, cyclic colour map) and/or marked by categorical ``labels`` (e.g. VOC pose tags);
     optional small ``thumbnails`` (``H×W×3`` uint8 per point) drawn at the points. Saves a PNG."""
-    import matplotlib
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -122,7 +122,7 @@ def plot_embedding(xy: np.ndarray, path, values=None, labels=None, title: str = 
     xy = np.asarray(xy, np.float64)
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     if thumbnails is not None:
-        from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+        from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # with pyplot, above
 
         for (x, y), im in zip(xy, thumbnails):
             ab = AnnotationBbox(OffsetImage(im, zoom=0.18), (x, y), frameon=False, zorder=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["color_wheel", "flow_to_color", "color_wheel_legend"]
+__all__ = ["color_wheel", "flow_to_color", "color_wheel_legend", "flow_legend", "page_flow_scale"]
 
 _SEGMENTS = (15, 6, 4, 11, 13, 6)  # RY, YG, GC, CB, BM, MR
 
@@ -82,3 +82,49 @@ def color_wheel_legend(size: int = 64) -> np.ndarray:
     c = (size - 1) / 2.0
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     return flow_to_color(np.stack([xs - c, ys - c]), max_flow=c)
+
+
+def page_flow_scale(sizes) -> float:
+    """The flow length (pixels) drawn at full colour on a page: a round number (1, 2 or 5 × a
+    power of ten) at most a fifth of the longest image side in ``sizes`` (``(H, W)`` pairs), at
+    least 1. It depends on the image sizes only, never on the flows, so that a small flow looks
+    small and every pair on a page shares one scale."""
+    longest = max((max(int(h), int(w)) for h, w in sizes), default=128)
+    target = max(1.0, longest / 5.0)
+    k = 10.0 ** np.floor(np.log10(target))
+    return float(max(m * k for m in (1.0, 2.0, 5.0) if m * k <= target))
+
+
+def flow_legend(scale: float, size: int = 200) -> np.ndarray:
+    """The colour key of :func:`flow_to_color` at ``max_flow = scale`` as an ``H×W×3`` uint8
+    picture with axes in pixels: the colour at (u, v) is that of a flow vector (u, v) (x right,
+    y down); full colour on the circle of radius ``scale``, darker beyond it."""
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    r = 1.3 * scale
+    n = 161
+    us = np.linspace(-r, r, n)
+    uu, vv = np.meshgrid(us, us)
+    img = flow_to_color(np.stack([uu, vv]), max_flow=scale)
+    dpi = 100
+    fig = plt.figure(figsize=(size / dpi * 1.25, size / dpi * 1.2), dpi=dpi)
+    ax = fig.add_axes([0.2, 0.18, 0.75, 0.72])
+    ax.imshow(img, extent=(-r, r, r, -r), interpolation="bilinear")
+    t = np.linspace(0, 2 * np.pi, 200)
+    for rad, style in ((scale, "-"), (scale / 2, ":")):
+        ax.plot(rad * np.cos(t), rad * np.sin(t), style, color="k", lw=0.8)
+    ax.annotate(f"{scale:g} px", (scale * 0.71, -scale * 0.71), fontsize=7,
+                xytext=(2, 2), textcoords="offset points")
+    ax.set_xlim(-r, r)
+    ax.set_ylim(r, -r)
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("flow x (px, right +)", fontsize=7)
+    ax.set_ylabel("flow y (px, down +)", fontsize=7)
+    ax.set_title(f"white: 0 px; full colour: {scale:g} px", fontsize=7)
+    fig.canvas.draw()
+    out = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return out

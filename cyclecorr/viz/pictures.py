@@ -8,12 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
 
 from cyclecorr._io import atomic_path
-from cyclecorr.geometry import rescale_points
+from cyclecorr.geometry import inside_mask, pixel_grid, rescale_points, sample
 
 __all__ = ["warp_image", "heatmap", "blend", "grid_points", "draw_correspondences",
-           "save_png", "side_by_side"]
+           "save_png", "side_by_side", "colorbar", "salient_points"]
 
 
 def _flow_chw(flow) -> np.ndarray:
@@ -38,10 +41,6 @@ def _check_image(name: str, image) -> np.ndarray:
 def warp_image(image_b, flow_ab, fill: int = 0) -> np.ndarray:
     """Target warped onto the source: ``out(p) = image_b(p + flow_ab(p))`` (bilinear; points
     outside b get ``fill``). Output has the flow's ``H×W``; b may have another size."""
-    import torch
-
-    from cyclecorr.geometry import inside_mask, pixel_grid, sample
-
     b = _check_image("image_b", image_b)
     f = torch.from_numpy(_flow_chw(flow_ab))[None]
     img = torch.from_numpy(np.array(b)).permute(2, 0, 1)[None].float()
@@ -54,7 +53,7 @@ def warp_image(image_b, flow_ab, fill: int = 0) -> np.ndarray:
 
 def heatmap(values, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """``H×W`` values → ``H×W×3`` uint8 with a matplotlib colour map (default: inferno, 0 dark)."""
-    import matplotlib
+    import matplotlib  # on use: heavy, needed by the pictures that draw with it
 
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
@@ -62,6 +61,74 @@ def heatmap(values, cmap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0)
     t = np.clip((np.nan_to_num(v, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
     rgba = matplotlib.colormaps[cmap](t)
     return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def colorbar(cmap: str = "inferno", label: str = "matchability", width: int = 260,
+             threshold: float | None = 0.5) -> np.ndarray:
+    """A horizontal colour bar of :func:`heatmap`'s 0–1 scale as an ``H×W×3`` uint8 picture, with
+    ticks and an optional marked threshold."""
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    dpi = 100
+    fig = plt.figure(figsize=(width / dpi, 0.62), dpi=dpi)
+    ax = fig.add_axes([0.05, 0.55, 0.9, 0.3])
+    ax.imshow(heatmap(np.linspace(0, 1, 256)[None].repeat(8, 0), cmap), aspect="auto",
+              extent=(0, 1, 0, 1))
+    ax.set_yticks([])
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.tick_params(labelsize=6, length=2, pad=1)
+    if threshold is not None:
+        ax.axvline(threshold, color="#2ecc40", lw=1.2)
+    ax.set_title(label, fontsize=7, pad=2)
+    fig.canvas.draw()
+    out = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return out
+
+
+def salient_points(image, matchability=None, n: int = 12, threshold: float = 0.5,
+                   min_dist: float | None = None) -> np.ndarray:
+    """Up to ``n`` well-spread source points worth checking by eye: corners and edges of the
+    image's structure (smoothed structure tensor's smaller eigenvalue, so flat sky and fine road
+    noise score low; below 5 % of the best score nothing is picked), weighted by matchability
+    and restricted to pixels with matchability ≥ ``threshold`` when it is given; greedy
+    selection keeps points ``min_dist`` apart (default: an eighth of the smaller side).
+    Returns ``(N, 2)`` (x, y) float, integer pixel centres."""
+    a = _check_image("image", image).astype(np.float64).mean(axis=2) / 255.0
+    h, w = a.shape
+    g = ndimage.gaussian_filter(a, 1.0)
+    gx = ndimage.sobel(g, axis=1)
+    gy = ndimage.sobel(g, axis=0)
+    s = max(1.5, min(h, w) / 40.0)
+    jxx = ndimage.gaussian_filter(gx * gx, s)
+    jyy = ndimage.gaussian_filter(gy * gy, s)
+    jxy = ndimage.gaussian_filter(gx * gy, s)
+    score = 0.5 * (jxx + jyy) - np.sqrt(0.25 * (jxx - jyy) ** 2 + jxy ** 2)
+    score = np.clip(score, 0, None)
+    border = max(1, int(round(min(h, w) * 0.04)))
+    ok = np.zeros((h, w), bool)
+    ok[border:h - border, border:w - border] = True
+    if matchability is not None:
+        m = np.nan_to_num(np.asarray(matchability, np.float64))
+        if m.shape != (h, w):
+            raise ValueError(f"matchability is {m.shape}, image is {(h, w)}")
+        ok &= m >= threshold
+        score = score * m
+    score = np.where(ok, score, -1.0)
+    md = min(h, w) / 8.0 if min_dist is None else float(min_dist)
+    floor = max(0.05 * float(score.max()), 1e-12)  # weak responses are not worth checking
+    order = np.argsort(score, axis=None)[::-1]
+    picked: list[tuple[int, int]] = []
+    for idx in order:
+        if len(picked) >= n or score.flat[idx] < floor:
+            break
+        y, x = divmod(int(idx), w)
+        if all((x - px) ** 2 + (y - py) ** 2 >= md * md for px, py in picked):
+            picked.append((x, y))
+    return np.asarray(picked, np.float64).reshape(-1, 2)
 
 
 def blend(image, overlay, alpha: float = 0.5) -> np.ndarray:
@@ -93,8 +160,6 @@ def grid_points(height: int, width: int, step: int | None = None, n: int = 10,
 def side_by_side(image_a, image_b, gap: int = 8) -> tuple[np.ndarray, float, float]:
     """``[a | gap | b]`` on white, both scaled to the same height. Returns the canvas and the
     scale and x offset of b (a keeps its size: b is resized to a's height)."""
-    from PIL import Image
-
     a = _check_image("image_a", image_a)
     b = _check_image("image_b", image_b)
     h = a.shape[0]
@@ -108,17 +173,17 @@ def side_by_side(image_a, image_b, gap: int = 8) -> tuple[np.ndarray, float, flo
 
 
 def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b_true=None,
-                         title: str | None = None, dpi: int = 100, min_height: int = 320) -> Path:
+                         title: str | None = None, dpi: int = 100, min_height: int = 320,
+                         numbers: bool = False) -> Path:
     """Side-by-side picture of a and b with lines from ``kps_a`` to ``kps_b`` (``(N, 2)`` each,
-    in a's and b's pixels), each pair in its own colour; optional ground truth ``kps_b_true``
-    (drawn as crosses); rows with ``valid = False`` or NaN are skipped. Pictures lower than
-    ``min_height`` px are enlarged for display. Saves a PNG to ``path``."""
-    import matplotlib
+    in a's and b's pixels), each pair in its own colour (and numbered with ``numbers``); optional
+    ground truth ``kps_b_true`` (drawn as crosses); rows with ``valid = False`` or NaN are
+    skipped. Pictures lower than ``min_height`` px are enlarged for display. Saves a PNG to
+    ``path``."""
+    import matplotlib  # on use: heavy, and pyplot must come after the Agg backend is chosen
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from PIL import Image
 
     canvas, sb, off = side_by_side(image_a, image_b)
     # small images are enlarged for display (coordinates scaled to match)
@@ -144,9 +209,14 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
     for i in np.flatnonzero(ok):
         xa, ya = za(ka[i, 0]), za(ka[i, 1])
         xb, yb = za(kb[i, 0] * sb + off), za(kb[i, 1] * sb)
-        ax.plot([xa, xb], [ya, yb], "-", color=colors[i], lw=0.7, alpha=0.7)
-        ax.plot([xa], [ya], "o", color=colors[i], ms=2.5)
-        ax.plot([xb], [yb], "o", color=colors[i], ms=2.5)
+        big = numbers and len(ka) <= 30
+        ax.plot([xa, xb], [ya, yb], "-", color=colors[i], lw=1.2 if big else 0.7, alpha=0.8)
+        for x, y in ((xa, ya), (xb, yb)):
+            ax.plot([x], [y], "o", color=colors[i], ms=5 if big else 2.5, mec="k" if big else None,
+                    mew=0.5)
+            if numbers:
+                ax.text(x + 4, y - 4, str(i + 1), color="white", fontsize=7, fontweight="bold",
+                        bbox=dict(facecolor=colors[i], alpha=0.8, pad=0.6, lw=0))
     if kps_b_true is not None:
         kt = np.asarray(kps_b_true, np.float64).reshape(-1, 2)
         for i in np.flatnonzero(np.isfinite(kt).all(1)):
@@ -167,8 +237,6 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
 
 def save_png(path, image) -> Path:
     """Write an ``H×W×3`` (or ``H×W``) uint8 image as PNG (folders created)."""
-    from PIL import Image
-
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"{path}: save_png needs uint8, got {a.dtype}")

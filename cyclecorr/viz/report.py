@@ -1,55 +1,79 @@
-"""The pictures of one matched pair, and an HTML page that shows them (relative links only, so the
-folder can be moved or served as is).
+"""The pictures of one matched pair, and an HTML page that explains them (relative links only, so
+the folder can be moved, opened from ``file://`` or served as is).
 
 Files written by :func:`write_pair_pictures` into ``out_dir`` (names relative to it)::
 
     source.png, target.png     the inputs
-    flow.png                   flow colour coding (Middlebury wheel, saturated at max_flow)
+    flow.png                   flow colour coding (Middlebury wheel, full colour at the page's
+                               fixed scale in pixels, see :func:`~cyclecorr.viz.page_flow_scale`)
     warped.png                 the target warped onto the source: target(p + F(p))
     warped_masked.png          the same where matchability ≥ 0.5 (black elsewhere; when available)
     matchability.png           matchability heat map (inferno: 0 dark, 1 bright)
-    transfer.png               source keypoints (or a grid) and their transfer into the target
+    transfer.png               a sparse set of confident, well-textured source points (or the
+                               given keypoints) joined to their matches in the target
+    transfer.txt               those points: x_src y_src x_tgt y_tgt (0-based pixels)
     flow.flo, matchability.npy the raw numbers (Middlebury .flo, source pixels; numpy float32)
+
+:func:`write_html_page` writes the page: what ran (model name, category, card), how to read the
+pictures (the flow colour key at the page's scale, the matchability colour bar), per pair an
+interactive viewer (:mod:`cyclecorr.viz.viewer`) and the pictures with captions, and the raw
+numbers in a collapsed block at the bottom.
 """
 from __future__ import annotations
 
 import html
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from cyclecorr.viz.flow_color import color_wheel_legend, flow_to_color
-from cyclecorr.viz.pictures import (draw_correspondences, grid_points, heatmap, save_png,
-                                    warp_image)
+from cyclecorr.checkpoint import file_sha256, read_metadata, shipped_model_path
+from cyclecorr.data.io import write_flo
+from cyclecorr.geometry import transfer_keypoints
+from cyclecorr.viz.flow_color import flow_legend, flow_to_color, page_flow_scale
+from cyclecorr.viz.pictures import (
+    colorbar,
+    draw_correspondences,
+    heatmap,
+    salient_points,
+    save_png,
+    warp_image,
+)
+from cyclecorr.viz.viewer import VIEWER_CSS, VIEWER_JS, viewer_data, viewer_html
 
-__all__ = ["write_pair_pictures", "write_html_page"]
+__all__ = ["write_pair_pictures", "write_html_page", "model_summary", "MATCH_THRESHOLD"]
+
+MATCH_THRESHOLD = 0.5
+"""Matchability at or above which a source pixel counts as having a match."""
 
 
 def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_ab: np.ndarray,
                         matchability: np.ndarray | None = None, keypoints_a=None,
-                        keypoints_b_true=None, grid: int = 10, title: str = "",
+                        keypoints_b_true=None, points: int = 12, title: str = "",
                         max_flow: float | None = None) -> dict:
-    """Write the pictures of a correspondence ``a → b`` (see module doc) and return
-    ``{"title", "files": {label: relative path}, "stats": {...}}`` for :func:`write_html_page`.
+    """Write the pictures of a correspondence ``a → b`` (see module doc) and return the entry
+    :func:`write_html_page` shows: ``{"title", "dir", "files": {key: relative path},
+    "captions": {key: text}, "stats": {...}, "viewer": {...}}``.
 
     Args:
         image_a, image_b: ``H×W×3`` uint8 (any sizes).
         flow_ab: ``(H_a, W_a, 2)`` or ``(2, H_a, W_a)`` in pixels, into b's pixels.
         matchability: ``(H_a, W_a)`` in [0, 1] or None.
-        keypoints_a: ``(N, 2)`` (x, y) 0-based source points to transfer; default a grid of
-            ``grid × grid`` points (on pixels with matchability ≥ 0.5 when available).
+        keypoints_a: ``(N, 2)`` (x, y) 0-based source points to transfer; default: up to
+            ``points`` well-spread, well-textured points with matchability ≥ 0.5
+            (:func:`~cyclecorr.viz.pictures.salient_points`).
         keypoints_b_true: optional ground truth in b, drawn as crosses.
+        max_flow: flow length (px) drawn at full colour; default
+            :func:`~cyclecorr.viz.page_flow_scale` of the source size. Pass the page's scale so
+            that every pair of a page shares it.
     """
-    import torch
-
-    from cyclecorr.data.io import write_flo
-    from cyclecorr.geometry import transfer_keypoints
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     f = np.asarray(flow_ab, np.float32)
     ha, wa = image_a.shape[:2]
+    hb, wb = image_b.shape[:2]
     if f.shape == (ha, wa, 2):
         f_hw2 = f
     elif f.shape == (2, ha, wa):
@@ -58,88 +82,235 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
         raise ValueError(f"flow has shape {f.shape}; expected ({ha}, {wa}, 2) or (2, {ha}, {wa}) "
                          f"for a {ha}×{wa} source image")
     f_chw = np.ascontiguousarray(f_hw2.transpose(2, 0, 1))
-    files = {}
-    save_png(out / "source.png", image_a)
-    files["source"] = "source.png"
-    save_png(out / "target.png", image_b)
-    files["target"] = "target.png"
-    save_png(out / "flow.png", flow_to_color(f_chw, max_flow))
-    files["flow (colour wheel)"] = "flow.png"
-    warped = warp_image(image_b, f_chw)
-    save_png(out / "warped.png", warped)
-    files["target warped onto source"] = "warped.png"
-    stats = {"size_source": [ha, wa], "size_target": list(image_b.shape[:2]),
-             "mean_flow_px": float(np.linalg.norm(f_hw2, axis=-1).mean())}
+    scale = float(max_flow) if max_flow else page_flow_scale([(ha, wa)])
+    m = None
     if matchability is not None:
         m = np.asarray(matchability, np.float32)
         if m.shape != (ha, wa):
             raise ValueError(f"matchability is {m.shape}, source image is {(ha, wa)}")
+    files, captions = {}, {}
+
+    def add(key, name, caption):
+        files[key] = name
+        captions[key] = caption
+
+    save_png(out / "source.png", image_a)
+    add("source", "source.png", f"Source ({wa}×{ha} px): the image whose pixels are matched.")
+    save_png(out / "target.png", image_b)
+    add("target", "target.png", f"Target ({wb}×{hb} px): where the matches are looked for.")
+    save_png(out / "flow.png", flow_to_color(f_chw, scale))
+    mags = np.linalg.norm(f_hw2, axis=-1)
+    add("flow", "flow.png",
+        f"Flow, drawn on the source: the colour of a pixel tells in which direction its match "
+        f"lies (colour key above), its strength how far: white = in the same place, full colour "
+        f"= {scale:g} px or more (this page's fixed scale). Here the median is "
+        f"{float(np.median(mags)):.1f} px, the largest {float(mags.max()):.1f} px.")
+    warped = warp_image(image_b, f_chw)
+    save_png(out / "warped.png", warped)
+    add("warped", "warped.png",
+        "Target warped onto the source: every source pixel shows the target pixel the flow sends "
+        "it to. Where the flow is right, this is the target object redrawn in the source's "
+        "pose and place.")
+    stats = {"size_source": [ha, wa], "size_target": [hb, wb],
+             "mean_flow_px": float(mags.mean()), "flow_scale_px": scale}
+    if m is not None:
         save_png(out / "matchability.png", heatmap(m))
-        files["matchability"] = "matchability.png"
-        save_png(out / "warped_masked.png", np.where((m >= 0.5)[..., None], warped, 0).astype(np.uint8))
-        files["warped where matchable"] = "warped_masked.png"
+        frac = float((m >= MATCH_THRESHOLD).mean())
+        add("matchability", "matchability.png",
+            f"Matchability: the model's estimate (0–1, colour bar above) that a source pixel is "
+            f"visible in the target. Bright: matchable; dark: background, hidden or outside. "
+            f"{100 * frac:.0f} % of the pixels are at or above {MATCH_THRESHOLD}.")
+        save_png(out / "warped_masked.png",
+                 np.where((m >= MATCH_THRESHOLD)[..., None], warped, 0).astype(np.uint8))
+        add("warped_masked", "warped_masked.png",
+            f"The warped target only where matchability ≥ {MATCH_THRESHOLD} (black elsewhere): "
+            f"the part of the correspondence the model vouches for.")
         np.save(out / "matchability.npy", m)
-        stats["matchable_fraction"] = float((m >= 0.5).mean())
+        stats["matchable_fraction"] = frac
     if keypoints_a is None:
-        mask = None
-        if matchability is not None and (np.asarray(matchability) >= 0.5).sum() >= 4:
-            mask = np.asarray(matchability) >= 0.5
-        kps_a = grid_points(ha, wa, n=grid, mask=mask)
-        what = "grid"
+        kps_a = salient_points(image_a, m, n=points, threshold=MATCH_THRESHOLD)
+        what = "points"
+        if m is not None:
+            how = (f"{len(kps_a)} source points picked by the page (well-textured spots with "
+                   f"matchability ≥ {MATCH_THRESHOLD}, spread out)")
+        else:
+            how = f"{len(kps_a)} source points picked by the page (well-textured spots, spread out)"
     else:
         kps_a = np.asarray(keypoints_a, np.float64).reshape(-1, 2)
         what = "keypoints"
+        how = f"Your {len(kps_a)} keypoints"
     kps_b = transfer_keypoints(torch.from_numpy(kps_a), torch.from_numpy(f_chw).double()).numpy() \
         if len(kps_a) else kps_a.copy()
     draw_correspondences(image_a, image_b, kps_a, kps_b, out / "transfer.png",
-                         kps_b_true=keypoints_b_true)
-    files[f"transferred {what}"] = "transfer.png"
+                         kps_b_true=keypoints_b_true, numbers=True)
+    add("transfer", "transfer.png",
+        f"{how}, each joined to its match in the target (same colour and number). A good "
+        f"correspondence joins the same parts: wheel to wheel, light to light."
+        + (" Crosses: the true positions." if keypoints_b_true is not None else ""))
     np.savetxt(out / "transfer.txt", np.concatenate([kps_a, kps_b], 1), fmt="%.3f",
                header="x_src y_src x_tgt y_tgt (0-based pixels)")
     write_flo(out / "flow.flo", f_chw)
-    save_png(out / "flow_legend.png", color_wheel_legend(64))
-    return {"title": title, "files": files, "stats": stats, "dir": str(out)}
+    stats["transferred"] = what
+    return {"title": title, "files": files, "captions": captions, "stats": stats,
+            "dir": str(out), "viewer": viewer_data(f_hw2, m, (hb, wb))}
 
 
-_CSS = """body{font-family:sans-serif;margin:1em;background:#fafafa}
-h2{margin-top:1.5em;font-size:1.1em}.row{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}
-figcaption{font-size:0.8em;color:#444;max-width:320px}
-img{height:220px;width:auto;image-rendering:pixelated}pre{font-size:0.8em;color:#555}"""
+def model_summary(path=None, *, method: str = "model", name: str | None = None) -> dict:
+    """What a page says about the model that ran: ``{"name", "category", "input_size", "sha256",
+    "card" (a Path or None), "card_title", "note"}``. ``path``: a model file, ``"shipped"`` or
+    None (= shipped); ``method``: ``model``, ``siftflow`` or ``zero`` (baselines have no file)."""
+    if method == "siftflow":
+        return {"name": name or "SIFT flow (Liu et al. 2011)", "category": "any",
+                "note": "a hand-designed baseline (dense SIFT matched with belief propagation): "
+                        "no learning and no matchability"}
+    if method == "zero":
+        return {"name": name or "zero flow", "category": "any",
+                "note": "the trivial baseline: every pixel matches the same position"}
+
+    p = Path(shipped_model_path("car") if path in (None, "shipped") else path)
+    try:
+        shipped = p.resolve() == shipped_model_path("car").resolve()
+    except FileNotFoundError:
+        shipped = False
+    meta = read_metadata(p)
+    cfg = meta.get("train_config", {})
+    # a shipped model's card sits beside it (car.md), a run's is the run folder's MODEL_CARD.md
+    card = next((c for c in (p.with_suffix(".md"), p.parent / "MODEL_CARD.md") if c.is_file()),
+                None)
+    title = ""
+    if card is not None:
+        first = card.read_text(encoding="utf-8").splitlines()[:1]
+        title = first[0].lstrip("# ").replace("`", "").strip() if first else ""
+    return {"name": name or (f"{cfg.get('category', 'car')} (shipped with cyclecorr)" if shipped
+                             else p.name),
+            "category": cfg.get("category", "?"),
+            "input_size": meta.get("net", {}).get("image_size"),
+            "sha256": file_sha256(p), "card": card, "card_title": title,
+            "note": meta.get("note", "")}
+
+
+_CSS = """body{font-family:sans-serif;margin:1em 1.5em;background:#fafafa;color:#222;
+max-width:1400px}
+h1{margin-bottom:.2em}h2{margin-top:1.6em;font-size:1.15em;border-bottom:1px solid #ddd}
+h3{font-size:1em;margin:1em 0 .3em}p{max-width:62em;line-height:1.4}
+.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0;background:#fff;padding:5px;border:1px solid #ddd}
+figcaption{font-size:.8em;color:#333;margin-top:4px;line-height:1.3}
+.row figure{width:min-content}.row figure img{height:200px;width:auto;display:block}
+.row figure figcaption{min-width:220px}.row figure.wide img{height:260px}
+.row figure.key img{height:auto}
+.model{background:#fff;border:1px solid #ccd;padding:.5em .8em;margin:.6em 0;font-size:.9em;
+max-width:62em}table{border-collapse:collapse;font-size:.9em;background:#fff}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+details{margin-top:2em}pre{font-size:.75em;color:#444;white-space:pre-wrap}"""
+
+
+def _model_html(model: dict, page_dir: Path, card_name: str) -> str:
+    """The model box: name, category, input size, SHA-256, a link to its card (copied next to
+    the page when it lies outside the page's folder)."""
+    esc = html.escape
+    parts = [f"<div class='model'><b>Model:</b> {esc(str(model.get('name', '?')))}"]
+    if model.get("category"):
+        parts.append(f" · <b>category:</b> {esc(str(model['category']))}")
+    if model.get("input_size"):
+        s = int(model["input_size"])
+        parts.append(f" · <b>network input:</b> {s}×{s} px")
+    if model.get("sha256"):
+        parts.append(f" · <b>SHA-256:</b> <code>{esc(model['sha256'][:16])}…</code>")
+    card = model.get("card")
+    if card:
+        card = Path(card).resolve()
+        try:
+            rel = card.relative_to(page_dir).as_posix()
+        except ValueError:
+            rel = card_name
+            shutil.copyfile(card, page_dir / rel)
+        parts.append(f" · <a href='{esc(rel)}'>model card</a>")
+        if model.get("card_title"):
+            parts.append(f"<br><i>{esc(model['card_title'])}</i>")
+    if model.get("note"):
+        parts.append(f"<br>{esc(model['note'])}")
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def write_html_page(path, entries: list[dict], title: str = "cyclecorr match",
-                    header: str = "") -> Path:
-    """One HTML page with a section per matched pair; image links are relative to the page.
+                    header: str = "", model: dict | None = None, intro_html: str = "",
+                    raw: dict | None = None) -> Path:
+    """One self-explaining HTML page with a section per matched pair; links are relative.
 
-    ``entries``: dicts from :func:`write_pair_pictures` (``dir`` must lie under the page's folder).
+    Args:
+        entries: dicts from :func:`write_pair_pictures` (``dir`` must lie under the page's
+            folder); an entry may carry its own ``"model"`` (a :func:`model_summary` dict).
+        header: a line of plain text under the title.
+        model: the model all pairs were matched with (shown once at the top).
+        intro_html: trusted HTML inserted after the model box (the demo's explanation).
+        raw: more numbers for the collapsed raw-JSON block at the bottom.
     """
+    esc = html.escape
     page = Path(path)
     page.parent.mkdir(parents=True, exist_ok=True)
     base = page.parent.resolve()
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    scales = sorted({float(e.get("stats", {}).get("flow_scale_px", 0)) for e in entries} - {0.0})
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_CSS}\n{VIEWER_CSS}</style></head><body><h1>{esc(title)}</h1>"]
     if header:
-        parts.append(f"<p>{html.escape(header)}</p>")
-    for e in entries:
+        parts.append(f"<p>{esc(header)}</p>")
+    if model:
+        parts.append(_model_html(model, base, "model_card.md"))
+    if intro_html:
+        parts.append(intro_html)
+    # how to read the pictures: the flow key at the page's scale, the matchability colour bar
+    keys = []
+    same = "Every flow picture on this page uses this scale." if len(scales) == 1 else ""
+    for s in scales:
+        name = f"flow_key_{s:g}px.png"
+        save_png(base / name, flow_legend(s))
+        keys.append(f"<figure class='key'><img src='{esc(name)}' alt='flow colour key'>"
+                    f"<figcaption>Flow colour key: a pixel's colour is the direction of its "
+                    f"match; white = 0 px, full colour = {s:g} px or more, darker beyond. "
+                    f"{same}"
+                    f"</figcaption></figure>")
+    if any("matchability" in e["files"] for e in entries):
+        save_png(base / "matchability_key.png", colorbar())
+        keys.append("<figure class='key'><img src='matchability_key.png' alt='matchability colour "
+                    "bar'><figcaption>Matchability colour bar: 0 (dark, no match expected) to 1 "
+                    f"(bright); the green line marks {MATCH_THRESHOLD}, the threshold used on "
+                    "this page.</figcaption></figure>")
+    if keys:
+        parts.append("<h3>How to read the pictures</h3><div class='row'>" + "".join(keys)
+                     + "</div>")
+    for i, e in enumerate(entries):
         d = Path(e["dir"]).resolve()
         try:
             rel = d.relative_to(base)
         except ValueError as err:
             raise ValueError(f"{d} is not under the page's folder {base}") from err
-        parts.append(f"<h2>{html.escape(e.get('title') or str(rel))}</h2><div class='row'>")
-        for label, f in e["files"].items():
-            src = (rel / f).as_posix()
-            parts.append(f"<figure><a href='{html.escape(src)}'><img src='{html.escape(src)}' "
-                         f"alt='{html.escape(label)}'></a><figcaption>{html.escape(label)}"
-                         f"</figcaption></figure>")
-        if "flow (colour wheel)" in e["files"]:
-            legend = (rel / "flow_legend.png").as_posix()
-            parts.append(f"<figure><img src='{html.escape(legend)}' alt='legend'><figcaption>flow "
-                         f"colour key (direction = hue, length = saturation)</figcaption></figure>")
+        parts.append(f"<h2>{esc(e.get('title') or str(rel))}</h2>")
+        if e.get("model"):
+            parts.append(_model_html(e["model"], base, f"model_card_{i + 1}.md"))
+        files = e["files"]
+        caps = e.get("captions", {})
+        if e.get("viewer") and "source" in files and "target" in files:
+            parts.append(viewer_html(i, (rel / files["source"]).as_posix(),
+                                     (rel / files["target"]).as_posix(), e["viewer"]))
+        shown = [k for k in files if not (e.get("viewer") and k in ("source", "target"))]
+        parts.append("<div class='row'>")
+        for k in shown:
+            src = (rel / files[k]).as_posix()
+            wide = " class='wide'" if k == "transfer" else ""
+            parts.append(f"<figure{wide}><a href='{esc(src)}'><img src='{esc(src)}' "
+                         f"alt='{esc(k)}'></a><figcaption>{esc(caps.get(k, k))}</figcaption>"
+                         f"</figure>")
         parts.append("</div>")
-        if e.get("stats"):
-            parts.append(f"<pre>{html.escape(json.dumps(e['stats']))}</pre>")
-    parts.append("</body></html>\n")
-    page.write_text("".join(parts))
+    numbers = {"pairs": [{"title": e.get("title"), "folder": Path(e["dir"]).name,
+                          **e.get("stats", {})} for e in entries]}
+    if raw:
+        numbers.update(raw)
+    parts.append("<details><summary>Raw numbers (JSON) and files</summary><p>Each pair's folder "
+                 "also holds <code>flow.flo</code> (Middlebury format, source pixels), "
+                 "<code>matchability.npy</code> and <code>transfer.txt</code>.</p><pre>"
+                 f"{esc(json.dumps(numbers, indent=1, default=str))}</pre></details>")
+    parts.append(f"<script>{VIEWER_JS}</script></body></html>\n")
+    page.write_text("".join(parts), encoding="utf-8")
     return page
