@@ -29,16 +29,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cyclecorr.model import CorrespondenceNet  # noqa: E402
+from cyclecorr.model import CorrespondenceNet, build_network  # noqa: E402
 
 
-def _net(model: str | None) -> CorrespondenceNet:
+def _net(model: str | None) -> torch.nn.Module:
     if model:
         from cyclecorr.checkpoint import load_model
 
         return load_model(model)[0]
     torch.manual_seed(0)
-    return CorrespondenceNet().eval()
+    return build_network().eval()
 
 
 def throughput(fn, batch: int, seconds: float) -> float:

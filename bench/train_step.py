@@ -128,30 +128,12 @@ def make_net(name):
 def step_flops(net, b) -> float:
     """FLOPs of one cycle step, forward ×3 (fwd + bwd): 4b encoder passes, 3b flow-decoder passes
     and b matchability-decoder passes (only r1→r2's matchability is decoded; see CycleModule).
-    The cost-volume network decodes flow and matchability in one pass (:class:`CostVolumeCycle`):
-    4b encoder passes and 3b decoder passes."""
+    The cost-volume network decodes flow and matchability in one pass (``CycleModule`` with
+    ``decodes_jointly``): 4b encoder passes and 3b decoder passes."""
     f = net.flops_by_part()
     if isinstance(net, CostVolumeNet):
         return 3.0 * (4 * b * f["encoder"] + 3 * b * f["flow_decoder"])
     return 3.0 * (4 * b * f["encoder"] + 3 * b * f["flow_decoder"] + b * f["match_decoder"])
-
-
-class CostVolumeCycle(CycleModule):
-    """The cycle view of a :class:`CostVolumeNet` (``cyclecorr.train`` does not build one yet):
-    each image encoded once, the three pairs decoded as one batch by ``decode`` (flow and
-    matchability in one pass, the matchability of r1→r2 kept: its decoders read the
-    correlations, so a separate ``decode_matchability`` would run a fourth decoder pass)."""
-
-    def forward(self, s1, r1, r2, s2, warp_src=None, warp_tgt=None):
-        b = s1.shape[0]
-        code, skips = self.net.encode_levels(torch.cat((s1, r1, r2, s2)))
-        levels = [t.split(b) for t in (code, *skips)]
-        src = [torch.cat([lv[i] for i in (0, 1, 2)]) for lv in levels]
-        tgt = [torch.cat([lv[i] for i in (1, 2, 3)]) for lv in levels]
-        out = self.net.decode(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:]))
-        flow, match = out["flow"].split(b), out["matchability"].split(b)
-        return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
-                "match_r1r2": match[1]}
 
 
 def set_precision(name, device):
@@ -194,7 +176,7 @@ def run_variant(name, device, b, steps, world=1, threads=0):
     if isinstance(net, CostVolumeNet):
         if "compile" in name:
             raise ValueError("no compile variants for the cost-volume network")
-        model = CostVolumeCycle(net)  # as a CycleModule, also what DDP wraps below
+        model = CycleModule(net)  # its joint decoder (decodes_jointly); also what DDP wraps
     if world > 1:
         if "compile" in name:
             raise ValueError("--procs runs DDP around the network's cycle view, which a compiled "

@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -433,6 +434,9 @@ class CostVolumeConfig:
             ``feature_weight²·cos(learned) + sift_weight²·cos(SIFT)``.
     """
 
+    #: the architecture's name in :func:`cyclecorr.model.build_network` (not a field)
+    arch: ClassVar[str] = "costvol"
+
     image_size: int = 128
     width: float = 1.0
     pyramid_channels: tuple = (16, 32, 64)
@@ -548,6 +552,9 @@ class CostVolumeNet(nn.Module):
     channels followed by the 128 SIFT channels), :meth:`encode_pair`, :meth:`decode`,
     :meth:`decode_flow`, :meth:`decode_matchability`.
     """
+
+    #: one decoder computes flow and matchability (see :class:`cyclecorr.train.modules.CycleModule`)
+    decodes_jointly = True
 
     def __init__(self, config: CostVolumeConfig | None = None, **overrides):
         super().__init__()

@@ -450,3 +450,60 @@ def test_flops_count_the_convolutions_and_correlations():
     # the global correlation grows with the square of the pixel count, the rest linearly
     big = CostVolumeNet(image_size=256).flops_by_part()
     assert big["encoder"] == 4 * enc and big["correlation"] > 4 * f["correlation"]
+
+
+def test_model_file_round_trip_builds_the_cost_volume_network(tmp_path):
+    """A trained cost-volume model file names its architecture and loads back (through the one
+    network factory and the Matcher) to the same function; a paper model file carries no arch."""
+    import numpy as np
+
+    from cyclecorr import Matcher
+    from cyclecorr.checkpoint import load_model, read_metadata, save_model
+    from cyclecorr.costvol import CostVolumeConfig, CostVolumeNet
+    from cyclecorr.model import CorrespondenceNet, NetConfig, build_network
+
+    torch.manual_seed(3)
+    net = build_network({"arch": "costvol", "image_size": 64, "width": 0.5})
+    assert isinstance(net, CostVolumeNet) and net.config == CostVolumeConfig(image_size=64,
+                                                                               width=0.5)
+    for p in net.parameters():  # non-zero heads, so the output depends on every weight
+        p.data.add_(0.01 * torch.randn_like(p))
+    save_model(tmp_path / "cv.safetensors", net)
+    assert read_metadata(tmp_path / "cv.safetensors")["net"]["arch"] == "costvol"
+    again, _ = load_model(tmp_path / "cv.safetensors")
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = net.eval()(x, y), again(x, y)
+    assert torch.equal(a["flow"], b["flow"]) and torch.equal(a["matchability"], b["matchability"])
+    m = Matcher.from_checkpoint(tmp_path / "cv.safetensors")
+    img = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    assert isinstance(m.net, CostVolumeNet) and m.match(img, img)["flow"].shape == (50, 70, 2)
+    save_model(tmp_path / "paper.safetensors", CorrespondenceNet(NetConfig(width=0.125)))
+    assert "arch" not in read_metadata(tmp_path / "paper.safetensors")["net"]
+    with pytest.raises(ValueError, match="unknown field"):
+        build_network({"arch": "costvol", "skips": "corr"})
+    with pytest.raises(ValueError, match="architecture"):
+        build_network({"arch": "nosuch"})
+
+
+def test_training_config_selects_the_architecture():
+    from cyclecorr.costvol import CostVolumeConfig
+    from cyclecorr.model import NetConfig
+    from cyclecorr.train.config import load_config
+    from cyclecorr.train.loop import _training_part
+
+    cfg = load_config("costvol")
+    assert cfg.arch == "costvol" and isinstance(cfg.network(), CostVolumeConfig)
+    paper = load_config("cpu")
+    assert paper.arch == "paper" and isinstance(paper.network(), NetConfig)
+    # a paper run's configuration from before the architecture option resumes unchanged; the
+    # cost-volume section does not count for it, and another architecture does
+    old = paper.to_dict()
+    old.pop("arch"), old.pop("costvol")
+    assert _training_part(old) == _training_part(paper.to_dict())
+    assert _training_part(load_config("cpu", ["costvol.width=2"]).to_dict()) == \
+        _training_part(paper.to_dict())
+    assert _training_part(load_config("cpu", ["arch=costvol"]).to_dict()) != \
+        _training_part(paper.to_dict())
+    with pytest.raises(ValueError, match="arch"):
+        load_config("cpu", ["arch=nosuch"])
