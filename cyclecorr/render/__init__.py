@@ -15,8 +15,10 @@ from .camera import CropTransform, Viewpoint, look_at_rotation, project_points
 from .correspondence import (
     Correspondence,
     Keypoints,
+    correspondence_across,
     correspondence_between,
     project_keypoints,
+    same_topology,
     synthetic_correspondence,
     visibility,
 )
@@ -41,8 +43,8 @@ from .renderer import (
 
 __all__ = [
     "CropTransform", "Viewpoint", "look_at_rotation", "project_points",
-    "Correspondence", "Keypoints", "correspondence_between", "project_keypoints",
-    "synthetic_correspondence", "visibility",
+    "Correspondence", "Keypoints", "correspondence_between", "correspondence_across",
+    "same_topology", "project_keypoints", "synthetic_correspondence", "visibility",
     "SOURCE_CONVENTIONS", "Mesh", "MeshError", "axes_rotation", "detect_source", "list_meshes",
     "load_mesh",
     "Light", "Renderer", "RenderResult", "crop_intrinsics", "default_renderer", "random_light",

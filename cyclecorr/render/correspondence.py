@@ -27,7 +27,7 @@ from .mesh import Mesh
 from .renderer import Light, Renderer, RenderResult, default_renderer
 
 __all__ = ["Correspondence", "Keypoints", "synthetic_correspondence", "correspondence_between",
-           "project_keypoints", "visibility"]
+           "correspondence_across", "same_topology", "project_keypoints", "visibility"]
 
 
 @dataclass
@@ -93,6 +93,79 @@ def correspondence_between(view_a: RenderResult, view_b: RenderResult, rel_tol: 
         X = view_a.points[m].astype(np.float64)
         q, vis = visibility(view_b, X, rel_tol, px_tol)
         ys, xs = np.nonzero(m)
+        flow[0, ys, xs] = q[:, 0] - xs
+        flow[1, ys, xs] = q[:, 1] - ys
+        inside = (q[:, 0] >= 0) & (q[:, 0] <= Wb - 1) & (q[:, 1] >= 0) & (q[:, 1] <= Hb - 1)
+        match[ys, xs] = (vis & inside).astype(np.float32)
+    return Correspondence(flow, match, view_a, view_b)
+
+
+def same_topology(mesh_a: Mesh, mesh_b: Mesh) -> bool:
+    """Whether two meshes share one topology: as many vertices, the same face list (vertex ``i``
+    is then the same point of the object on both, as in the gsnet/ApolloCar3D cars)."""
+    return (mesh_a.vertices.shape == mesh_b.vertices.shape
+            and np.array_equal(mesh_a.faces, mesh_b.faces))
+
+
+def _face_ids(mesh: Mesh, view: RenderResult) -> np.ndarray:
+    """The face seen at every pixel centre of ``view`` (a render of ``mesh``), ``(H, W)`` int,
+    −1 on background: the raster backend's own rasterisation in the cropped frame."""
+    from .raster import rasterize, to_camera  # on use: numba kernels
+
+    H, W = view.mask.shape
+    pc, _ = to_camera(mesh.vertices, view.R, view.C)
+    iz = 1.0 / np.maximum(pc[:, 2], 1e-12)
+    xs = view.K[0, 0] * pc[:, 0] * iz + view.K[0, 2]
+    ys = view.K[1, 1] * pc[:, 1] * iz + view.K[1, 2]
+    return rasterize(xs, ys, iz, mesh.faces, H, W)[0]
+
+
+def correspondence_across(mesh_a: Mesh, view_a: RenderResult, mesh_b: Mesh,
+                          view_b: RenderResult, rel_tol: float = 0.002,
+                          px_tol: float = 1.5) -> Correspondence:
+    """Ground truth a → b between renders of two *different* models of one topology
+    (:func:`same_topology`): the surface point X_a(p) seen at a-pixel p lies in face f with
+    barycentric coordinates (u, v, w); its match is the point with the same coordinates in the
+    same face of model b, ``X_b = u·B[f₀] + v·B[f₁] + w·B[f₂]``, and
+
+        q = crop_b( π_b(X_b) ),        flow_ab(p) = q − p,
+
+    matchable where X_b is the visible surface of b (the depth test of
+    :func:`correspondence_between`) and q lies in b's frame; 0 (not matchable) where p is on a's
+    background or no face is found at p. With ``mesh_a is mesh_b`` this is
+    :func:`correspondence_between`.
+
+    Raises:
+        ValueError: the two meshes do not share one topology (the message names both).
+    """
+    if not same_topology(mesh_a, mesh_b):
+        raise ValueError(f"correspondence across models needs one topology: "
+                         f"{mesh_a.source or '<array mesh>'} has {len(mesh_a.vertices)} "
+                         f"vertices and {len(mesh_a.faces)} faces, "
+                         f"{mesh_b.source or '<array mesh>'} {len(mesh_b.vertices)} and "
+                         f"{len(mesh_b.faces)} (or other face lists)")
+    H, W = view_a.mask.shape
+    Hb, Wb = view_b.mask.shape
+    flow = np.zeros((2, H, W), np.float32)
+    match = np.zeros((H, W), np.float32)
+    fid = _face_ids(mesh_a, view_a)
+    m = view_a.mask & (fid >= 0)
+    if m.any():
+        ys, xs = np.nonzero(m)
+        f = mesh_a.faces[fid[m]]                                          # (N, 3)
+        A0, A1, A2 = (mesh_a.vertices[f[:, k]].astype(np.float64) for k in range(3))
+        X = view_a.points[m].astype(np.float64)
+        # barycentrics of X in its triangle (least squares in the triangle's plane)
+        e1, e2, d = A1 - A0, A2 - A0, X - A0
+        g11, g12, g22 = (e1 * e1).sum(1), (e1 * e2).sum(1), (e2 * e2).sum(1)
+        r1, r2 = (d * e1).sum(1), (d * e2).sum(1)
+        det = np.where(np.abs(g11 * g22 - g12 ** 2) > 1e-30, g11 * g22 - g12 ** 2, 1.0)
+        v = (g22 * r1 - g12 * r2) / det
+        w = (g11 * r2 - g12 * r1) / det
+        u = 1.0 - v - w
+        B = mesh_b.vertices
+        Xb = (u[:, None] * B[f[:, 0]] + v[:, None] * B[f[:, 1]] + w[:, None] * B[f[:, 2]])
+        q, vis = visibility(view_b, Xb, rel_tol, px_tol)
         flow[0, ys, xs] = q[:, 0] - xs
         flow[1, ys, xs] = q[:, 1] - ys
         inside = (q[:, 0] >= 0) & (q[:, 0] <= Wb - 1) & (q[:, 1] >= 0) & (q[:, 1] <= Hb - 1)
