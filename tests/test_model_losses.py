@@ -33,7 +33,7 @@ def test_build_network_from_a_config_or_its_dict():
         build_network({"arch": "nosuch"})
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['depth'\]"):
         build_network({"width": 0.5, "depth": 3})
-    with pytest.raises(TypeError, match="NetConfig or a dict"):
+    with pytest.raises(TypeError, match="NetConfig, a CostVolumeConfig or a dict"):
         build_network(0.5)
 
 
