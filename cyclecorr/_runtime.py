@@ -52,12 +52,32 @@ def precision_context(device, precision: str):
 
 
 def resolve_device(device="auto"):
-    """``"auto"`` → CUDA when available, else CPU; any other name or ``torch.device`` as given."""
+    """``"auto"`` → CUDA when available, else CPU; any other name or ``torch.device`` as given,
+    checked: a name torch does not know, or a device this machine does not have (``cuda`` without
+    a GPU, ``cuda:3`` with one, ``mps`` off a Mac), is a ``ValueError`` saying so."""
     import torch  # on use: see the module docstring
 
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device {device!r}: not a device name (auto, cpu, cuda, cuda:N, …)"
+                         ) from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use "
+                             f"cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        avail = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if avail is None or not avail():
+            raise ValueError(f"device {device!r}: not available on this machine")
+    return dev
 
 
 def cpu_has_bf16() -> bool:
