@@ -67,17 +67,27 @@ def pid_alive(pid: int) -> bool:
 _TEMP = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp.*$")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, min_age: float = 0.0) -> list[Path]:
     """Delete the temporary files that :func:`atomic_path` left in ``folder`` (not recursive)
-    when its process was killed: those whose process id, part of the name, no longer runs.
-    Returns the removed paths."""
+    when its process was killed: those whose process id, part of the name, no longer runs on
+    this machine, and (``min_age`` > 0, for folders that processes on other machines also write)
+    that were last modified at least ``min_age`` seconds ago. Returns the removed paths."""
+    import time
+
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
+    now = time.time()
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m and p.is_file() and not pid_alive(int(m.group(1))):
+        if not (m and p.is_file()) or pid_alive(int(m.group(1))):
+            continue
+        try:
+            old = now - p.stat().st_mtime >= min_age
+        except FileNotFoundError:
+            continue
+        if old:
             try:
                 p.unlink()
                 removed.append(p)

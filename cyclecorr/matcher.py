@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from cyclecorr._runtime import PRECISIONS, precision_context, resolve_device
 from cyclecorr.checkpoint import load_model, shipped_model_path

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from PIL import Image
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
