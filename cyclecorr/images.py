@@ -160,14 +160,15 @@ def image_array(image, name: str = "image", min_side: int = MIN_SIDE) -> np.ndar
             raise ImageError(f"{name}: float image holds {int((~finite).sum())} NaN or infinite "
                              f"value(s)")
         lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
+        if lo < -FLOAT_TOLERANCE:
+            raise ImageError(f"{name}: float image has values from {lo:g} to {hi:g}; float "
+                             f"images must lie in [0, 1] (undo any normalisation, e.g. mean/std, "
+                             f"first)")
         if hi > 1.0 + FLOAT_TOLERANCE:
             hint = (" (a 0–255 image: divide it by 255, or pass it as uint8)" if hi <= 255.0
                     else " (scale it to [0, 1])")
             raise ImageError(f"{name}: float image has values up to {hi:g}; float images must "
                              f"lie in [0, 1]{hint}")
-        if lo < -FLOAT_TOLERANCE:
-            raise ImageError(f"{name}: float image has values down to {lo:g}; float images must "
-                             f"lie in [0, 1] (undo any normalisation, e.g. mean/std, first)")
         np.clip(out, 0.0, 1.0, out=out)
     elif dt == np.bool_:
         raise ImageError(f"{name}: bool array is not an image (a mask?): convert it, e.g. "

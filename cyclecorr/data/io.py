@@ -56,21 +56,20 @@ def read_image(path, min_side: int = 1) -> np.ndarray:
     """
     path = _require_file(path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise DataError(f"{path}: image is {w}×{h} px ({w * h / 1e6:.0f} Mpx), larger "
-                                f"than the {MAX_PIXELS / 1e6:.0f} Mpx accepted; downscale it first")
-            with warnings.catch_warnings():  # PIL's decompression-bomb warning: checked above
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # PIL's decompression-bomb guard: _check_pixels decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(path, *im.size)
                 im.load()
-            arr = pil_to_array(im, str(path))
+                arr = pil_to_array(im, str(path))
     except DataError:
         raise
     except ImageError as e:
         raise DataError(str(e)) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # beyond PIL's own limit, raised while opening
+        _check_pixels(path, *_declared_size(path))
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{path}: empty image (shape {arr.shape})")
@@ -81,6 +80,24 @@ def read_image(path, min_side: int = 1) -> np.ndarray:
     except ImageError as e:
         raise DataError(str(e)) from e
     return np.ascontiguousarray(arr)
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise DataError(f"{path}: image is {w}×{h} px ({w * h / 1e6:.0f} Mpx), larger than the "
+                        f"{MAX_PIXELS / 1e6:.0f} Mpx accepted; downscale it first")
+
+
+def _declared_size(path: Path) -> tuple[int, int]:
+    """The size an image file declares in its header, read past PIL's decompression-bomb
+    guard (nothing is decoded)."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def read_mask(path) -> np.ndarray:
