@@ -40,10 +40,17 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # the shipped models (cyclecorr.checkpoint.shipped_models), found without importing torch
     shipped = sorted(p.stem for p in (Path(__file__).parent / "weights").glob("*.safetensors"))
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cyclecorr",
         description="Dense correspondence across object instances by 3D-guided cycle consistency.",
         epilog=f"shipped models: {', '.join(shipped) or 'none'} (`cyclecorr models` for details)")

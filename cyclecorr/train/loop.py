@@ -424,7 +424,7 @@ def _optimizer_step(module, step_fn, batch: dict, optimizer, lr: float, run: _Ru
     with precision_context(run.device, run.cfg.runtime.precision):
         loss, metrics = step_fn(module, batch)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"stage {stage.number} step {step}: loss is {float(loss)} "
+        raise FloatingPointError(f"stage {stage.number} step {step}: loss is {float(loss.detach())} "
                                  f"(metrics {metrics}); lower the learning rate "
                                  f"(stage{stage.number}.optim.lr = {lr:g} at this step)")
     optimizer.zero_grad(set_to_none=True)
