@@ -424,9 +424,10 @@ def _optimizer_step(module, step_fn, batch: dict, optimizer, lr: float, run: _Ru
     with precision_context(run.device, run.cfg.runtime.precision):
         loss, metrics = step_fn(module, batch)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"stage {stage.number} step {step}: loss is {float(loss.detach())} "
-                                 f"(metrics {metrics}); lower the learning rate "
-                                 f"(stage{stage.number}.optim.lr = {lr:g} at this step)")
+        raise FloatingPointError(f"stage {stage.number} step {step}: loss is "
+                                 f"{float(loss.detach())} (metrics {metrics}); lower the "
+                                 f"learning rate (stage{stage.number}.optim.lr = {lr:g} at "
+                                 f"this step)")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if stage.config.optim.grad_clip > 0:
