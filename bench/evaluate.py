@@ -9,6 +9,12 @@
    pairs and extrapolate).
 
     .venv/bin/python bench/evaluate.py [--model PATH] [--batch 32] [--seconds 3] [--compile]
+
+``--arch costvol`` instead compares the cost-volume network (:mod:`cyclecorr.costvol`, random
+weights, or ``--model``) with the paper network at width 1/2 in the same interleaved rounds:
+channels-last, inference mode, float32 and bf16 autocast, each at batches 8, 16 and 32; it prints
+both networks' best pairs/s, their ratio and the cost-volume network's targets (≥ 40 pairs/s
+float32, ≥ 60 bf16 at 128×128).
 """
 from __future__ import annotations
 
@@ -23,16 +29,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cyclecorr.model import CorrespondenceNet  # noqa: E402
+from cyclecorr.model import CorrespondenceNet, build_network  # noqa: E402
 
 
-def _net(model: str | None) -> CorrespondenceNet:
+def _net(model: str | None) -> torch.nn.Module:
     if model:
         from cyclecorr.checkpoint import load_model
 
         return load_model(model)[0]
     torch.manual_seed(0)
-    return CorrespondenceNet().eval()
+    return build_network().eval()
 
 
 def throughput(fn, batch: int, seconds: float) -> float:
@@ -121,6 +127,70 @@ def bench_forward(args) -> dict:
     return res
 
 
+def bench_costvol(args) -> dict:
+    """The cost-volume network beside the paper network at width 1/2, interleaved (see the
+    module doc); returns ``{(network, precision): (best pairs/s, median, best batch)}``."""
+    from cyclecorr.costvol import CostVolumeNet
+
+    if args.model:
+        from cyclecorr.checkpoint import load_model
+
+        cv = load_model(args.model)[0]
+    else:
+        torch.manual_seed(0)
+        cv = CostVolumeNet().eval()
+    torch.manual_seed(0)
+    nets = {"paper (width 0.5)": CorrespondenceNet(width=0.5).eval(), "costvol": cv.eval()}
+    s = cv.config.image_size
+    for n in nets.values():
+        n.set_input_size(s)
+        n.to(memory_format=torch.channels_last)
+    batches = sorted({8, 16, 32, args.batch} if args.batch > 2 else {args.batch})
+    big = max(batches)
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(big, 3, s, s, generator=g).contiguous(memory_format=torch.channels_last)
+    tgt = torch.rand(big, 3, s, s, generator=g).contiguous(memory_format=torch.channels_last)
+
+    def make(net, bs, bf16):
+        x, y = src[:bs], tgt[:bs]
+
+        def f():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                        enabled=bf16):
+                out = net(x, y)
+                return out["flow"].float(), out["matchability"].float()
+        return f
+
+    keys = [(name, prec, bs) for name in nets for prec in ("float32", "bf16") for bs in batches]
+    samples: dict = {k: [] for k in keys}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {s}x{s}, cpu count "
+          f"{os.cpu_count()}, channels-last, inference mode, {args.rounds} interleaved rounds of "
+          f"{args.seconds:g} s per variant")
+    for name, net in nets.items():
+        print(f"  {name}: {net.flops_per_pair() / 1e9:.3f} GFLOP/pair")
+    for _ in range(args.rounds):
+        for k in keys:
+            name, prec, bs = k
+            samples[k].append(throughput(make(nets[name], bs, prec == "bf16"), bs, args.seconds))
+    res = {}
+    print(f"\n{'network':<20} {'precision':<9} {'batch':>5} {'best':>7} {'median':>7}")
+    for name in nets:
+        for prec in ("float32", "bf16"):
+            rows = [(max(samples[(name, prec, bs)]),
+                     sorted(samples[(name, prec, bs)])[len(samples[(name, prec, bs)]) // 2], bs)
+                    for bs in batches]
+            for best, med, bs in rows:
+                print(f"{name:<20} {prec:<9} {bs:>5} {best:7.1f} {med:7.1f}")
+            res[(name, prec)] = max(rows)
+    print()
+    for prec, target in (("float32", 40), ("bf16", 60)):
+        (pb, pm, pbs), (cb, cm, cbs) = res[("paper (width 0.5)", prec)], res[("costvol", prec)]
+        print(f"{prec}: costvol {cb:.1f} pairs/s (batch {cbs}), paper width 0.5 {pb:.1f} (batch "
+              f"{pbs}): ratio {cb / pb:.2f} (medians {cm / pm:.2f}); target >= {target}: "
+              f"{'met' if cb >= target else 'NOT met'} on this machine")
+    return res
+
+
 def bench_pf_willow(args) -> None:
     from cyclecorr._paths import shared_data_dir
     from cyclecorr.evaluate import (
@@ -175,11 +245,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="timing window per variant")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile")
+    ap.add_argument("--arch", choices=("paper", "costvol"), default="paper",
+                    help="costvol: compare the cost-volume network with the paper network at "
+                         "width 1/2 (see above) instead of the variant table")
     ap.add_argument("--skip-pf-willow", action="store_true")
     ap.add_argument("--skip-siftflow", action="store_true")
     ap.add_argument("--siftflow-pairs", type=int, default=0,
                     help="time SIFT flow on N pairs and extrapolate (0 = run all 900)")
     args = ap.parse_args()
+    if args.arch == "costvol":
+        bench_costvol(args)
+        return
     bench_forward(args)
     if not args.skip_pf_willow:
         bench_pf_willow(args)

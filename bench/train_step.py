@@ -31,6 +31,13 @@ on CPU and 8192 on CUDA (large enough to reach the tensor cores' peak).
 ``cyclecorr.train.launch.run_local_ddp``; the step is timed between barriers and rank 0 measures
 the matmul reference with all threads while the others wait.
 
+``--arch costvol`` runs every variant three times in the same process: the paper network at
+width 1 and at width 1/2 (names suffixed ``+width0.5``) and the cost-volume network
+(:mod:`cyclecorr.costvol`, names prefixed ``costvol+``), whose FLOPs count its correlation matrix
+products beside its convolutions (``flops_by_part``; its matchability is decoded with the whole
+decoder, as ``CycleModule`` asks for it). A variant name may also carry ``costvol`` or
+``width0.5`` itself.
+
 ``--bind`` pins the OpenMP threads to cores (``OMP_PROC_BIND=true OMP_PLACES=cores``; the script
 starts itself again with them, since OpenMP reads them when it loads). On the 2-core machine this
 gave 2–5 MFU points in four paired runs, less than the machine's drift between runs
@@ -55,8 +62,10 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from cyclecorr._runtime import keep_freed_memory  # noqa: E402
+from cyclecorr.costvol import CostVolumeNet  # noqa: E402
 from cyclecorr.losses import CycleLossConfig  # noqa: E402
 from cyclecorr.model import CorrespondenceNet  # noqa: E402
+from cyclecorr.train.modules import CycleModule  # noqa: E402
 from cyclecorr.train.steps import cycle_step_loss  # noqa: E402
 
 
@@ -108,10 +117,22 @@ def make_batch(b, s, device, channels_last, seed=0):
     return out
 
 
+def make_net(name):
+    """The network a variant names: ``costvol`` → the cost-volume network, ``width0.5`` → the
+    paper network at width 1/2, else the paper network (width 1)."""
+    if "costvol" in name:
+        return CostVolumeNet()
+    return CorrespondenceNet(width=0.5 if "width0.5" in name else 1.0)
+
+
 def step_flops(net, b) -> float:
     """FLOPs of one cycle step, forward ×3 (fwd + bwd): 4b encoder passes, 3b flow-decoder passes
-    and b matchability-decoder passes (only r1→r2's matchability is decoded; see CycleModule)."""
+    and b matchability-decoder passes (only r1→r2's matchability is decoded; see CycleModule).
+    The cost-volume network decodes flow and matchability in one pass (``CycleModule`` with
+    ``decodes_jointly``): 4b encoder passes and 3b decoder passes."""
     f = net.flops_by_part()
+    if isinstance(net, CostVolumeNet):
+        return 3.0 * (4 * b * f["encoder"] + 3 * b * f["flow_decoder"])
     return 3.0 * (4 * b * f["encoder"] + 3 * b * f["flow_decoder"] + b * f["match_decoder"])
 
 
@@ -142,7 +163,7 @@ def run_variant(name, device, b, steps, world=1, threads=0):
         if not keep_freed_memory():
             raise RuntimeError("keep_freed_memory: not supported here (glibc only)")
     amp = set_precision(name, device)
-    net = CorrespondenceNet().to(device)
+    net = make_net(name).to(device)
     if "stockdeconv" in name:  # the stock transposed convolution (slow CPU bias gradient)
         for m in net.modules():
             if isinstance(m, torch.nn.ConvTranspose2d):
@@ -152,15 +173,17 @@ def run_variant(name, device, b, steps, world=1, threads=0):
         net = net.to(memory_format=torch.channels_last)
     flops = step_flops(net, b)  # of the whole step, all processes together
     model = torch.compile(net) if "compile" in name else net
+    if isinstance(net, CostVolumeNet):
+        if "compile" in name:
+            raise ValueError("no compile variants for the cost-volume network")
+        model = CycleModule(net)  # its joint decoder (decodes_jointly); also what DDP wraps
     if world > 1:
         if "compile" in name:
             raise ValueError("--procs runs DDP around the network's cycle view, which a compiled "
                              "network does not reach: no compile variants with --procs")
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from cyclecorr.train.modules import CycleModule
-
-        model = DDP(CycleModule(net))
+        model = DDP(model if isinstance(model, CycleModule) else CycleModule(net))
     # "fused": one fused Adam kernel per step (what cyclecorr train uses)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused="fused" in name)
     batch = make_batch(b // world, net.config.image_size, device, cl, seed=rank)
@@ -289,6 +312,9 @@ def main():
     ap.add_argument("--procs", type=int, default=1,
                     help="CPU only: split each step's quartets over this many DDP processes "
                          "(gloo), each with threads / procs torch threads")
+    ap.add_argument("--arch", choices=("paper", "costvol"), default="paper",
+                    help="costvol: run each variant for the paper network at width 1 and 1/2 and "
+                         "for the cost-volume network, in the same run")
     ap.add_argument("--bind", action="store_true",
                     help="pin OpenMP threads to cores (OMP_PROC_BIND=true OMP_PLACES=cores)")
     args = ap.parse_args()
@@ -299,6 +325,8 @@ def main():
     threads = torch.get_num_threads()
     binding = os.environ.get("OMP_PROC_BIND", "unset")
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.arch == "costvol":
+        names = [n for v in names for n in (v, f"{v}+width0.5", f"costvol+{v}")]
     names = [v for v in names if "keepmem" not in v] + [v for v in names if "keepmem" in v]
     if args.procs > 1:
         if device.type != "cpu":

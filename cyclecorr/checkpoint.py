@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cyclecorr._io import atomic_path, atomic_write_bytes, file_sha256
-from cyclecorr.model import CorrespondenceNet, build_network
+from cyclecorr.model import CorrespondenceNet, build_network, network_config_dict
 
 __all__ = ["save_model", "load_model", "load_weights", "read_metadata", "file_sha256",
            "atomic_write_bytes", "shipped_model_path", "shipped_models", "unwrap_model"]
@@ -35,7 +35,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 def save_model(path: str | os.PathLike, model: CorrespondenceNet, meta: dict | None = None) -> None:
     """Save ``model``'s weights and configuration (plus ``meta``) to ``path`` atomically."""
     net = unwrap_model(model)
-    info = {"net": net.config.to_dict(), **(meta or {})}
+    info = {"net": network_config_dict(net.config), **(meta or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"cyclecorr": json.dumps(info, sort_keys=True)})

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -55,7 +56,8 @@ import torch.nn.functional as F
 
 from cyclecorr._corr import correlation
 
-__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS", "build_network", "ARCHITECTURES"]
+__all__ = ["NetConfig", "CorrespondenceNet", "PAPER_LAYERS", "build_network", "ARCHITECTURES",
+           "network_config_dict"]
 
 # (out_channels, stride or up-sampling) for width=1; "up" doubles the resolution.
 _ENCODER = [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2)]
@@ -92,6 +94,9 @@ class NetConfig:
             flow decoder at each up-sampled resolution; see the module doc).
         skip_radius: displacement radius of the correlation, in pixels of each resolution.
     """
+
+    #: the architecture's name in :func:`build_network` (not a field)
+    arch: ClassVar[str] = "paper"
 
     width: float = 1.0
     image_size: int = 128
@@ -235,6 +240,10 @@ class CorrespondenceNet(nn.Module):
     ``encode(images) -> (B, 256·width, S/16, S/16)`` and ``decode(code_src, code_tgt)`` expose the
     two halves so that a training step can encode each image of a quartet once.
     """
+
+    #: flow and matchability come from separate decoders (:meth:`decode_flow`,
+    #: :meth:`decode_matchability`); a network whose one decoder computes both says True
+    decodes_jointly = False
 
     def __init__(self, config: NetConfig | None = None, **overrides):
         super().__init__()
@@ -446,7 +455,7 @@ class CorrespondenceNet(nn.Module):
 
 
 #: Network architectures by the ``arch`` name of a network configuration (absent: ``"paper"``).
-ARCHITECTURES = ("paper",)
+ARCHITECTURES = ("paper", "costvol")
 
 
 def build_network(config: dict | NetConfig | None = None) -> nn.Module:
@@ -456,12 +465,16 @@ def build_network(config: dict | NetConfig | None = None) -> nn.Module:
     ``config``: a :class:`NetConfig`, or its dict (a model file's ``"net"`` metadata, a training
     configuration's ``net`` section); ``None`` is the paper's network. A dict's ``"arch"`` (one of
     :data:`ARCHITECTURES`, default ``"paper"``) chooses the architecture: ``"paper"`` is
-    :class:`CorrespondenceNet`. Another architecture is added here, with its configuration class,
-    and must offer the interface the training cycle and the matcher use: ``config.image_size``,
-    ``set_input_size``, ``grown_keys``, ``encode_levels`` / ``encode_pair``, ``decode_flow`` /
-    ``decode_matchability`` / ``decode`` and ``forward(src, tgt) -> {"flow", "matchability",
-    "matchability_logits"}``.
+    :class:`CorrespondenceNet`, ``"costvol"`` :class:`cyclecorr.costvol.CostVolumeNet` (its
+    configuration, :class:`cyclecorr.costvol.CostVolumeConfig`, may be passed directly). Another
+    architecture is added here, with its configuration class (whose ``arch`` class attribute
+    names it), and must offer the interface the training cycle and the matcher use:
+    ``config.image_size``, ``set_input_size``, ``grown_keys``, ``decodes_jointly``,
+    ``encode_levels`` / ``encode_pair``, ``decode_flow`` / ``decode_matchability`` / ``decode``
+    and ``forward(src, tgt) -> {"flow", "matchability", "matchability_logits"}``.
     """
+    from cyclecorr.costvol import CostVolumeConfig, CostVolumeNet  # costvol imports this module
+
     if config is None:
         config = NetConfig()
     if isinstance(config, dict):
@@ -469,13 +482,24 @@ def build_network(config: dict | NetConfig | None = None) -> nn.Module:
         arch = fields.pop("arch", "paper")
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown network architecture {arch!r} (known: {ARCHITECTURES})")
-        known = {f.name for f in dataclasses.fields(NetConfig)}
+        cls = CostVolumeConfig if arch == "costvol" else NetConfig
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"network configuration: unknown field(s) {unknown} for the "
                              f"{arch!r} network (known: {sorted(known)})")
-        config = NetConfig(**fields)
+        config = cls(**fields)
+    if isinstance(config, CostVolumeConfig):
+        return CostVolumeNet(config)
     if not isinstance(config, NetConfig):
-        raise TypeError(f"a network configuration is a NetConfig or a dict, got "
-                        f"{type(config).__name__}")
+        raise TypeError(f"a network configuration is a NetConfig, a CostVolumeConfig or a dict, "
+                        f"got {type(config).__name__}")
     return CorrespondenceNet(config)
+
+
+def network_config_dict(config) -> dict:
+    """A network configuration as :func:`build_network` reads it back (a model file's ``"net"``
+    metadata): its fields, plus ``"arch"`` for any architecture but the paper's (whose files
+    carry no ``"arch"``)."""
+    d = config.to_dict()
+    return d if config.arch == "paper" else {"arch": config.arch, **d}

@@ -45,6 +45,31 @@ def test_train_step_bench_reports_both_references_and_the_step_flops():
                                          / (r["matmul_gflops"] * 1e9), rel=1e-6)
 
 
+def test_benches_measure_the_cost_volume_network_beside_the_paper_network():
+    from cyclecorr.costvol import CostVolumeNet
+    from cyclecorr.model import CorrespondenceNet
+
+    out = _run("bench/train_step.py", "--arch", "costvol", "--threads", "1", "--batch", "1",
+               "--steps", "1", "--variants", "channels_last+fused")
+    assert "failed" not in out
+    rows = {r["variant"]: r for r in json.loads(out.strip().splitlines()[-1])["rows"]}
+    assert list(rows) == ["channels_last+fused", "channels_last+fused+width0.5",
+                          "costvol+channels_last+fused"]
+    f = CostVolumeNet().flops_by_part()  # 4 encodes, 3 decodes (flow + matchability in one)
+    assert rows["costvol+channels_last+fused"]["gflop_per_step"] == pytest.approx(
+        3 * (4 * f["encoder"] + 3 * f["flow_decoder"]) / 1e9)
+    p = CorrespondenceNet(width=0.5).flops_by_part()
+    assert rows["channels_last+fused+width0.5"]["gflop_per_step"] == pytest.approx(
+        3 * (4 * p["encoder"] + 3 * p["flow_decoder"] + p["match_decoder"]) / 1e9)
+    assert all(r["sec_per_step"] > 0 and 0 < r["mfu"] for r in rows.values())
+    out = _run("bench/evaluate.py", "--arch", "costvol", "--rounds", "1", "--seconds", "0.05",
+               "--batch", "2")
+    for line in ("paper (width 0.5)    float32", "costvol              bf16",
+                 "float32: costvol", "bf16: costvol"):
+        assert line in out
+    assert "ratio" in out and "nan" not in out.lower()
+
+
 def test_conv_backward_bench_checks_its_prototypes_against_onednn():
     out = _run("bench/conv_backward.py", "--threads", "1", "--batch", "2")
     lines = [x for x in out.splitlines() if "GFLOP/s;" in x]

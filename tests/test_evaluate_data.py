@@ -105,3 +105,36 @@ def test_keypoint_gap_script_closed_form():
     assert mod.pair_gap(a, one, 128) is None
     r = mod.summarise([a, b, one], 128)
     assert r["pairs"] == 2 and r["displacement_mean"] == pytest.approx(10.0)
+
+
+def test_self_match_similarity_pairs_carry_the_exact_flow():
+    """scripts/self_match.py's similarity test: sampling the moved copy at p + flow(p) gives the
+    photo back wherever the match lies in the frame (a textured image, away from the border)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from cyclecorr.geometry import warp
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "self_match.py"
+    spec = importlib.util.spec_from_file_location("self_match", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = torch.Generator().manual_seed(1)
+    small = torch.rand(4, 3, 8, 8, generator=g)
+    images = torch.nn.functional.interpolate(small, size=(64, 64), mode="bicubic",
+                                             align_corners=False)
+    t = mod.similarity_pairs(images, seed=3)
+    assert t["flow"].shape == (4, 2, 64, 64) and 0.5 < float(t["match"].mean()) < 1.0
+    back = warp(t["tgt"], t["flow"], "border")
+    inner = t["match"].clone()
+    inner[..., :4, :] = inner[..., -4:, :] = inner[..., :, :4] = inner[..., :, -4:] = 0
+    err = (back - images).abs().amax(1, keepdim=True)[inner > 0.5]
+    # two bilinear resamplings of a smooth image; a wrong map errs by the image's contrast (~0.5)
+    assert float(err.mean()) < 0.01 and float(err.max()) < 0.08
+    # the maps are similarities: the flow's divergence is 2(s·cos θ − 1), constant per image
+    f = t["flow"][:, :, 8:-8, 8:-8]
+    div = (f[:, 0, :, 2:] - f[:, 0, :, :-2])[:, 1:-1] / 2 + \
+        (f[:, 1, 2:, :] - f[:, 1, :-2, :])[..., 1:-1] / 2
+    assert float((div - div.mean((1, 2), keepdim=True)).abs().max()) < 1e-4

@@ -44,13 +44,16 @@ def _assert_same(a, b, atol):
 
 
 SKIPS = ["net.skips=corr", "stage1.optim.skips_lr_mult=10", "stage2.optim.skips_lr_mult=10"]
+# the cost-volume network at the smoke size (its own section; ``net.*`` does not apply to it)
+COSTVOL = ["arch=costvol", "costvol.image_size=32", "costvol.width=0.5"]
 
 
 @pytest.mark.parametrize("kill_at,pointer,norm,extra", [
     ((2, 5), (2, 3), "none", []),    # mid stage 2: 2 iterations after the checkpoint are redone
     ((2, 1), (1, 4), "batch", []),   # just after the stage boundary, with batch-norm buffers
     ((2, 5), (2, 3), "batch", SKIPS),  # skips: a second Adam group with its own rate
-], ids=["mid-stage", "boundary", "skips"])
+    ((2, 5), (2, 3), "none", COSTVOL + ["loss.warp_weight=0.5"]),  # the cost-volume network
+], ids=["mid-stage", "boundary", "skips", "costvol"])
 def test_resume_after_sigkill_reaches_same_weights(tmp_path, kill_at, pointer, norm, extra):
     overrides = OVERRIDES + [f"net.norm={norm}"] + extra
     cfg = load_config("smoke", overrides)
@@ -93,8 +96,10 @@ def test_resume_of_finished_run_is_a_no_op_and_data_change_is_refused(tmp_path):
     train(threads, tmp_path / "r", resume=True)
 
 
-@pytest.mark.parametrize("extra", [[], ["loss.warp_weight=0.5"], ["loss.warp_weight=0.5", *SKIPS]],
-                         ids=["cycle", "self-warp", "self-warp+skips"])
+@pytest.mark.parametrize("extra", [[], ["loss.warp_weight=0.5"], ["loss.warp_weight=0.5", *SKIPS],
+                                   ["loss.warp_weight=0.5", *COSTVOL, "costvol.kernel_radius=4",
+                                    "costvol.kernel_sigma=100"]],
+                         ids=["cycle", "self-warp", "self-warp+skips", "costvol"])
 def test_ddp_two_processes_equal_one_process(tmp_path, extra):
     """2 gloo processes, each with half of the global batch = 1 process with all of it (also with
     the self-warp pair, which rides in the cycle's single forward).
@@ -103,7 +108,15 @@ def test_ddp_two_processes_equal_one_process(tmp_path, extra):
     layers' gradients are ~1e-10, and with eps=1e-8 Adam turns them into ±lr steps, so a
     last-bit difference of float summation order (1 vs 2 partial sums) becomes a 1e-3 weight
     difference. With eps=1e-3 the update is a smooth function of the gradient and the
-    comparison tests DDP itself (measured: max weight difference 3e-8)."""
+    comparison tests DDP itself (measured: max weight difference 3e-8).
+
+    The cost-volume network makes discrete choices (the coarse correlation's argmax and top-k),
+    which a last-bit difference of summation order can flip where two target positions tie (the
+    procedural quartets' flat regions, where one such flip changes which features receive a
+    gradient): its soft-argmax window here is flat and covers the whole 4×4 coarse grid, so the
+    argmax cannot matter, and the tolerance is 10 % of one Adam step (lr 1e-3; a gradient that is
+    not averaged across the processes moves the weights by about a whole step; measured here:
+    3e-5 after 3 + 3 iterations, 7e-5 after 1 + 1 with the default window)."""
     from cyclecorr.train.launch import run_local_ddp
 
     cfg = load_config("smoke", ["stage1.iterations=3", "stage2.iterations=3",
@@ -112,7 +125,8 @@ def test_ddp_two_processes_equal_one_process(tmp_path, extra):
     single = train(cfg, tmp_path / "one")
     final = run_local_ddp(cfg, tmp_path / "two", nprocs=2)
     assert final.is_file()
-    _assert_same(_weights(single.final_model), _weights(final), atol=1e-6)
+    _assert_same(_weights(single.final_model), _weights(final),
+                 atol=1e-4 if "arch=costvol" in extra else 1e-6)
     ptr = json.loads((tmp_path / "two" / "last.json").read_text())
     assert (ptr["stage"], ptr["step"]) == (2, 3)
     log = (tmp_path / "two" / "log.jsonl").read_text()

@@ -89,7 +89,8 @@ def run(args) -> int:
     print(f"{what} preset {cfg.name!r}: stage 1 {cfg.stage1.iterations} it × "
           f"{cfg.stage1.batch_size} pairs, stage 2 {cfg.stage2.iterations} it × "
           f"{cfg.stage2.batch_size} quartets, "
-          f"network width {cfg.net.width} at {cfg.net.image_size}px; data: {cfg.data.quartets}")
+          f"{cfg.arch} network, width {cfg.network().width} at {cfg.network().image_size}px; "
+          f"data: {cfg.data.quartets}")
     print(f"writing to {out} (log.jsonl, checkpoints, final.safetensors)")
     if (device.type == "cpu" and cfg.runtime.precision == "float32"
             and cpu_has_bf16()):

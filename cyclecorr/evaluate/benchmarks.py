@@ -428,8 +428,9 @@ def evaluate_tss(method, pairs: Sequence, *, threshold: float = 5.0, batch_size:
     original pixels (:func:`cyclecorr.geometry.resample_flow`) and compared with ``flow_ab`` inside
     ``mask_a`` where the ground truth is finite. Reported: ``accuracy`` = fraction of those pixels
     with error ≤ ``threshold`` px at the original resolution, and ``accuracy_max_side_100`` = the
-    same with errors scaled to an image whose larger side is 100 px (error·100/max(H_a, W_a)),
-    the scale TSS results are usually quoted at; per pair, per group (the folder: FG3DCar, JODS,
+    same with errors scaled to an image whose larger side is 100 px (error·100/max(H_a, W_a)):
+    with the default ``threshold`` of 5 px this is PCK@0.05 of the larger side, the standard TSS
+    protocol and the headline TSS number of the reports; per pair, per group (the folder: FG3DCar, JODS,
     PASCAL) as the mean over its pairs, and the mean over all pairs.
     """
     if len(pairs) == 0:

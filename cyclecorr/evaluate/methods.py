@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cyclecorr.matcher import Matcher, resize_tensor, to_image_pixels, to_tensor_image
+from cyclecorr.model import network_config_dict
 from cyclecorr.siftflow import SiftFlowParams, sift_flow
 
 __all__ = ["ZeroFlow", "SiftFlowMethod", "NetworkMethod", "predict_in_batches", "make_method",
@@ -162,7 +163,7 @@ class NetworkMethod:
     def describe(self) -> dict:
         keep = ("sha256", "path", "stage", "step", "code_version", "data_manifest_sha256")
         return {"name": self.name, "kind": "network", "size": self.size,
-                "precision": self.precision, "net": self.net.config.to_dict(),
+                "precision": self.precision, "net": network_config_dict(self.net.config),
                 **{k: self.meta[k] for k in keep if k in self.meta}}
 
     def predict_batch(self, src, tgt):

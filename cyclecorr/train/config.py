@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from cyclecorr._runtime import PRECISIONS
+from cyclecorr.costvol import CostVolumeConfig
 from cyclecorr.losses import CycleLossConfig
-from cyclecorr.model import NetConfig
+from cyclecorr.model import ARCHITECTURES, NetConfig
 
 __all__ = ["ZOOM_FILLS", "TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
            "LoggingConfig", "ValidationConfig", "RuntimeConfig", "load_config", "preset_path",
@@ -204,7 +205,11 @@ class TrainConfig:
     #: a model file whose weights the network starts from (empty: seeded random initialisation);
     #: with ``stage1.iterations=0`` this fine-tunes a model with the cycle only.
     init: str = ""
+    #: the network architecture: ``"paper"`` (the ``net`` section) or ``"costvol"`` (the
+    #: ``costvol`` section); see :func:`cyclecorr.model.build_network`.
+    arch: str = "paper"
     net: NetConfig = field(default_factory=NetConfig)
+    costvol: CostVolumeConfig = field(default_factory=CostVolumeConfig)
     loss: CycleLossConfig = field(default_factory=CycleLossConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(batch_size=40))
     #: stage 1's reduction: ``"mean"`` over pixels or ``"sum"`` per pair.
@@ -223,7 +228,13 @@ class TrainConfig:
     def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
         return _build(cls, d, where)
 
+    def network(self) -> NetConfig | CostVolumeConfig:
+        """The configuration of the network this run trains (the section ``arch`` names)."""
+        return self.costvol if self.arch == "costvol" else self.net
+
     def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         for st_name in ("stage1", "stage2"):
             st = getattr(self, st_name)
             if st.iterations < 0:

@@ -235,10 +235,10 @@ def _resume_pointer(folder: Path, cfg_dict: dict, resume: bool) -> dict | None:
 def _build_net(cfg: TrainConfig, device: torch.device, dist: DistInfo) -> torch.nn.Module:
     """The network, seeded by ``cfg.seed``, on ``device`` in the configured memory format."""
     torch.manual_seed(cfg.seed)
-    net = build_network(cfg.net).to(device)
+    net = build_network(cfg.network()).to(device)
     if cfg.runtime.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if dist.world > 1 and cfg.net.norm == "batch":
+    if dist.world > 1 and cfg.network().norm == "batch":
         if device.type == "cuda":
             # batch statistics over the global batch, so N processes = 1 process
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # converts net's layers in place
@@ -298,7 +298,7 @@ def _finish(run: _Run) -> None:
 def _param_groups(net, optim) -> list[dict]:
     """Adam's parameter groups: one, or with ``net.skips`` and ``optim.skips_lr_mult != 1`` the
     skip layers in a second group whose rate is scaled by ``lr_mult``."""
-    skips = list(net.flow_skips.parameters())
+    skips = list(net.flow_skips.parameters()) if hasattr(net, "flow_skips") else []
     if not skips or optim.skips_lr_mult == 1.0:
         return [{"params": list(net.parameters())}]
     ids = {id(p) for p in skips}
@@ -309,7 +309,8 @@ def _param_groups(net, optim) -> list[dict]:
 def _training_part(cfg_dict: dict) -> dict:
     """The part of a configuration that determines the weights: a resumed run may change how it
     runs and reports (runtime, logging, validation, worker counts) but nothing else, except the
-    arithmetic precision (``runtime.precision``), which stays. (Exact equality with an
+    arithmetic precision (``runtime.precision``), which stays; of the network sections only the
+    trained architecture's counts. (Exact equality with an
     uninterrupted run also needs the same runtime.threads.)"""
     d = json.loads(json.dumps(cfg_dict))
     precision = (d.get("runtime") or {}).get("precision", "float32")
@@ -319,6 +320,13 @@ def _training_part(cfg_dict: dict) -> dict:
         d["precision"] = precision
     for k in ("workers", "sift_workers"):
         d.get("data", {}).pop(k, None)
+    # only the trained architecture's section counts (a configuration without ``arch`` is the
+    # paper network's)
+    if d.pop("arch", "paper") == "paper":
+        d.pop("costvol", None)
+    else:
+        d["arch"] = "costvol"
+        d.pop("net", None)
     return d
 
 

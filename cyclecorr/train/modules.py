@@ -44,12 +44,19 @@ class CycleModule(nn.Module):
             ti.append(5)
         src = [torch.cat([lv[i] for i in si]) for lv in levels]
         tgt = [torch.cat([lv[i] for i in ti]) for lv in levels]
-        flow = self.net.decode_flow(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:])).split(b)
-        c_r1, c_r2 = levels[0][1], levels[0][2]
-        # matchability only where the loss reads it (r1→r2): decoding the synthetic legs and the
-        # self-warp pair as well cost ~9 % of a paper step's FLOPs and, with batch norm, let those
-        # pairs into the matchability decoder's statistics
-        match = torch.sigmoid(self.net.decode_matchability(c_r1, c_r2))
+        if self.net.decodes_jointly:
+            # one decoder computes flow and matchability (the cost-volume network): one pass
+            # over all pairs, the matchability read where the loss reads it (r1→r2)
+            out = self.net.decode(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:]))
+            flow = out["flow"].split(b)
+            match = out["matchability"].split(b)[1]
+        else:
+            flow = self.net.decode_flow(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:])).split(b)
+            c_r1, c_r2 = levels[0][1], levels[0][2]
+            # matchability only where the loss reads it (r1→r2): decoding the synthetic legs and
+            # the self-warp pair as well cost ~9 % of a paper step's FLOPs and, with batch norm,
+            # let those pairs into the matchability decoder's statistics
+            match = torch.sigmoid(self.net.decode_matchability(c_r1, c_r2))
         res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
                "match_r1r2": match}
         if warp:
@@ -58,13 +65,17 @@ class CycleModule(nn.Module):
 
 
 class FlowModule(nn.Module):
-    """Stage-1 view: ``forward(src, tgt) -> {"flow": (B,2,S,S)}`` (encoder + flow decoder)."""
+    """Stage-1 view: ``forward(src, tgt) -> {"flow": (B,2,S,S)}`` (encoder + flow decoder; a
+    network that decodes flow and matchability jointly is seen whole)."""
 
     def __init__(self, net: CorrespondenceNet):
         super().__init__()
-        self.encoder = net.encoder
-        self.flow_decoder = net.flow_decoder
-        self.flow_skips = net.flow_skips  # empty without skips
+        if net.decodes_jointly:  # every parameter takes part in the flow
+            self.net = net
+        else:
+            self.encoder = net.encoder
+            self.flow_decoder = net.flow_decoder
+            self.flow_skips = net.flow_skips  # empty without skips
         self._net = [net]  # not a submodule: keeps the match decoder out of DDP's view
 
     def forward(self, src, tgt) -> dict[str, torch.Tensor]:

@@ -85,7 +85,7 @@ def validate(net: torch.nn.Module, val_set, cfg: TrainConfig, device,
     legs' mean magnitudes; optionally a picture of the cycle on the first batch."""
     was_training = net.training
     net.eval()
-    thr = cfg.validation.pck_alpha * cfg.net.image_size
+    thr = cfg.validation.pck_alpha * cfg.network().image_size
     tot = {"cycle_epe": 0.0, "cycle_pck": 0.0, "direct_epe": 0.0, "direct_pck": 0.0,
            "match_acc": 0.0}
     legs: dict[str, float] = {}

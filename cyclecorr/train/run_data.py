@@ -51,7 +51,7 @@ def manifest_sha256(cfg: TrainConfig, dataset=None) -> str:
         return h.hexdigest()
     if cfg.data.quartets == "synthetic":
         ident = json.dumps({"synthetic": cfg.data.synthetic_size + cfg.data.val_count,
-                            "size": cfg.net.image_size, "seed": cfg.seed})
+                            "size": cfg.network().image_size, "seed": cfg.seed})
         return hashlib.sha256(ident.encode()).hexdigest()
     folder = Path(cfg.data.quartets)
     h = hashlib.sha256()
@@ -98,7 +98,7 @@ def build_quartets(cfg: TrainConfig) -> tuple[Dataset, Dataset, str]:
     folder's files are checked against the SHA-256 in its manifest first (``DataError`` naming a
     corrupt file).
     """
-    S = cfg.net.image_size
+    S = cfg.network().image_size
     d = cfg.data
     if d.quartets == "synthetic":
         full = SyntheticQuartets(d.synthetic_size + d.val_count, size=S, seed=cfg.seed)
