@@ -3,18 +3,25 @@ file hashes and format-tagged JSON files.
 
 ``with atomic_path(p) as tmp:`` yields a temporary path in ``p``'s folder (same file ending, so
 writers that look at the suffix — PIL, numpy — behave) and renames it onto ``p`` only when the
-block succeeds; on any error the temporary file is removed and ``p`` is untouched.
+block succeeds; on any error the temporary file is removed and ``p`` is untouched. A process killed
+inside the block leaves its temporary file (``.<name>.<pid>.<random>.tmp<suffix>``);
+:func:`remove_stale_temporaries` clears those of processes no longer running.
+
+``with folder_lock(folder):`` holds an exclusive lock (``flock`` on ``folder/.lock``) so that
+processes writing into one folder take turns for a critical section.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "read_format_json", "file_sha256"]
+__all__ = ["atomic_path", "atomic_write_bytes", "read_format_json", "file_sha256", "folder_lock",
+           "remove_stale_temporaries", "pid_alive"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -24,7 +31,7 @@ os.umask(_UMASK)
 def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix,
                                dir=path.parent)
     os.close(fd)
     try:
@@ -44,6 +51,69 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp.*$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age: float = 0.0) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` (not recursive)
+    when its process was killed: those whose process id, part of the name, no longer runs on
+    this machine, and (``min_age`` > 0, for folders that processes on other machines also write)
+    that were last modified at least ``min_age`` seconds ago. Returns the removed paths."""
+    import time
+
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if not (m and p.is_file()) or pid_alive(int(m.group(1))):
+            continue
+        try:
+            old = now - p.stat().st_mtime >= min_age
+        except FileNotFoundError:
+            continue
+        if old:
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:  # another process cleared it first
+                pass
+    return removed
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike):
+    """An exclusive lock on ``folder`` (created) shared by every process that asks for it:
+    ``flock`` on ``folder/.lock``, released when the block ends or the process dies. Where
+    ``fcntl`` does not exist (Windows) the block runs unlocked."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(folder / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def read_format_json(path: str | os.PathLike, fmt: str, what: str,

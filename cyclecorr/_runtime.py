@@ -19,6 +19,9 @@ runs in (inference: ``Matcher``, ``cyclecorr evaluate|match --precision``; train
 :func:`resolve_device` turns a device name (``"auto"``, ``"cpu"``, ``"cuda"``, …) into a
 ``torch.device``, for inference and training alike.
 
+:func:`exit_with_parent` makes a worker process end itself when the process that started it dies
+(even by SIGKILL, which gives the parent no chance to stop its pools).
+
 torch is imported inside the functions: the command line reads :data:`PRECISIONS` from here to
 build its argument parser, before any command needs torch.
 """
@@ -27,9 +30,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import sys
+import threading
+import time
 
-__all__ = ["keep_freed_memory", "PRECISIONS", "precision_context", "cpu_has_bf16", "resolve_device"]
+__all__ = ["keep_freed_memory", "PRECISIONS", "precision_context", "cpu_has_bf16", "resolve_device",
+           "exit_with_parent"]
 
 #: Precisions of a network forward: ``"float32"`` (the default, the paper's, and the evaluation
 #: protocol) or ``"bf16"`` (the network under ``torch.autocast(bfloat16)``; the network returns
@@ -52,12 +59,32 @@ def precision_context(device, precision: str):
 
 
 def resolve_device(device="auto"):
-    """``"auto"`` → CUDA when available, else CPU; any other name or ``torch.device`` as given."""
+    """``"auto"`` → CUDA when available, else CPU; any other name or ``torch.device`` as given,
+    checked: a name torch does not know, or a device this machine does not have (``cuda`` without
+    a GPU, ``cuda:3`` with one, ``mps`` off a Mac), is a ``ValueError`` saying so."""
     import torch  # on use: see the module docstring
 
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device {device!r}: not a device name (auto, cpu, cuda, cuda:N, …)"
+                         ) from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use "
+                             f"cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        avail = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if avail is None or not avail():
+            raise ValueError(f"device {device!r}: not available on this machine")
+    return dev
 
 
 def cpu_has_bf16() -> bool:
@@ -99,3 +126,22 @@ def keep_freed_memory() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
     _done = bool(ok)
     return _done
+
+
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> threading.Thread:
+    """In a worker process: end this process (``os._exit(1)``) within ``interval`` seconds of
+    the death of ``parent_pid``, the process that started it.
+
+    A pool's workers wait for tasks on a pipe whose writing end they hold themselves, so a parent
+    killed with SIGKILL leaves them blocked forever (with their memory). A daemon thread polls
+    ``os.getppid()``: when the parent dies the worker is re-parented (to init or a sub-reaper) and
+    the id changes. Returns the thread."""
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(interval)
+
+    t = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    t.start()
+    return t

@@ -54,7 +54,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if "cyclecorr" not in meta:
         raise ValueError(f"{path}: safetensors file has no 'cyclecorr' metadata (not a cyclecorr "
                          "model)")
-    return json.loads(meta["cyclecorr"])
+    try:
+        info = json.loads(meta["cyclecorr"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the 'cyclecorr' metadata is not valid JSON ({e})") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: the 'cyclecorr' metadata must be a JSON object, got "
+                         f"{type(info).__name__}")
+    return info
 
 
 def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = False) -> list[str]:
@@ -62,13 +69,18 @@ def load_weights(net: CorrespondenceNet, path: str | os.PathLike, grow: bool = F
     shapes). With ``grow=True`` the file may lack the layers ``net`` adds at zero
     (:meth:`~cyclecorr.model.CorrespondenceNet.grown_keys`, e.g. skips on a paper network's
     weights); they keep their zero start. Returns the keys so left; raises ``FileNotFoundError`` /
-    ``ValueError`` naming the file."""
+    ``ValueError`` naming the file (also for a weight holding NaN or infinite values)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: cannot read weights ({e})") from e
+    for k, v in state.items():  # a diverged or damaged model: refused, not run into NaN flows
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            raise ValueError(f"{path}: weight {k!r} holds {n} NaN or infinite value(s) of "
+                             f"{v.numel()}; the model is unusable")
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
@@ -91,7 +103,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     """Load a model file written by :func:`save_model`. Returns ``(model in eval mode,
     metadata)``."""
     meta = read_metadata(path)
-    net = build_network(meta["net"])
+    if not isinstance(meta.get("net"), dict):
+        raise ValueError(f"{path}: the 'cyclecorr' metadata has no 'net' object (the network's "
+                         f"configuration); not a model file written by cyclecorr")
+    try:
+        net = build_network(meta["net"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: its network configuration is not one this version builds "
+                         f"({type(e).__name__}: {e})") from e
     load_weights(net, path)
     meta["sha256"] = file_sha256(path)
     return net.to(device).eval(), meta

@@ -12,7 +12,9 @@ demo and the training's real-photo monitor all go through it. Both images are re
 input size; :func:`to_image_pixels` re-expresses the network's flow in the original images' pixels
 with :func:`cyclecorr.geometry.resample_flow` (pixel-area resizing convention) and resizes the
 matchability bilinearly to the source's size. Methods without a network (the baselines of
-:mod:`cyclecorr.evaluate.methods`) use the same two functions.
+:mod:`cyclecorr.evaluate.methods`) use the same two functions. Every image passes the one input
+contract of :mod:`cyclecorr.images` (:func:`to_tensor_image`): what it accepts is converted exactly,
+anything else is refused with an :class:`~cyclecorr.images.ImageError` naming the problem.
 """
 from __future__ import annotations
 
@@ -22,49 +24,35 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from cyclecorr._runtime import PRECISIONS, precision_context, resolve_device
 from cyclecorr.checkpoint import load_model, shipped_model_path
 from cyclecorr.geometry import resample_flow, transfer_keypoints
+from cyclecorr.images import MIN_SIDE, ImageError, image_array
 
-__all__ = ["Matcher", "to_tensor_image", "resize_image", "to_image_pixels", "resolve_device",
+__all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_image_pixels",
+           "resolve_device", "ImageError",
            "PRECISIONS", "precision_context"]
 
 
-def to_tensor_image(image) -> torch.Tensor:
-    """An RGB image (numpy ``H×W×3`` uint8/float in [0, 1], ``H×W`` grey, PIL, or a ``(3, H, W)``
-    tensor) → ``(3, H, W)`` float32, a copy."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        t = image.float()
-        if t.dim() == 3 and t.shape[0] == 3:
-            return t
-        raise ValueError(f"tensor image must have shape (3, H, W), got {tuple(t.shape)}")
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"image must be H×W×3 (RGB), got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ValueError(f"image is too small: {arr.shape}")
-    # copies: the caller's array (often read-only, as np.asarray of a PIL image) is never shared
-    if arr.dtype == np.uint8:
-        t = torch.from_numpy(arr.astype(np.float32)) / 255.0
-    else:
-        t = torch.from_numpy(np.array(arr, dtype=np.float32))
-        if not torch.isfinite(t).all():
-            raise ValueError("image contains NaN or infinite values")
-    return t.permute(2, 0, 1)
+def to_tensor_image(image, name: str = "image", min_side: int = MIN_SIDE) -> torch.Tensor:
+    """An image under the input contract of :mod:`cyclecorr.images` (numpy ``H×W×3`` uint8,
+    uint16 or float in [0, 1], ``H×W`` grey, PIL of any mode, a ``(3, H, W)`` tensor) →
+    ``(3, H, W)`` float32 in [0, 1], a copy. Anything else raises
+    :class:`~cyclecorr.images.ImageError` (a ``ValueError``) naming ``name`` and the problem."""
+    return torch.from_numpy(image_array(image, name, min_side)).permute(2, 0, 1)
 
 
 def resize_image(image, size: int) -> torch.Tensor:
     """An image (anything :func:`to_tensor_image` takes) → ``(3, size, size)`` float in [0, 1]:
     antialiased bilinear resizing, aspect not kept (an image already ``size × size`` is only
     converted)."""
-    t = to_tensor_image(image)
+    return resize_tensor(to_tensor_image(image), size)
+
+
+def resize_tensor(t: torch.Tensor, size: int) -> torch.Tensor:
+    """The resizing of :func:`resize_image` for a ``(3, H, W)`` float tensor in [0, 1] that
+    :func:`to_tensor_image` returned (not checked again)."""
     if tuple(t.shape[-2:]) != (size, size):
         t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False,
                           antialias=True)[0]
@@ -150,15 +138,28 @@ class Matcher:
             ``{"flow": (H_src, W_src, 2) float32, "matchability": (H_src, W_src) float32}``;
             the flow is in source pixels and points into target pixels:
             ``q = p + flow[p_y, p_x]``.
+
+        Raises:
+            ImageError: an image outside the input contract (:mod:`cyclecorr.images`), e.g. a
+                float image in 0–255, an int64 array, NaN values or a side below
+                :data:`~cyclecorr.images.MIN_SIDE` pixels.
         """
-        s, t = to_tensor_image(src), to_tensor_image(tgt)
-        out = self.predict(resize_image(s, self.size)[None], resize_image(t, self.size)[None])
+        s, t = to_tensor_image(src, "src"), to_tensor_image(tgt, "tgt")
+        out = self.predict(resize_tensor(s, self.size)[None], resize_tensor(t, self.size)[None])
         return to_image_pixels(out["flow"], out["matchability"], s.shape[-2:], t.shape[-2:])
 
     def transfer_keypoints(self, src, tgt, kps) -> np.ndarray:
-        """Transfer ``(N, 2)`` (x, y) 0-based keypoints of ``src`` into ``tgt``'s pixels."""
-        kps = np.asarray(kps, dtype=np.float32)
+        """Transfer ``(N, 2)`` (x, y) 0-based keypoints of ``src`` into ``tgt``'s pixels (finite
+        numbers; points outside the source are allowed and read the flow at the nearest edge)."""
+        try:
+            kps = np.asarray(kps, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"kps: not an (N, 2) array of numbers ({e})") from e
         if kps.ndim != 2 or kps.shape[1] != 2:
             raise ValueError(f"kps must have shape (N, 2), got {kps.shape}")
+        bad = ~np.isfinite(kps).all(axis=1)
+        if bad.any():
+            raise ValueError(f"kps: {int(bad.sum())} keypoint(s) are NaN or infinite (first: row "
+                             f"{int(np.flatnonzero(bad)[0])})")
         flow = torch.from_numpy(self.match(src, tgt)["flow"]).permute(2, 0, 1)
         return transfer_keypoints(torch.from_numpy(kps), flow).numpy()

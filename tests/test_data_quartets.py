@@ -352,3 +352,149 @@ def test_near_duplicate_of_an_evaluation_photo_is_excluded(inputs, data_dir, tmp
     assert not any(Path(x).name == "zz_planted.jpg" for x in meta["sources"])
     plan = json.loads((out / "plan.json").read_text())
     assert plan["hygiene"]["evaluation_images"] >= 100
+
+
+def _descendants(pid: int) -> set[int]:
+    """Living (not zombie) descendants of ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_kill9_of_prepare_leaves_no_worker(inputs, tmp_path):
+    """``cyclecorr prepare --workers 2`` killed with SIGKILL while its pool renders quartets: the
+    pool's workers (and multiprocessing's resource tracker) notice the dead parent and exit."""
+    out = tmp_path / "killed"
+    args = _cli_args(inputs, out)
+    args[args.index("--workers") + 1] = "2"
+    args[args.index("--quartets") + 1] = "40"
+    proc = _cli(args)
+    kids: set[int] = set()
+    t0 = time.time()
+    try:
+        while proc.poll() is None and time.time() - t0 < 180:
+            kids |= _descendants(proc.pid)
+            # the quartet pool: two workers, and a shard written (they are working)
+            if len(_descendants(proc.pid)) >= 2 and any((out / "shards").glob("*.safetensors")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        kids |= _descendants(proc.pid)
+        assert len(kids) >= 2, kids
+        os.kill(proc.pid, 9)
+        proc.wait()
+        t1 = time.time()
+        while [k for k in kids if _alive(k)] and time.time() - t1 < 15:
+            time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)], "workers left behind after kill -9"
+    finally:
+        for k in kids:
+            if _alive(k):
+                os.kill(k, 9)
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_kill9_leaves_no_hygiene_screening_worker(tmp_path):
+    """The evaluation-image screen's pool (the same spawn pool helper): its workers exit when
+    the process that started them is killed with SIGKILL."""
+    script = tmp_path / "screen.py"
+    script.write_text(
+        "import time\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from cyclecorr.data.hygiene import EvaluationIndex, Screener\n"
+        "if __name__ == '__main__':  # spawned workers import this file again\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    paths = []\n"
+        "    for i in range(2):\n"
+        f"        p = '{tmp_path}/e%d.png' % i\n"
+        "        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(p)\n"
+        "        paths.append(p)\n"
+        f"    index = EvaluationIndex.build(paths, cache='{tmp_path}/cache')\n"
+        f"    s = Screener(index, workers=2, cache='{tmp_path}/cache')\n"
+        "    s.check([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)])\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    kids: set[int] = set()
+    try:
+        line = proc.stdout.readline().decode()
+        assert "ready" in line, line + proc.stdout.read().decode()[-2000:]
+        kids = _descendants(proc.pid)
+        assert len(kids) >= 2, kids
+        os.kill(proc.pid, 9)
+        proc.wait()
+        t1 = time.time()
+        while [k for k in kids if _alive(k)] and time.time() - t1 < 15:
+            time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)], "screening workers left behind"
+    finally:
+        for k in kids:
+            if _alive(k):
+                os.kill(k, 9)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_bit_flipped_shard_is_regenerated_and_named(prepared, inputs, tmp_path):
+    """A shard damaged on disk (one bit) is found by the next preparation (its SHA-256 against
+    the record), named and regenerated byte for byte; until then training refuses the folder
+    naming the file."""
+    import shutil
+
+    from cyclecorr.train.config import load_config
+    from cyclecorr.train.run_data import build_quartets
+
+    full, _ = prepared
+    out = tmp_path / "flipped"
+    shutil.copytree(full, out)
+    shard = out / "shards" / "quartets-00001.safetensors"
+    good = shard.read_bytes()
+    raw = bytearray(good)
+    raw[len(raw) // 2] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    cfg = load_config("smoke", [f"data.quartets={out}", "net.image_size=128"])
+    with pytest.raises(DataError, match=r"quartets-00001\.safetensors: sha256 differs"):
+        build_quartets(cfg)
+    logs: list[str] = []
+    summary = prepare_quartets(inputs["real"], inputs["cad"], out, N_QUARTETS,
+                               QuartetConfig(**CFG), workers=1, progress=False, log=logs.append,
+                               bank_cache=inputs["bank"])
+    assert summary["shards_made"] == 1 and summary["quartets_made"] == 4
+    assert any("quartets-00001.safetensors is corrupt" in m for m in logs), logs
+    assert shard.read_bytes() == good
+    assert json.loads((out / "manifest.json").read_text()) == \
+        json.loads((full / "manifest.json").read_text())
+    assert verify_quartets(out) == 2 + 4
+    # an untouched folder is re-verified and nothing is made again
+    again = prepare_quartets(inputs["real"], inputs["cad"], out, N_QUARTETS,
+                             QuartetConfig(**CFG), workers=1, progress=False,
+                             log=lambda *_: None, bank_cache=inputs["bank"])
+    assert again["shards_made"] == 0

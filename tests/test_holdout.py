@@ -80,10 +80,12 @@ def test_prepare_refuses_then_allows_on_request(data_dir, tmp_path, capsys):
             "--cad", str(cad), "--out", str(tmp_path / "q"), "--quartets", "0", "--workers", "1",
             "--azimuth-step", "90", "--elevations", "10", "--k", "2", "--quiet",
             "--bank-cache", str(tmp_path / "banks")]
-    assert prepare_cmd.run(p.parse_args(base)) == 2
-    out = capsys.readouterr().out
-    assert "evaluation-only" in out and "chair01.json, chair02.json" in out
-    assert "--allow-evaluation-models" in out
+    from cyclecorr.cli import main
+
+    assert main(["prepare", *base]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation-only" in err and "chair01.json, chair02.json" in err
+    assert "--allow-evaluation-models" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q" / "plan.json").exists()  # refused before any work
     assert prepare_cmd.run(p.parse_args(base + ["--allow-evaluation-models"])) == 0
     out = capsys.readouterr().out

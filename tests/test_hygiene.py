@@ -159,5 +159,5 @@ def test_prepare_command_names_a_missing_exclude_folder(data_dir, tmp_path, caps
                "--cad", str(data_dir / "cad" / "car" / "gsnet"), "--out", str(tmp_path / "o"),
                "--quartets", "0", "--exclude-like", str(tmp_path / "mine"), "--quiet"])
     assert rc == 2
-    assert "mine: evaluation image folder not found" in capsys.readouterr().out
+    assert "mine: evaluation image folder not found" in capsys.readouterr().err
     assert not (tmp_path / "o" / "real_crops.safetensors").exists()

@@ -120,13 +120,13 @@ def test_read_only_images_are_copied_not_shared():
 
     from cyclecorr.matcher import to_tensor_image
 
-    for arr in (np.full((4, 5, 3), 255, np.uint8), np.full((4, 5, 3), 0.5, np.float32)):
+    for arr in (np.full((8, 9, 3), 255, np.uint8), np.full((8, 9, 3), 0.5, np.float32)):
         arr.setflags(write=False)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             t = to_tensor_image(arr)
         t.mul_(0)  # must not touch (or fail on) the caller's array
-        assert arr.max() > 0 and t.shape == (3, 4, 5)
+        assert arr.max() > 0 and t.shape == (3, 8, 9)
 
 
 def test_resize_image_is_the_one_resize():
@@ -138,7 +138,7 @@ def test_resize_image_is_the_one_resize():
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     t = resize_image(img, 32)
     assert t.shape == (3, 32, 32) and torch.equal(t, torch.from_numpy(img).permute(2, 0, 1) / 255.0)
-    flat = resize_image(np.full((7, 50, 3), 255, np.uint8), 16)
+    flat = resize_image(np.full((8, 50, 3), 255, np.uint8), 16)
     assert flat.shape == (3, 16, 16) and flat.max() <= 1.0 and torch.allclose(flat, torch.ones(1))
     grey = resize_image(np.full((20, 10), 0.25, np.float32), 8)  # H×W grey → three channels
     assert grey.shape == (3, 8, 8) and torch.allclose(grey, torch.full_like(grey, 0.25))

@@ -354,6 +354,8 @@ def test_command(tmp_path, capsys):
     assert len(list((tmp_path / "o").glob("*.npz"))) == 2
     assert "wrote 2 result(s)" in capsys.readouterr().out
     (tmp_path / "bad.txt").write_text("only_one.png\n")
-    args = parser.parse_args(["--pairs", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "o")])
-    assert siftflow_cmd.run(args) == 2
+    from cyclecorr.cli import main
+
+    assert main(["siftflow", "--pairs", str(tmp_path / "bad.txt"), "--out",
+                 str(tmp_path / "o")]) == 2
     assert "bad.txt:1" in capsys.readouterr().err

@@ -24,6 +24,8 @@ import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from cyclecorr.commands._checks import check_out_dir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", help="results.json files of cyclecorr evaluate")
@@ -65,7 +67,7 @@ def merge_results(files: list[str | Path]) -> dict:
             raise FileNotFoundError(f"results file not found: {path}")
         try:
             res = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
             raise ValueError(f"{path}: not a readable results.json ({e})") from e
         if not isinstance(res, dict) or not isinstance(res.get("sets"), dict):
             raise ValueError(f"{path}: no 'sets' (not written by cyclecorr evaluate)")
@@ -128,6 +130,9 @@ def run(args) -> int:
     from cyclecorr.evaluate.report import write_results
     from cyclecorr.evaluate.stats import compare_replicates, compare_set
 
+    check_out_dir(args.out)
+    if args.draws < 1:
+        raise ValueError(f"--draws must be ≥ 1, got {args.draws}")
     merged = merge_results(args.results)
     chosen = _choose("methods", args.methods, list(merged["methods"]))
     replicates = parse_replicates(args.replicates, list(merged["methods"]))
@@ -135,8 +140,6 @@ def run(args) -> int:
     for rows in replicates.values():  # the groups' rows are shown with the others
         names += [m for m in rows if m not in names]
     sets = _choose("sets", args.sets, list(merged["sets"]))
-    if args.draws < 1:
-        raise ValueError(f"--draws must be ≥ 1, got {args.draws}")
     out = {"command": "cyclecorr compare " + " ".join(str(f) for f in args.results)
            + f" --out {args.out}" + (f" --methods {args.methods}" if args.methods else "")
            + (f" --sets {args.sets}" if args.sets else "")

@@ -29,10 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from cyclecorr.commands._checks import check_out_dir
+    from cyclecorr.train.config import load_config
     from cyclecorr.train.demo import run_demo  # on use: loads torch and the renderer
 
     if args.quartets < 2:
         raise ValueError(f"--quartets must be at least 2, got {args.quartets}")
+    check_out_dir(args.out)
+    load_config("demo", list(args.overrides))  # a bad --set fails here, before any work
     print(f"cyclecorr demo: rendering {args.quartets} procedural {args.category} quartets, "
           f"training a small network (demo preset), matching a held-out pair; writing to "
           f"{args.out}")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclecorr._runtime import PRECISIONS, keep_freed_memory, resolve_device
+from cyclecorr._runtime import PRECISIONS, keep_freed_memory
+from cyclecorr.commands._checks import check_device, check_out_dir
 from cyclecorr.data.holdout import EVALUATION_ONLY, TRAINING_ALLOWED
 
 SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
@@ -93,7 +94,14 @@ def run(args) -> int:
         raise ValueError("--methods is empty")
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"data folder not found: {args.data}")
-    if resolve_device(args.device).type == "cpu":
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    if args.synthetic_pairs is not None and args.synthetic_pairs < 1:
+        raise ValueError(f"--synthetic-pairs must be ≥ 1, got {args.synthetic_pairs}")
+    if args.net_size is not None and (args.net_size < 16 or args.net_size % 16):
+        raise ValueError(f"--net-size must be a positive multiple of 16, got {args.net_size}")
+    check_out_dir(args.out)
+    if check_device(args.device).type == "cpu":
         # the forward's large activations stay in the heap between batches instead of being
         # mapped and page-faulted in again (cyclecorr._runtime; results unchanged)
         keep_freed_memory()

@@ -10,16 +10,37 @@ the match in the target).
     cyclecorr match FOLDER --out DIR   # FOLDER/pairs.txt ("src tgt" per line, paths relative to
                                        # FOLDER), else every sub-folder holding exactly two images
                                        # (sorted names: first → second, e.g. TSS image1/image2)
+
+Everything a user can get wrong is checked before the model loads: the images (read under the
+input contract of :mod:`cyclecorr.images`: at least 8 px a side, at most 100 Mpx), the keypoint
+file, ``--out`` (a writable folder, or one that can be created), ``--device``. Each pair is written
+into a temporary folder beside its final one, with a ``pair.json`` record (its source, target,
+model and method), and renamed into place; the page ``DIR/index.html`` is then rebuilt from every
+pair folder on disk, under a lock on ``DIR``. So two runs writing into one ``--out`` never mix
+their files, and the page lists the pairs of both; a pair folder name that another pair already
+holds gets a suffix from the pair's paths (``a-b~1f2e3d4c``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 
+from cyclecorr._io import atomic_write_bytes, folder_lock, pid_alive
 from cyclecorr._runtime import PRECISIONS
+from cyclecorr.commands._checks import check_device, check_out_dir
 from cyclecorr.data.io import read_image, read_pairs_file
+from cyclecorr.images import MIN_SIDE
+
+PAIR_RECORD = "pair.json"
+PAIR_FORMAT = "cyclecorr-match-pair/1"
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -62,10 +83,17 @@ def _read_keypoints(path: Path):
         raise FileNotFoundError(f"keypoint file not found: {path}")
     try:
         k = np.loadtxt(path, dtype=np.float64, ndmin=2, comments="#", delimiter=None)
-    except ValueError as e:
-        raise ValueError(f"{path}: malformed keypoint file, expected 'x y' per line ({e})") from e
-    if k.shape[1] != 2 or not np.isfinite(k).all():
-        raise ValueError(f"{path}: expected 2 finite numbers (x y) per line, got shape {k.shape}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed keypoint file, expected 'x y' per line "
+                         f"({' '.join(str(e).split())})") from e
+    if k.size == 0:
+        raise ValueError(f"{path}: no keypoints (expected 'x y' per line)")
+    if k.shape[1] != 2:
+        raise ValueError(f"{path}: expected 2 numbers (x y) per line, got {k.shape[1]}")
+    bad = ~np.isfinite(k).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} keypoint(s) are NaN or infinite (first: "
+                         f"keypoint {int(np.flatnonzero(bad)[0]) + 1}); give finite x y numbers")
     return k
 
 
@@ -100,7 +128,7 @@ def run(args) -> int:
 
     from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.evaluate.methods import dense_match, make_method
-    from cyclecorr.viz import model_summary, page_flow_scale, write_html_page, write_pair_pictures
+    from cyclecorr.viz import model_summary, page_flow_scale, write_pair_pictures
 
     out = Path(args.out)
     ins = [Path(p) for p in args.inputs]
@@ -121,15 +149,21 @@ def run(args) -> int:
         raise ValueError(f"give SRC TGT or one FOLDER, got {len(ins)} paths")
     if args.points < 1:
         raise ValueError(f"--points must be ≥ 1, got {args.points}")
-    if args.flow_scale is not None and not args.flow_scale > 0:
+    if args.flow_scale is not None and not (np.isfinite(args.flow_scale) and args.flow_scale > 0):
         raise ValueError(f"--flow-scale must be > 0 pixels, got {args.flow_scale}")
+    if args.input_size is not None and (args.input_size < 16 or args.input_size % 16):
+        raise ValueError(f"--input-size must be a positive multiple of 16, got {args.input_size}")
     kps = _read_keypoints(Path(args.keypoints)) if args.keypoints else None
-    # read every image first: a missing or corrupt file fails before any work
+    check_out_dir(out)
+    if args.method == "model":
+        check_device(args.device)
+    # read every image first: a missing, corrupt, too small or too large file fails before any
+    # work, named
     images = {}
     for a, b, _ in pairs:
         for p in (a, b):
             if p not in images:
-                images[p] = read_image(p)
+                images[p] = read_image(p, min_side=MIN_SIDE)
     if kps is not None:
         h, w = images[pairs[0][0]].shape[:2]
         if ((kps < -0.5) | (kps > np.array([w - 0.5, h - 0.5]))).any():
@@ -139,26 +173,105 @@ def run(args) -> int:
         model = str(shipped_model_path(args.category))
     method = make_method(args.method, model=model, device=args.device,
                          net_size=args.input_size, precision=args.precision)
+    summary = model_summary(args.model, method=args.method)
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
-    entries = []
-    used = set()
+    settings = {"input_size": args.input_size, "precision": args.precision}
+    done = []
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
-        while name in used:
-            name += "_"
-        used.add(name)
         res = dense_match(method, images[a], images[b])
-        e = write_pair_pictures(out / name, images[a], images[b], res["flow"], res["matchability"],
-                                keypoints_a=kps, points=args.points, max_flow=scale,
-                                title=f"{a.name} → {b.name}")
-        e["stats"].update(source=str(a), target=str(b))
-        entries.append(e)
-    model = model_summary(args.model, method=args.method)
-    header = (f"{len(entries)} pair(s) matched by cyclecorr match"
-              + (f" at {args.input_size}×{args.input_size}" if args.input_size else "")
-              + (f" in {args.precision}" if args.precision != "float32" else "") + ".")
-    page = write_html_page(out / "index.html", entries, title="cyclecorr match", header=header,
-                           model=model, raw={"method": method.describe()})
-    print(f"cyclecorr match: wrote {len(entries)} pair folder(s) and {page}")
+        tmp = out / f".tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}.{name}"
+        try:
+            e = write_pair_pictures(tmp, images[a], images[b], res["flow"], res["matchability"],
+                                    keypoints_a=kps, points=args.points, max_flow=scale,
+                                    title=f"{a.name} → {b.name}")
+            e["stats"].update(source=str(a), target=str(b))
+            e.pop("dir")
+            record = {"format": PAIR_FORMAT, "source": str(a.resolve()),
+                      "target": str(b.resolve()), "written": time.time(), "entry": e,
+                      "model": summary, "method": method.describe(), "settings": settings}
+            atomic_write_bytes(tmp / PAIR_RECORD,
+                               json.dumps(record, indent=1, default=str).encode())
+            with folder_lock(out):
+                done.append(_move_into_place(out, tmp, name, record))
+                page = write_match_page(out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    print(f"cyclecorr match: wrote {len(done)} pair folder(s) ({', '.join(done)}) and {page}")
     print(f"  open it in a browser: file://{page.resolve()}")
     return 0
+
+
+def _pair_key(record: dict) -> tuple:
+    return record.get("source"), record.get("target")
+
+
+def _read_record(folder: Path) -> dict | None:
+    try:
+        r = json.loads((folder / PAIR_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return r if isinstance(r, dict) and r.get("format") == PAIR_FORMAT else None
+
+
+def _move_into_place(out: Path, tmp: Path, name: str, record: dict) -> str:
+    """Rename the finished pair folder ``tmp`` to ``out/name`` (caller holds the folder lock):
+    a folder of the same pair is replaced; a folder holding another pair (or anything else)
+    keeps its name, and this pair takes ``name~<hash of its paths>``. Returns the name used.
+    Leftovers of killed runs (their temporary folders) are removed on the way."""
+    for p in out.iterdir():  # temporary folders of processes that no longer run
+        parts = p.name.split(".")
+        if (p.name.startswith((".tmp.", ".old.")) and len(parts) > 3 and parts[2].isdigit()
+                and not pid_alive(int(parts[2]))):
+            shutil.rmtree(p, ignore_errors=True)
+    digest = hashlib.sha256(json.dumps(_pair_key(record)).encode()).hexdigest()[:8]
+    for candidate in (name, f"{name}~{digest}", f"{name}~{digest}-{uuid.uuid4().hex[:6]}"):
+        final = out / candidate
+        if not final.exists():
+            os.rename(tmp, final)
+            return candidate
+        old = _read_record(final) if final.is_dir() else None
+        if old is not None and _pair_key(old) == _pair_key(record):
+            trash = out / f".old.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+            return candidate
+    raise FileExistsError(f"{out}: no free folder name for pair {name}")  # pragma: no cover
+
+
+def write_match_page(out: Path) -> Path:
+    """Rebuild ``out/index.html`` from the pair folders on disk (those holding a ``pair.json``),
+    in the order they were written; call it holding :func:`cyclecorr._io.folder_lock` on
+    ``out``."""
+    from cyclecorr.viz import write_html_page
+
+    records = []
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        r = _read_record(d)
+        if r is not None:
+            records.append((float(r.get("written", 0)), d.name, r))
+    records.sort(key=lambda t: (t[0], t[1]))
+    entries = []
+    models = {json.dumps(r.get("model"), sort_keys=True, default=str) for _, _, r in records}
+    settings = {json.dumps(r.get("settings"), sort_keys=True) for _, _, r in records}
+    methods = []
+    for _, name, r in records:
+        e = dict(r["entry"], dir=str(out / name))
+        if len(models) > 1:
+            e["model"] = r.get("model")
+        entries.append(e)
+        if r.get("method") not in methods:
+            methods.append(r.get("method"))
+    header = f"{len(entries)} pair(s) matched by cyclecorr match"
+    if len(settings) == 1 and records:
+        st = records[0][2].get("settings") or {}
+        if st.get("input_size"):
+            header += f" at {st['input_size']}×{st['input_size']}"
+        if st.get("precision", "float32") != "float32":
+            header += f" in {st['precision']}"
+    model = records[0][2].get("model") if len(models) == 1 and records else None
+    raw = {"method": methods[0]} if len(methods) == 1 else {"methods": methods}
+    return write_html_page(out / "index.html", entries, title="cyclecorr match",
+                           header=header + ".", model=model, raw=raw)

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 
-from cyclecorr.data.io import DataError
+from cyclecorr.commands._checks import check_out_dir
 from cyclecorr.data.quartet_config import QuartetConfig
 
 
@@ -81,27 +81,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the preparation; print what was found and written. Returns the exit status."""
+    """Run the preparation; print what was found and written. Returns the exit status (a user
+    error raises: ``cyclecorr.cli.main`` prints it on one line and exits with 2)."""
     # on use: the preparation loads the renderer, HOG and safetensors
     from cyclecorr.data.quartets import prepare_quartets
 
-    try:
-        cfg = QuartetConfig(category=args.category, k=args.k, azimuth_step=args.azimuth_step,
-                            elevations=tuple(args.elevations),
-                            max_azimuth_gap=args.max_azimuth_gap,
-                            max_elevation_gap=args.max_elevation_gap,
-                            min_matchable=args.min_matchable, shard_size=args.shard_size,
-                            seed=args.seed, use_pose_tags=not args.no_pose_tags,
-                            light=args.light, background=tuple(args.background),
-                            require_pose=args.require_pose)
-        summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
-                                   workers=args.workers, shard=args.shard,
-                                   progress=not args.quiet, bank_cache=args.bank_cache,
-                                   eval_data=args.eval_data, exclude_like=args.exclude_like,
-                                   allow_evaluation_models=args.allow_evaluation_models)
-    except (FileNotFoundError, DataError, ValueError) as e:
-        print(f"cyclecorr prepare: error: {e}")
-        return 2
+    for name, value, low in (("--workers", args.workers, 1), ("--shard-size", args.shard_size, 1),
+                             ("--k", args.k, 1), ("--quartets", args.quartets, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be ≥ {low}, got {value}")
+    check_out_dir(args.out)
+    cfg = QuartetConfig(category=args.category, k=args.k, azimuth_step=args.azimuth_step,
+                        elevations=tuple(args.elevations),
+                        max_azimuth_gap=args.max_azimuth_gap,
+                        max_elevation_gap=args.max_elevation_gap,
+                        min_matchable=args.min_matchable, shard_size=args.shard_size,
+                        seed=args.seed, use_pose_tags=not args.no_pose_tags,
+                        light=args.light, background=tuple(args.background),
+                        require_pose=args.require_pose)
+    summary = prepare_quartets(args.real, args.cad, args.out, args.quartets, cfg,
+                               workers=args.workers, shard=args.shard,
+                               progress=not args.quiet, bank_cache=args.bank_cache,
+                               eval_data=args.eval_data, exclude_like=args.exclude_like,
+                               allow_evaluation_models=args.allow_evaluation_models)
     t = summary["timing"]
     if t["total"] > 0:
         print("time in workers: " + ", ".join(
@@ -115,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:  # pragma: no cover - convenience for `python -m`
-    p = argparse.ArgumentParser(prog="cyclecorr prepare", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    import sys
+
+    from cyclecorr.cli import main as cli_main
+
+    return cli_main(["prepare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

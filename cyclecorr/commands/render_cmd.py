@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr.commands._checks import check_out_dir
 from cyclecorr.render import (
     Renderer,
     Viewpoint,
@@ -82,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
     if args.views < 1 or args.size < 8:
         raise ValueError(f"--views must be ≥ 1 and --size ≥ 8, got {args.views}, {args.size}")
+    if args.antialias < 1 or args.max_models < 0 or not args.distance > 0:
+        raise ValueError(f"--antialias must be ≥ 1, --max-models ≥ 0 and --distance > 0, got "
+                         f"{args.antialias}, {args.max_models}, {args.distance}")
     if not args.models.exists():
         raise FileNotFoundError(f"model file or folder not found: {args.models}")
+    check_out_dir(args.out)
     files = [args.models] if args.models.is_file() else list_meshes(args.models)
     if args.max_models:
         files = files[:args.max_models]

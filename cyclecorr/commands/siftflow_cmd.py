@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cyclecorr.commands._checks import check_out_dir
 from cyclecorr.data.io import read_pairs_file
 
 HELP = "SIFT flow baseline / stage-1 targets for a list of image pairs (cached, resumable)"
@@ -37,32 +38,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command; returns the exit status (0 ok, 2 bad input)."""
+    """Run the command; returns the exit status (a user error raises: ``cyclecorr.cli.main``
+    prints it on one line and exits with 2)."""
     # on use: SIFT flow loads torch and compiles numba kernels
     from cyclecorr.siftflow import SiftFlowParams, compute_sift_flow_batch
 
-    try:
-        pairs = read_pairs_file(args.pairs) if args.pairs else [tuple(args.images)]
-        thr = args.data_threshold
-        if thr is not None and thr != "median":
+    if args.workers < 1:
+        raise ValueError(f"--workers must be ≥ 1, got {args.workers}")
+    if args.size and args.size < 0:
+        raise ValueError(f"--size must be ≥ 0, got {args.size}")
+    thr = args.data_threshold
+    if thr is not None and thr != "median":
+        try:
             thr = float(thr)
-        params = SiftFlowParams(data_threshold=thr)
-        size = args.size if args.size and args.size > 0 else None
-        print(f"SIFT flow for {len(pairs)} pair(s), size {size or 'native'}, "
-              f"{args.workers} worker(s) -> {args.out}")
-        paths = compute_sift_flow_batch(pairs, args.out, workers=args.workers, size=size,
-                                        params=params, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        except ValueError as e:
+            raise ValueError(f"--data-threshold must be 'median' or a number, got {thr!r}") from e
+    pairs = read_pairs_file(args.pairs) if args.pairs else [tuple(args.images)]
+    check_out_dir(args.out)
+    params = SiftFlowParams(data_threshold=thr)
+    size = args.size if args.size and args.size > 0 else None
+    print(f"SIFT flow for {len(pairs)} pair(s), size {size or 'native'}, "
+          f"{args.workers} worker(s) -> {args.out}")
+    paths = compute_sift_flow_batch(pairs, args.out, workers=args.workers, size=size,
+                                    params=params, progress=not args.no_progress)
     print(f"wrote {len(paths)} result(s) and {Path(args.out) / 'index.json'}")
     return 0
 
 
 def main(argv=None) -> int:  # convenience: python -m cyclecorr.commands.siftflow_cmd
-    parser = argparse.ArgumentParser(prog="cyclecorr siftflow")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from cyclecorr.cli import main as cli_main
+
+    return cli_main(["siftflow", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

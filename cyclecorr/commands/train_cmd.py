@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from cyclecorr._runtime import cpu_has_bf16, resolve_device
+from cyclecorr._runtime import cpu_has_bf16
+from cyclecorr.commands._checks import check_device, check_out_dir, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'synthetic' for procedural quartets)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (≥ 1; default: torch's choice)")
     parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true",
@@ -53,13 +55,32 @@ def run(args) -> int:
     if args.device:
         overrides.append(f"runtime.device={args.device}")
     preset = args.preset
+    if args.resume:
+        # a run to resume must exist; its own configuration is config.json, else (deleted) the
+        # one its checkpoint record holds
+        if not (out / "last.json").is_file():
+            raise ValueError(f"--resume: {out} holds no checkpoint (no last.json); start the run "
+                             f"without --resume")
+        if preset is None:
+            if (out / "config.json").is_file():
+                preset = str(out / "config.json")
+            else:
+                from cyclecorr._io import read_format_json
+                from cyclecorr.train.state import FORMAT
+
+                ptr = read_format_json(out / "last.json", FORMAT, "checkpoint pointer")
+                if not isinstance(ptr.get("config"), dict):
+                    raise ValueError(f"{out / 'last.json'}: holds no configuration and "
+                                     f"{out / 'config.json'} is missing; give --preset")
+                preset = ptr["config"]
     if preset is None:
-        preset = str(out / "config.json") if args.resume and (out / "config.json").is_file() \
-            else "cpu"
+        preset = "cpu"
     cfg = load_config(preset, overrides)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
+    check_out_dir(out)
+    device = check_device(cfg.runtime.device, "--device" if args.device else "runtime.device")
     progress = not args.no_progress
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 talks
         res = train(cfg, out, resume=args.resume, progress=False)
@@ -71,7 +92,7 @@ def run(args) -> int:
           f"{cfg.arch} network, width {cfg.network().width} at {cfg.network().image_size}px; "
           f"data: {cfg.data.quartets}")
     print(f"writing to {out} (log.jsonl, checkpoints, final.safetensors)")
-    if (resolve_device(cfg.runtime.device).type == "cpu" and cfg.runtime.precision == "float32"
+    if (device.type == "cpu" and cfg.runtime.precision == "float32"
             and cpu_has_bf16()):
         print("this CPU has bf16 units: --set runtime.precision=bf16 trains about 1.4-1.9x "
               "faster here (float32 outputs and losses; docs/RESULTS.md, 'bf16')")

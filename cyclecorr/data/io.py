@@ -9,12 +9,15 @@ Conventions: numpy images are ``H×W×3`` uint8 RGB; flows returned here are ``(
 """
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cyclecorr._io import atomic_write_bytes
+from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr.images import MAX_PIXELS, ImageError, check_size, image_array, pil_to_array, to_uint8
 
 __all__ = ["DataError", "read_image", "read_mask", "load_mat", "read_flo", "write_flo",
            "atomic_write_bytes", "IMAGE_SUFFIXES"]
@@ -39,23 +42,62 @@ def _require_file(path: Path) -> Path:
     return path
 
 
-def read_image(path) -> np.ndarray:
-    """Read an image file as ``H×W×3`` uint8 RGB (grey and RGBA are converted).
+def read_image(path, min_side: int = 1) -> np.ndarray:
+    """Read an image file as ``H×W×3`` uint8 RGB, under the input contract of
+    :mod:`cyclecorr.images`: every PIL mode is converted by its value range (16-bit grey from
+    0–65535, alpha dropped, palettes expanded), files above :data:`~cyclecorr.images.MAX_PIXELS`
+    pixels are refused from their header before decoding, and so are images with a side below
+    ``min_side`` pixels.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        DataError: the file is not a decodable image (message names the file).
+        DataError: the file is not a decodable image, is too large or too small, or holds values
+            outside the contract (message names the file).
     """
     path = _require_file(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from e
+        with warnings.catch_warnings():  # PIL's decompression-bomb guard: _check_pixels decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(path, *im.size)
+                im.load()
+                arr = pil_to_array(im, str(path))
+    except DataError:
+        raise
+    except ImageError as e:
+        raise DataError(str(e)) from e
+    except Image.DecompressionBombError:  # beyond PIL's own limit, raised while opening
+        _check_pixels(path, *_declared_size(path))
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{path}: empty image (shape {arr.shape})")
-    return arr
+    try:
+        check_size(arr.shape[0], arr.shape[1], str(path), min_side)
+        if arr.dtype != np.uint8:
+            arr = to_uint8(image_array(arr, str(path), min_side))
+    except ImageError as e:
+        raise DataError(str(e)) from e
+    return np.ascontiguousarray(arr)
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise DataError(f"{path}: image is {w}×{h} px ({w * h / 1e6:.0f} Mpx), larger than the "
+                        f"{MAX_PIXELS / 1e6:.0f} Mpx accepted; downscale it first")
+
+
+def _declared_size(path: Path) -> tuple[int, int]:
+    """The size an image file declares in its header, read past PIL's decompression-bomb
+    guard (nothing is decoded)."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def read_mask(path) -> np.ndarray:
@@ -144,17 +186,25 @@ def read_flo(path) -> np.ndarray:
     return np.ascontiguousarray(flow.transpose(2, 0, 1))
 
 
-def write_flo(path, flow: np.ndarray) -> None:
-    """Write a ``(2, H, W)`` flow as Middlebury ``.flo`` (NaN written as 1e10), atomically."""
-    flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim != 3 or flow.shape[0] != 2:
-        raise ValueError(f"write_flo expects a (2, H, W) flow, got shape {flow.shape}")
-    hw2 = flow.transpose(1, 2, 0).copy()
+def write_flo(path, flow: np.ndarray, layout: str = "chw") -> None:
+    """Write a ``(2, H, W)`` flow (``layout="hw2"``: ``(H, W, 2)``) as Middlebury ``.flo`` (NaN
+    written as 1e10), atomically."""
+    flow = np.asarray(flow)
+    if layout == "chw":
+        if flow.ndim != 3 or flow.shape[0] != 2:
+            raise ValueError(f"write_flo expects a (2, H, W) flow, got shape {flow.shape}")
+        flow = flow.transpose(1, 2, 0)
+    elif flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"write_flo expects an (H, W, 2) flow, got shape {flow.shape}")
+    hw2 = np.array(flow, dtype="<f4")  # one copy, in the file's layout
     hw2[~np.isfinite(hw2)] = 1e10
     h, w = hw2.shape[:2]
-    payload = (np.array([_FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
-               + hw2.astype("<f4").tobytes())
-    atomic_write_bytes(path, payload)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(np.array([_FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes())
+            hw2.tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_pairs_file(path) -> list[tuple[Path, Path]]:
@@ -164,8 +214,13 @@ def read_pairs_file(path) -> list[tuple[Path, Path]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pairs file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected one "
+                        f"'src tgt' pair of image paths per line") from e
     pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

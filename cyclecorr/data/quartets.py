@@ -50,7 +50,7 @@ from safetensors import safe_open
 from safetensors.numpy import save
 from tqdm import tqdm
 
-from cyclecorr._io import file_sha256
+from cyclecorr._io import file_sha256, remove_stale_temporaries
 from cyclecorr._paths import cache_dir, shared_data_dir
 from cyclecorr.data.datasets import ImageFolder, Pascal3D, VOCDetection
 from cyclecorr.data.hygiene import PARAMS as HYGIENE_PARAMS
@@ -64,6 +64,7 @@ from cyclecorr.data.quartet_files import (
     REAL_FILE,
     RETRIEVAL_FILE,
     VERSION,
+    shard_hash_path,
     shard_path,
 )
 from cyclecorr.data.retrieval import (
@@ -318,6 +319,7 @@ def _shard_task(args):
     arrays, stats = g.make_shard(j, count)
     t1 = time.perf_counter()
     sha = _save_st(shard_path(Path(folder), j), arrays, {"shard": j, "count": count})
+    atomic_write_bytes(shard_hash_path(Path(folder), j), sha.encode())
     t2 = time.perf_counter()
     timing = {"render": g.t["render"], "gt": g.t["gt"], "write": t2 - t1, "total": t2 - t0}
     return j, count, sha, stats, timing
@@ -512,6 +514,12 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
         if old_cmp != new_cmp:
             raise DataError(f"{plan_path}: {out} holds a preparation with other parameters "
                             f"({_diff(old_cmp, new_cmp)}); use another --out")
+    # leftovers of a killed run: temporary files (older than 10 min: a --shard run on another
+    # machine may be writing here), and reused files that no longer match the manifest
+    for folder in (out, out / "shards"):
+        for p in remove_stale_temporaries(folder, min_age=600):
+            log(f"removed {p} (temporary file of an interrupted run)")
+    _drop_corrupt_inputs(out, log)
     t_real = time.perf_counter()
     with Screener(index, workers=workers, cache=hygiene_cache) as screener:
         real, real_meta = _prepare_real(out, real_dirs, cfg, log, progress, screener)
@@ -524,7 +532,9 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
 
     counts = _shard_counts(int(num_quartets), cfg.shard_size)
     mine = [j for j in range(len(counts)) if j % sn == si]
-    todo = [j for j in mine if not _shard_ok(out, j, counts[j])]
+    known = _recorded_hashes(out, counts)
+    verified: dict[int, str] = {}
+    todo = [j for j in mine if not _shard_ok(out, j, known.get(j), verified, log)]
     log(f"quartets: {num_quartets} in {len(counts)} shards of ≤ {cfg.shard_size}; this run: "
         f"{len(mine)} shards ({len(mine) - len(todo)} already complete), {workers} worker(s)")
     stats: dict = {}
@@ -536,6 +546,7 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
 
     def _collect(res):
         j, c, sha, st, tm = res
+        verified[j] = sha
         for k, v in st.items():
             stats[k] = stats.get(k, 0) + v
         for k in timing:
@@ -567,7 +578,7 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
         log(f"quartets: {len(missing)} shard(s) still missing (other --shard runs); run again "
             f"with --shard or without it to finish, then the manifest is written")
     else:
-        man = _write_manifest(out, plan, counts, real, ret)
+        man = _write_manifest(out, plan, counts, real, ret, verified)
         summary["manifest"] = str(man)
         log(f"wrote {man}: {num_quartets} quartets in {len(counts)} shards")
     if made:
@@ -589,23 +600,67 @@ def _diff(a: dict, b: dict) -> str:
     return ", ".join(diffs)
 
 
-def _shard_ok(out: Path, j: int, count: int) -> bool:
+def _drop_corrupt_inputs(out: Path, log) -> None:
+    """Delete the real crops or the retrieval file when the manifest records another SHA-256
+    for it (corrupted on disk): the preparation then makes it again."""
+    try:
+        files = json.loads((out / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for key in ("real_crops", "retrieval"):
+        rec = files.get(key) if isinstance(files, dict) else None
+        if not isinstance(rec, dict) or "file" not in rec:
+            continue
+        p = out / rec["file"]
+        if p.is_file() and file_sha256(p) != rec.get("sha256"):
+            log(f"{p} is corrupt (its SHA-256 differs from {out / MANIFEST}); making it again")
+            p.unlink()
+
+
+def _recorded_hashes(out: Path, counts: list[int]) -> dict[int, str]:
+    """The recorded SHA-256 of each shard ``j``: its ``.sha256`` file, else the manifest's entry
+    when the manifest lists it with the same count."""
+    known: dict[int, str] = {}
+    try:
+        man = json.loads((out / MANIFEST).read_text())
+        for j, e in enumerate(man.get("shards", [])):
+            if j < len(counts) and e.get("count") == counts[j] and e.get("sha256"):
+                known[j] = e["sha256"]
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no manifest (yet), or not one to trust: the .sha256 files decide
+    for j in range(len(counts)):
+        try:
+            known[j] = shard_hash_path(out, j).read_text().strip()
+        except OSError:
+            pass
+    return known
+
+
+def _shard_ok(out: Path, j: int, recorded: str | None, verified: dict, log) -> bool:
+    """Whether shard ``j`` exists and its bytes hash to its ``recorded`` SHA-256 (then it is
+    added to ``verified``). A shard without a record (a run killed between writing it and its
+    hash) or with another hash (corrupted on disk) is regenerated, and the corrupt one named."""
     p = shard_path(out, j)
     if not p.exists():
         return False
-    try:
-        with safe_open(str(p), framework="np") as f:
-            return f.get_slice("s1").get_shape()[0] == count
-    except Exception:
-        return False  # corrupt/partial: regenerate
+    if recorded is None:
+        return False
+    sha = file_sha256(p)
+    if sha != recorded:
+        log(f"quartets: {p} is corrupt (its SHA-256 differs from the one recorded when it was "
+            f"written); regenerating it")
+        return False
+    verified[j] = sha
+    return True
 
 
-def _write_manifest(out: Path, plan: dict, counts, real, ret) -> Path:
+def _write_manifest(out: Path, plan: dict, counts, real, ret, hashes: dict | None = None) -> Path:
     shards, first = [], 0
+    hashes = hashes or {}
     for j, c in enumerate(counts):
         p = shard_path(out, j)
         shards.append({"file": str(p.relative_to(out)), "count": int(c), "first": first,
-                       "sha256": file_sha256(p)})
+                       "sha256": hashes.get(j) or file_sha256(p)})
         first += c
     man = {
         **plan,

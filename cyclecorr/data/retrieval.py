@@ -39,6 +39,7 @@ from PIL import Image
 from skimage.feature import hog
 from tqdm import tqdm
 
+from cyclecorr._runtime import exit_with_parent
 from cyclecorr.data.io import DataError, atomic_write_bytes
 from cyclecorr.render import Renderer, Viewpoint, load_mesh
 from cyclecorr.render.frames import frame_key
@@ -208,8 +209,11 @@ def _bank_task(args):
     return np.stack([hog_descriptor(im, params["hog"]) for im in rgbs])
 
 
-def _worker_init():
-    """Worker processes: one rendering/BLAS thread each (the pool provides the parallelism)."""
+def _worker_init(parent_pid: int | None = None):
+    """Worker processes: one rendering/BLAS thread each (the pool provides the parallelism); the
+    worker ends itself when ``parent_pid`` dies (:func:`cyclecorr._runtime.exit_with_parent`)."""
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     for var in ("LP_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         os.environ[var] = "1"
@@ -219,9 +223,10 @@ def _worker_init():
 def spawn_pool(workers: int):
     """A process pool of ``workers`` *spawned* processes (a worker never inherits a GL context,
     see :mod:`cyclecorr.render`); a worker that dies raises ``BrokenProcessPool`` instead of
-    hanging the run."""
+    hanging the run, and a worker whose parent dies (even by SIGKILL) exits within a second
+    instead of waiting for tasks forever."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init)
+                               initializer=_worker_init, initargs=(os.getpid(),))
 
 
 def _model_cache_file(folder: Path, model: str) -> Path:

@@ -31,7 +31,7 @@ import os
 import numpy as np
 import torch
 
-from cyclecorr.matcher import Matcher, resize_image, to_image_pixels, to_tensor_image
+from cyclecorr.matcher import Matcher, resize_tensor, to_image_pixels, to_tensor_image
 from cyclecorr.model import network_config_dict
 from cyclecorr.siftflow import SiftFlowParams, sift_flow
 
@@ -214,12 +214,12 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
 def dense_match(method, image_a, image_b) -> dict:
     """Run ``method`` on two images of any size: both are resized to ``method.size`` and the
     result is expressed in the original pixels, by the functions :class:`~cyclecorr.matcher.
-    Matcher` uses (:func:`~cyclecorr.matcher.resize_image`, :func:`~cyclecorr.matcher.
+    Matcher` uses (:func:`~cyclecorr.matcher.resize_tensor`, :func:`~cyclecorr.matcher.
     to_image_pixels`).
 
     Returns ``{"flow": (H_a, W_a, 2) float32 (q − p, into b's pixels), "matchability": (H_a, W_a)
     float32 or None}``."""
-    a, b = to_tensor_image(image_a), to_tensor_image(image_b)
+    a, b = to_tensor_image(image_a, "image_a"), to_tensor_image(image_b, "image_b")
     size = int(method.size)
-    flow, mat = method.predict_batch(resize_image(a, size)[None], resize_image(b, size)[None])
+    flow, mat = method.predict_batch(resize_tensor(a, size)[None], resize_tensor(b, size)[None])
     return to_image_pixels(flow, mat, a.shape[-2:], b.shape[-2:])

@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cyclecorr._io import atomic_path, atomic_write_bytes
+from cyclecorr._runtime import exit_with_parent
 from cyclecorr.data.io import read_image as load_image  # one image reader for the package
 from cyclecorr.siftflow.core import SiftFlowParams, SiftFlowResult, sift_flow
 
@@ -187,13 +188,15 @@ def compute_sift_flow_batch(pairs: Sequence[tuple[ImageLike, ImageLike]], out_di
                 sift_flow(_warm, _warm[::-1].copy(), params)
                 _JOBS = jobs
                 try:
-                    with ctx.Pool(n, initializer=_default_signals) as pool:
+                    with ctx.Pool(n, initializer=_default_signals,
+                                 initargs=(os.getpid(),)) as pool:
                         for _ in pool.imap_unordered(_work_index, range(len(jobs))):
                             bar.update(1)
                 finally:
                     _JOBS = []
             else:
-                with ctx.Pool(n, initializer=_default_signals) as pool:
+                with ctx.Pool(n, initializer=_default_signals,
+                                 initargs=(os.getpid(),)) as pool:
                     for _ in pool.imap_unordered(_work, jobs):
                         bar.update(1)
     finally:
@@ -202,12 +205,15 @@ def compute_sift_flow_batch(pairs: Sequence[tuple[ImageLike, ImageLike]], out_di
     return paths
 
 
-def _default_signals() -> None:
-    """Pool initializer: restore the default SIGTERM/SIGINT handlers in forked workers.
+def _default_signals(parent_pid: int | None = None) -> None:
+    """Pool initializer: restore the default SIGTERM/SIGINT handlers in forked workers, and end
+    the worker when ``parent_pid`` dies (:func:`cyclecorr._runtime.exit_with_parent`).
 
     A caller (the training loop) may have installed a graceful-stop handler for SIGTERM; a forked
     worker inherits it, swallows the pool's terminate() and the parent's join() then waits forever.
     """
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

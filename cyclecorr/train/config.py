@@ -277,6 +277,9 @@ class TrainConfig:
                              f"{self.runtime.precision!r}")
         if self.logging.checkpoint_every < 1:
             raise ValueError("logging.checkpoint_every must be ≥ 1")
+        if self.runtime.threads < 0:
+            raise ValueError(f"runtime.threads must be ≥ 0 (0: torch's default), got "
+                             f"{self.runtime.threads}")
 
 
 def _to_jsonable(x):
@@ -407,7 +410,29 @@ def load_config(preset: str | Path | dict = "cpu", overrides: list[str] | None =
     if base:
         base_cfg = load_config(base).to_dict()
         d = _deep_merge(base_cfg, d)
-    d = apply_overrides(d, overrides)
-    cfg = TrainConfig.from_dict(d, where)
-    cfg.validate()
+    try:
+        cfg = TrainConfig.from_dict(apply_overrides(d, overrides), where)
+        cfg.validate()
+    except ValueError as e:
+        _blame_override(d, overrides, where, e)
+        raise
     return cfg
+
+
+def _blame_override(d: dict, overrides: list[str] | None, where: str, error: ValueError) -> None:
+    """When the preset alone is valid, raise ``error`` again as the fault of the first
+    ``--set`` item that makes it invalid (``--set KEY=VALUE: problem``), not of the preset file."""
+    if not overrides:
+        return
+    try:
+        TrainConfig.from_dict(d, where).validate()
+    except ValueError:
+        return  # the preset itself is wrong: its own message names it
+    for k in range(1, len(overrides) + 1):
+        try:
+            TrainConfig.from_dict(apply_overrides(d, overrides[:k]), where).validate()
+        except ValueError as e:
+            msg = str(e)
+            msg = msg[len(where) + 1:] if msg.startswith(where + ".") else \
+                msg[len(where) + 2:] if msg.startswith(where + ": ") else msg
+            raise ValueError(f"--set {overrides[k - 1]}: {msg}") from error

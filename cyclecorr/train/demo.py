@@ -196,8 +196,8 @@ def run_demo(out: str | Path, quartets: int = 48, category: str = "car", seed: i
     ``out/summary.json``)."""
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = load_config("demo", [f"seed={seed}", f"category={category}"] + list(overrides or []))
+    out.mkdir(parents=True, exist_ok=True)
     size = cfg.network().image_size
     n_val = max(2, cfg.data.val_count)
     data = build_demo_quartets(quartets + n_val, size, seed, category, progress=progress)

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from cyclecorr._io import remove_stale_temporaries
 from cyclecorr._runtime import precision_context
 from cyclecorr.checkpoint import atomic_write_bytes, load_weights, save_model
 from cyclecorr.losses import CycleLossConfig
@@ -57,6 +58,7 @@ from cyclecorr.train.run_data import build_quartets, build_stage1_pairs, manifes
 from cyclecorr.train.state import (
     code_version,
     load_checkpoint_pointer,
+    repair_last_model,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -161,10 +163,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     progress = cfg.logging.progress if progress is None else progress
     cfg_dict = cfg.to_dict()
 
+    if dist.main:  # temporary files of a save that a kill interrupted
+        for sub in (folder, folder / "checkpoints"):
+            remove_stale_temporaries(sub)
     ptr = _resume_pointer(folder, cfg_dict, resume)
-    if dist.main:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / "config.json", json.dumps(cfg_dict, indent=1).encode())
     net = _build_net(cfg, device, dist)
     if quartets is None:
         trainset, valset, manifest = build_quartets(cfg)
@@ -174,6 +176,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     if ptr is not None and ptr.get("data_manifest_sha256") not in (None, manifest):
         raise ValueError(f"{folder / 'last.json'}: the training data changed since the checkpoint "
                          f"(manifest {ptr['data_manifest_sha256'][:12]}… vs {manifest[:12]}…)")
+    if dist.main:  # written once the run is set to start: a refused run leaves no folder behind
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "config.json", json.dumps(cfg_dict, indent=1).encode())
 
     resume_global = None if ptr is None else _global_step(cfg, ptr["stage"], ptr["step"])
     monitor = Monitor(cfg, folder, valset, device, dist.main, resume_global)
@@ -213,6 +218,8 @@ def _resume_pointer(folder: Path, cfg_dict: dict, resume: bool) -> dict | None:
     """The run's checkpoint pointer when resuming (None for a new run), after checking that the
     run may continue with this configuration."""
     ptr = load_checkpoint_pointer(folder)
+    if ptr is not None:
+        repair_last_model(folder, ptr)
     if ptr is not None and not resume:
         raise ValueError(f"{folder}: holds a checkpoint (stage {ptr['stage']}, step "
                          f"{ptr['step']}); pass --resume to continue it or choose another --out "
@@ -425,8 +432,10 @@ def _optimizer_step(module, step_fn, batch: dict, optimizer, lr: float, run: _Ru
     with precision_context(run.device, run.cfg.runtime.precision):
         loss, metrics = step_fn(module, batch)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"stage {stage.number} step {step}: loss is {float(loss)} "
-                                 f"(metrics {metrics}); lower the learning rate")
+        raise FloatingPointError(f"stage {stage.number} step {step}: loss is "
+                                 f"{float(loss.detach())} (metrics {metrics}); lower the "
+                                 f"learning rate (stage{stage.number}.optim.lr = {lr:g} at "
+                                 f"this step)")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if stage.config.optim.grad_clip > 0:

@@ -14,12 +14,18 @@ A run folder holds::
 any moment leaves the previous checkpoint intact; it records the SHA-256 of both files, the stage,
 the completed iterations, the configuration, the data manifest hash and the code version. Nothing
 here executes code on load (safetensors + JSON).
+
+``last.safetensors`` is the checkpoint's model file itself (a hard link, or a copy where links are
+not possible), put in place just before ``last.json``: a kill between the two leaves it one
+checkpoint ahead of the record, and the next start of the run (:func:`repair_last_model`, called
+when training starts) makes it the record's model again, so the record decides and the two agree.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ from cyclecorr._io import atomic_path, atomic_write_bytes, read_format_json
 from cyclecorr.checkpoint import file_sha256, load_weights, save_model
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint_pointer", "restore_checkpoint",
+           "repair_last_model",
            "flatten_optimizer", "unflatten_optimizer", "code_version", "source_digest"]
 
 FORMAT = "cyclecorr-train-checkpoint/1"
@@ -151,9 +158,9 @@ def save_checkpoint(run_dir: str | os.PathLike, net, optimizer, stage: int, step
                "model_sha256": file_sha256(model_path), "optim_sha256": file_sha256(optim_path),
                "data_manifest_sha256": manifest_sha256, "code_version": version,
                "config": config, **(extra or {})}
+    # the model for load_model / Matcher, then the record (the source of truth)
+    _place_copy(model_path, run / "last.safetensors")
     atomic_write_bytes(run / "last.json", json.dumps(pointer, indent=1, sort_keys=True).encode())
-    # convenience copy for load_model / Matcher (the pointer above is the source of truth)
-    save_model(run / "last.safetensors", net, meta)
     # prune older step checkpoints
     olds = sorted(p for p in ck.glob("stage*-*.safetensors")
                   if not p.name.endswith(".optim.safetensors"))
@@ -178,6 +185,32 @@ def load_checkpoint_pointer(run_dir: str | os.PathLike) -> dict | None:
         if file_sha256(f) != ptr[f"{key}_sha256"]:
             raise ValueError(f"{f}: SHA-256 differs from the one recorded in {p} (corrupt file)")
     return ptr
+
+
+def _place_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes, atomically: a hard link renamed into place, or a copy
+    where the file system has no links."""
+    with atomic_path(dst) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def repair_last_model(run_dir: str | os.PathLike, ptr: dict) -> bool:
+    """Make ``last.safetensors`` the model that ``last.json`` (``ptr``) records, when a kill
+    between writing the two left it another (or none). Returns True when it was replaced."""
+    run = Path(run_dir)
+    last, model = run / "last.safetensors", run / ptr["model_file"]
+    try:
+        if last.is_file() and (os.path.samefile(last, model)
+                               or file_sha256(last) == ptr["model_sha256"]):
+            return False
+    except OSError:
+        pass
+    _place_copy(model, last)
+    return True
 
 
 def restore_checkpoint(run_dir: str | os.PathLike, ptr: dict, net, optimizer=None) -> None:

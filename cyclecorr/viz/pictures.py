@@ -174,7 +174,7 @@ def side_by_side(image_a, image_b, gap: int = 8) -> tuple[np.ndarray, float, flo
 
 def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b_true=None,
                          title: str | None = None, dpi: int = 100, min_height: int = 320,
-                         numbers: bool = False) -> Path:
+                         numbers: bool = False, max_width: int = 4096) -> Path:
     """Side-by-side picture of a and b with lines from ``kps_a`` to ``kps_b`` (``(N, 2)`` each,
     in a's and b's pixels), each pair in its own colour (and numbered with ``numbers``); optional
     ground truth ``kps_b_true`` (drawn as crosses); rows with ``valid = False`` or NaN are
@@ -186,8 +186,9 @@ def draw_correspondences(image_a, image_b, kps_a, kps_b, path, valid=None, kps_b
     import matplotlib.pyplot as plt
 
     canvas, sb, off = side_by_side(image_a, image_b)
-    # small images are enlarged for display (coordinates scaled to match)
-    zoom = max(1.0, min_height / canvas.shape[0])
+    # small images are enlarged for display (coordinates scaled to match), never beyond
+    # max_width pixels across (a long thin image would otherwise make a huge canvas)
+    zoom = max(1.0, min(min_height / canvas.shape[0], max_width / canvas.shape[1]))
     if zoom > 1.0:
         zh, zw = int(round(canvas.shape[0] * zoom)), int(round(canvas.shape[1] * zoom))
         canvas = np.asarray(Image.fromarray(canvas).resize((zw, zh), Image.BILINEAR))

@@ -14,6 +14,11 @@ Files written by :func:`write_pair_pictures` into ``out_dir`` (names relative to
     transfer.txt               those points: x_src y_src x_tgt y_tgt (0-based pixels)
     flow.flo, matchability.npy the raw numbers (Middlebury .flo, source pixels; numpy float32)
 
+The raw numbers (``flow.flo``, ``matchability.npy``, ``transfer.txt``) are always in the images'
+own pixels. The pictures and the viewer of an image larger than ``draw_max`` (1024 px a side) are
+drawn downscaled (the flow read at the drawn pixels and carried into the drawn target's pixels),
+so that a 6000×6000 photo costs about what matching it costs.
+
 :func:`write_html_page` writes the page: what ran (model name, category, card), how to read the
 pictures (the flow colour key at the page's scale, the matchability colour bar), per pair an
 interactive viewer (:mod:`cyclecorr.viz.viewer`) and the pictures with captions, and the raw
@@ -28,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from cyclecorr._io import atomic_path, atomic_write_bytes
 from cyclecorr.checkpoint import file_sha256, read_metadata, shipped_model_path
 from cyclecorr.data.io import write_flo
-from cyclecorr.geometry import transfer_keypoints
+from cyclecorr.geometry import rescale_points, transfer_keypoints
 from cyclecorr.viz.flow_color import flow_legend, flow_to_color, page_flow_scale
 from cyclecorr.viz.pictures import (
     colorbar,
@@ -43,16 +50,51 @@ from cyclecorr.viz.pictures import (
 )
 from cyclecorr.viz.viewer import VIEWER_CSS, VIEWER_JS, viewer_data, viewer_html
 
-__all__ = ["write_pair_pictures", "write_html_page", "model_summary", "MATCH_THRESHOLD"]
+__all__ = ["write_pair_pictures", "write_html_page", "model_summary", "MATCH_THRESHOLD",
+           "DRAW_MAX"]
 
 MATCH_THRESHOLD = 0.5
 """Matchability at or above which a source pixel counts as having a match."""
+DRAW_MAX = 1024
+"""Longest side, in pixels, at which a pair's pictures are drawn (larger images are downscaled)."""
+
+
+def _drawn_size(h: int, w: int, draw_max: int) -> tuple[int, int]:
+    s = min(1.0, draw_max / max(h, w))
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def _shrink(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """An ``H×W×3`` uint8 or ``H×W`` float32 image resized to ``hw`` (area average)."""
+    if tuple(image.shape[:2]) == tuple(hw):
+        return image
+    mode = "F" if image.ndim == 2 else None
+    im = Image.fromarray(np.ascontiguousarray(image), mode) if mode else Image.fromarray(image)
+    return np.asarray(im.resize((hw[1], hw[0]), Image.BOX))
+
+
+def _drawn_flow(f_hw2: np.ndarray, hw_a: tuple[int, int], hw_b: tuple[int, int],
+                da: tuple[int, int], db: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The flow at the drawn source's pixels: ``(original flow read there (H'×W'×2, source
+    pixels), the same correspondence in drawn pixels (drawn source → drawn target))``. Each
+    drawn pixel reads the flow of the original pixel nearest to its centre."""
+    (ha, wa), (hb, wb) = hw_a, hw_b
+    ys = rescale_points(np.arange(da[0], dtype=np.float64), ha / da[0])
+    xs = rescale_points(np.arange(da[1], dtype=np.float64), wa / da[1])
+    yi = np.clip(np.rint(ys), 0, ha - 1).astype(np.int64)
+    xi = np.clip(np.rint(xs), 0, wa - 1).astype(np.int64)
+    f = f_hw2[yi[:, None], xi[None, :]].astype(np.float64)       # (H', W', 2) original pixels
+    qx = rescale_points(xs[None, :] + f[..., 0], db[1] / wb)
+    qy = rescale_points(ys[:, None] + f[..., 1], db[0] / hb)
+    gy, gx = np.mgrid[0:da[0], 0:da[1]]
+    drawn = np.stack([qx - gx, qy - gy], axis=-1).astype(np.float32)
+    return f.astype(np.float32), drawn
 
 
 def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_ab: np.ndarray,
                         matchability: np.ndarray | None = None, keypoints_a=None,
                         keypoints_b_true=None, points: int = 12, title: str = "",
-                        max_flow: float | None = None) -> dict:
+                        max_flow: float | None = None, draw_max: int = DRAW_MAX) -> dict:
     """Write the pictures of a correspondence ``a → b`` (see module doc) and return the entry
     :func:`write_html_page` shows: ``{"title", "dir", "files": {key: relative path},
     "captions": {key: text}, "stats": {...}, "viewer": {...}}``.
@@ -68,6 +110,8 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
         max_flow: flow length (px) drawn at full colour; default
             :func:`~cyclecorr.viz.page_flow_scale` of the source size. Pass the page's scale so
             that every pair of a page shares it.
+        draw_max: longest side of the pictures; larger images are drawn downscaled (the raw
+            files stay in the images' own pixels).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,31 +125,47 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
     else:
         raise ValueError(f"flow has shape {f.shape}; expected ({ha}, {wa}, 2) or (2, {ha}, {wa}) "
                          f"for a {ha}×{wa} source image")
-    f_chw = np.ascontiguousarray(f_hw2.transpose(2, 0, 1))
     scale = float(max_flow) if max_flow else page_flow_scale([(ha, wa)])
     m = None
     if matchability is not None:
         m = np.asarray(matchability, np.float32)
         if m.shape != (ha, wa):
             raise ValueError(f"matchability is {m.shape}, source image is {(ha, wa)}")
+    # what is drawn: the images at most draw_max a side, the flow read at the drawn pixels
+    da, db = _drawn_size(ha, wa, draw_max), _drawn_size(hb, wb, draw_max)
+    small = da != (ha, wa) or db != (hb, wb)
+    if small:
+        img_a, img_b = _shrink(image_a, da), _shrink(image_b, db)
+        f_read, f_drawn = _drawn_flow(f_hw2, (ha, wa), (hb, wb), da, db)
+        m_drawn = None if m is None else np.clip(_shrink(m, da), 0, 1)
+    else:
+        img_a, img_b, f_read, f_drawn, m_drawn = image_a, image_b, f_hw2, f_hw2, m
+    sa = np.array([da[1] / wa, da[0] / ha])  # drawn / original, (x, y)
+    sb = np.array([db[1] / wb, db[0] / hb])
+    f_drawn_chw = np.ascontiguousarray(f_drawn.transpose(2, 0, 1))
     files, captions = {}, {}
+    drawn_note = (f" Drawn at {da[1]}×{da[0]} px (the source) and {db[1]}×{db[0]} px (the "
+                  f"target); the raw files are in the images' own pixels." if small else "")
 
     def add(key, name, caption):
         files[key] = name
         captions[key] = caption
 
-    save_png(out / "source.png", image_a)
-    add("source", "source.png", f"Source ({wa}×{ha} px): the image whose pixels are matched.")
-    save_png(out / "target.png", image_b)
-    add("target", "target.png", f"Target ({wb}×{hb} px): where the matches are looked for.")
-    save_png(out / "flow.png", flow_to_color(f_chw, scale))
-    mags = np.linalg.norm(f_hw2, axis=-1)
+    save_png(out / "source.png", img_a)
+    add("source", "source.png", f"Source ({wa}×{ha} px): the image whose pixels are matched."
+        + (f" Drawn at {da[1]}×{da[0]} px." if small else ""))
+    save_png(out / "target.png", img_b)
+    add("target", "target.png", f"Target ({wb}×{hb} px): where the matches are looked for."
+        + (f" Drawn at {db[1]}×{db[0]} px." if small else ""))
+    save_png(out / "flow.png", flow_to_color(np.ascontiguousarray(f_read.transpose(2, 0, 1)),
+                                             scale))
+    mags = np.hypot(f_hw2[..., 0], f_hw2[..., 1])
     add("flow", "flow.png",
         f"Flow, drawn on the source: the colour of a pixel tells in which direction its match "
         f"lies (colour key above), its strength how far: white = in the same place, full colour "
         f"= {scale:g} px or more (this page's fixed scale). Here the median is "
         f"{float(np.median(mags)):.1f} px, the largest {float(mags.max()):.1f} px.")
-    warped = warp_image(image_b, f_chw)
+    warped = warp_image(img_b, f_drawn_chw)
     save_png(out / "warped.png", warped)
     add("warped", "warped.png",
         "Target warped onto the source: every source pixel shows the target pixel the flow sends "
@@ -113,22 +173,26 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
         "pose and place.")
     stats = {"size_source": [ha, wa], "size_target": [hb, wb],
              "mean_flow_px": float(mags.mean()), "flow_scale_px": scale}
+    del mags
+    if small:
+        stats["drawn_source"], stats["drawn_target"] = list(da), list(db)
     if m is not None:
-        save_png(out / "matchability.png", heatmap(m))
+        save_png(out / "matchability.png", heatmap(m_drawn))
         frac = float((m >= MATCH_THRESHOLD).mean())
         add("matchability", "matchability.png",
             f"Matchability: the model's estimate (0–1, colour bar above) that a source pixel is "
             f"visible in the target. Bright: matchable; dark: background, hidden or outside. "
             f"{100 * frac:.0f} % of the pixels are at or above {MATCH_THRESHOLD}.")
         save_png(out / "warped_masked.png",
-                 np.where((m >= MATCH_THRESHOLD)[..., None], warped, 0).astype(np.uint8))
+                 np.where((m_drawn >= MATCH_THRESHOLD)[..., None], warped, 0).astype(np.uint8))
         add("warped_masked", "warped_masked.png",
             f"The warped target only where matchability ≥ {MATCH_THRESHOLD} (black elsewhere): "
             f"the part of the correspondence the model vouches for.")
         np.save(out / "matchability.npy", m)
         stats["matchable_fraction"] = frac
     if keypoints_a is None:
-        kps_a = salient_points(image_a, m, n=points, threshold=MATCH_THRESHOLD)
+        kps_a = salient_points(img_a, m_drawn, n=points, threshold=MATCH_THRESHOLD)
+        kps_a = rescale_points(kps_a, 1.0 / sa) if small else kps_a  # into the source's pixels
         what = "points"
         if m is not None:
             how = (f"{len(kps_a)} source points picked by the page (well-textured spots with "
@@ -139,20 +203,26 @@ def write_pair_pictures(out_dir, image_a: np.ndarray, image_b: np.ndarray, flow_
         kps_a = np.asarray(keypoints_a, np.float64).reshape(-1, 2)
         what = "keypoints"
         how = f"Your {len(kps_a)} keypoints"
-    kps_b = transfer_keypoints(torch.from_numpy(kps_a), torch.from_numpy(f_chw).double()).numpy() \
+    # float64 for images drawn as they are; a downscaled (large) one is read in float32
+    fdt = np.float32 if small else np.float64
+    kps_b = transfer_keypoints(torch.from_numpy(kps_a.astype(fdt)), torch.from_numpy(
+        np.ascontiguousarray(f_hw2.transpose(2, 0, 1), dtype=fdt))).numpy().astype(np.float64) \
         if len(kps_a) else kps_a.copy()
-    draw_correspondences(image_a, image_b, kps_a, kps_b, out / "transfer.png",
-                         kps_b_true=keypoints_b_true, numbers=True)
+    true_b = None if keypoints_b_true is None else \
+        rescale_points(np.asarray(keypoints_b_true, np.float64).reshape(-1, 2), sb)
+    draw_correspondences(img_a, img_b, rescale_points(kps_a, sa), rescale_points(kps_b, sb),
+                         out / "transfer.png", kps_b_true=true_b, numbers=True)
     add("transfer", "transfer.png",
         f"{how}, each joined to its match in the target (same colour and number). A good "
         f"correspondence joins the same parts: wheel to wheel, light to light."
-        + (" Crosses: the true positions." if keypoints_b_true is not None else ""))
-    np.savetxt(out / "transfer.txt", np.concatenate([kps_a, kps_b], 1), fmt="%.3f",
-               header="x_src y_src x_tgt y_tgt (0-based pixels)")
-    write_flo(out / "flow.flo", f_chw)
+        + (" Crosses: the true positions." if keypoints_b_true is not None else "") + drawn_note)
+    with atomic_path(out / "transfer.txt") as tmp:
+        np.savetxt(tmp, np.concatenate([kps_a, kps_b], 1), fmt="%.3f",
+                   header="x_src y_src x_tgt y_tgt (0-based pixels)")
+    write_flo(out / "flow.flo", f_hw2, layout="hw2")
     stats["transferred"] = what
     return {"title": title, "files": files, "captions": captions, "stats": stats,
-            "dir": str(out), "viewer": viewer_data(f_hw2, m, (hb, wb))}
+            "dir": str(out), "viewer": viewer_data(f_drawn, m_drawn, db)}
 
 
 def model_summary(path=None, *, method: str = "model", name: str | None = None) -> dict:
@@ -312,5 +382,5 @@ def write_html_page(path, entries: list[dict], title: str = "cyclecorr match",
                  "<code>matchability.npy</code> and <code>transfer.txt</code>.</p><pre>"
                  f"{esc(json.dumps(numbers, indent=1, default=str))}</pre></details>")
     parts.append(f"<script>{VIEWER_JS}</script></body></html>\n")
-    page.write_text("".join(parts), encoding="utf-8")
+    atomic_write_bytes(page, "".join(parts).encode("utf-8"))
     return page
