@@ -24,6 +24,8 @@ COMMANDS = {
                "render CAD models / synthetic ground-truth pairs to PNG"),
     "prepare": ("cyclecorr.commands.prepare_cmd",
                 "build training quartets from real photos and CAD models"),
+    "prepare-pairs": ("cyclecorr.commands.prepare_pairs_cmd",
+                      "render pairs across instances of one topology (supervised pair term)"),
     "siftflow": ("cyclecorr.commands.siftflow_cmd",
                  "compute SIFT flow on image pairs (baseline / stage-1 targets)"),
     "train": ("cyclecorr.commands.train_cmd",

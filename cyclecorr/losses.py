@@ -35,6 +35,7 @@ __all__ = [
     "check_cycle_batch",
     "flow_regression_loss",
     "WARP_KEYS",
+    "PAIR_KEYS",
     "truncated_flow_loss",
     "matchability_loss",
     "cycle_loss",
@@ -46,6 +47,8 @@ _EPS = 1e-6
 
 #: Batch keys of the self-warp pair (``cyclecorr.train.data.self_warp_pair``).
 WARP_KEYS = ("warp_src", "warp_tgt", "flow_warp", "match_warp")
+#: Batch keys of a render pair across instances (``cyclecorr.data.render_pairs``).
+PAIR_KEYS = ("pair_src", "pair_tgt", "flow_pair", "match_pair")
 
 
 @dataclass
@@ -72,6 +75,12 @@ class CycleLossConfig:
     #: (``cyclecorr.train.data.self_warp_pair``), so the real-to-real leg also follows a photo's
     #: own content (docs/RESULTS.md, "Where the real pair's flow falls short").
     warp_weight: float = 0.0
+    #: weight of a supervised term on render pairs across instances (not in the paper; 0 =
+    #: off): two different models of one topology with their exact correspondence
+    #: (``cyclecorr.data.render_pairs``, ``data.render_pairs``), scored by the truncated flow
+    #: loss on the pair's matchable pixels plus ``match_weight ·`` the matchability
+    #: cross-entropy, the same reductions as the cycle.
+    pair_weight: float = 0.0
 
     def __post_init__(self):
         if self.reduction not in ("sum", "mean"):
@@ -82,6 +91,8 @@ class CycleLossConfig:
             raise ValueError(f"leg_weight must be ≥ 0, got {self.leg_weight}")
         if self.warp_weight < 0:
             raise ValueError(f"warp_weight must be ≥ 0, got {self.warp_weight}")
+        if self.pair_weight < 0:
+            raise ValueError(f"pair_weight must be ≥ 0, got {self.pair_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,35 +234,48 @@ def leg_magnitudes(flow_s1r1: torch.Tensor, flow_r1r2: torch.Tensor, flow_r2s2: 
             for k, f in (("s1r1", flow_s1r1), ("r1r2", flow_r1r2), ("r2s2", flow_r2s2))}
 
 
-def check_cycle_batch(batch: dict, config: CycleLossConfig, keys: tuple = WARP_KEYS) -> None:
+def check_cycle_batch(batch: dict, config: CycleLossConfig, keys: tuple = WARP_KEYS,
+                      pair_keys: tuple = PAIR_KEYS) -> None:
     """Raise ``ValueError`` when ``config.warp_weight > 0`` and ``batch`` lacks some of the
-    self-warp pair's ``keys`` (default all of :data:`WARP_KEYS`: images and targets)."""
+    self-warp pair's ``keys`` (default all of :data:`WARP_KEYS`: images and targets), or
+    ``config.pair_weight > 0`` and it lacks some of the render pair's ``pair_keys``."""
     if config.warp_weight > 0:
         missing = [k for k in keys if k not in batch]
         if missing:
             raise ValueError(f"loss.warp_weight > 0 needs the self-warp pair in the batch; "
                              f"missing {missing} (AugmentedDataset(self_warp=...) adds them)")
+    if config.pair_weight > 0:
+        missing = [k for k in pair_keys if k not in batch]
+        if missing:
+            raise ValueError(f"loss.pair_weight > 0 needs a render pair in the batch; missing "
+                             f"{missing} (data.render_pairs; AugmentedDataset(pairs=...) adds "
+                             "them)")
 
 
 def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = None
                     ) -> tuple[torch.Tensor, dict]:
     """The whole objective of one batch of quartets: :func:`cycle_loss` plus ``warp_weight ·`` the
-    truncated flow loss of the self-warp pair when ``config.warp_weight > 0``.
+    truncated flow loss of the self-warp pair when ``config.warp_weight > 0``, plus
+    ``pair_weight ·`` (the truncated flow loss + ``match_weight ·`` the matchability
+    cross-entropy) of the render pair across instances when ``config.pair_weight > 0``.
 
     Args:
         pred: the network's predictions, ``flow_s1r1``, ``flow_r1r2``, ``flow_r2s2``
             ``(B, 2, H, W)`` and ``match_r1r2`` ``(B, 1, H, W)``; with the self-warp term also
-            ``flow_warp`` (the flow ``warp_src → warp_tgt``).
+            ``flow_warp`` (the flow ``warp_src → warp_tgt``); with the pair term ``flow_pair`` and
+            ``match_pair`` (probabilities) of ``pair_src → pair_tgt``.
         batch: the targets, ``flow_s1s2`` ``(B, 2, H, W)`` and ``match_s1s2`` ``(B, 1, H, W)``;
-            with the self-warp term also ``flow_warp`` and ``match_warp`` (:data:`WARP_KEYS`).
+            with the self-warp term also ``flow_warp`` and ``match_warp`` (:data:`WARP_KEYS`);
+            with the pair term ``flow_pair`` and ``match_pair`` (:data:`PAIR_KEYS`).
 
     Returns:
         ``(loss, metrics)``: the metrics of :func:`cycle_loss` (``loss`` is the total) and, with
         the self-warp term, ``loss_warp`` and its flow metrics as ``warp_epe``, ``warp_px1``,
-        ``warp_px5``, ``warp_truncated``.
+        ``warp_px5``, ``warp_truncated``; with the pair term ``loss_pair`` and ``pair_epe``,
+        ``pair_px5``, …, ``pair_match_acc``.
     """
     cfg = config or CycleLossConfig()
-    check_cycle_batch(batch, cfg, ("flow_warp", "match_warp"))
+    check_cycle_batch(batch, cfg, ("flow_warp", "match_warp"), ("flow_pair", "match_pair"))
     loss, metrics = cycle_loss(pred["flow_s1r1"], pred["flow_r1r2"], pred["flow_r2s2"],
                                pred["match_r1r2"], batch["flow_s1s2"], batch["match_s1s2"], cfg)
     if cfg.warp_weight > 0:
@@ -260,6 +284,14 @@ def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = No
         loss = loss + cfg.warp_weight * l_w
         metrics = {**metrics, "loss": float(loss.detach()), "loss_warp": float(l_w.detach()),
                    **{f"warp_{k}": v for k, v in m_w.items()}}
+    if cfg.pair_weight > 0:
+        l_f, m_f = truncated_flow_loss(pred["flow_pair"], batch["flow_pair"], batch["match_pair"],
+                                       cfg.truncation, cfg.reduction)
+        l_m, m_m = matchability_loss(pred["match_pair"], batch["match_pair"], cfg.reduction)
+        l_p = l_f + cfg.match_weight * l_m
+        loss = loss + cfg.pair_weight * l_p
+        metrics = {**metrics, "loss": float(loss.detach()), "loss_pair": float(l_p.detach()),
+                   **{f"pair_{k}": v for k, v in {**m_f, **m_m}.items()}}
     return loss, metrics
 
 

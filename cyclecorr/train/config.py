@@ -103,6 +103,9 @@ class DataConfig:
     val_count: int = 32
     #: data-loader worker processes (0 = in the main process).
     workers: int = 0
+    #: a folder of render pairs across instances (``cyclecorr prepare-pairs``), read when
+    #: ``loss.pair_weight > 0``; relative paths resolve against the current directory.
+    render_pairs: str = ""
 
 
 @dataclass
@@ -235,6 +238,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if self.loss.pair_weight > 0 and not self.data.render_pairs:
+            raise ValueError("loss.pair_weight > 0 needs data.render_pairs (a folder written by "
+                             "cyclecorr prepare-pairs)")
         for st_name in ("stage1", "stage2"):
             st = getattr(self, st_name)
             if st.iterations < 0:

@@ -294,18 +294,25 @@ class AugmentedDataset(torch.utils.data.Dataset):
     are padded with their black background, photos as ``augment.zoom_fill`` says.
     ``self_warp``: add a :func:`self_warp_pair` of ``r1``, bent and jittered by
     :func:`deform_self_warp` when ``augment.warp_deform`` / ``warp_jitter`` are set.
-    Order: flip, zoom, colour jitter, render background, self-warp pair.
+    ``pairs``: a dataset of render pairs across instances
+    (:class:`cyclecorr.data.render_pairs.RenderPairDataset`): each item gets one, drawn by
+    its own stream, flipped with probability ``augment.hflip`` and its backgrounds replaced with
+    probability ``augment.render_background`` (its own draws).
+    Order: flip, zoom, colour jitter, render background, self-warp pair, render pair.
     """
 
     def __init__(self, base, seed: int, augment: AugmentConfig | None = None, keys: tuple = (),
                  real_keys: tuple = ("r1", "r2", "src", "tgt"),
-                 render_keys: tuple = ("s1", "s2"), self_warp: bool = False):
+                 render_keys: tuple = ("s1", "s2"), self_warp: bool = False, pairs=None):
         augment = augment if augment is not None else AugmentConfig(hflip=0.0)
         if augment.zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {augment.zoom_fill!r}")
         self.base, self.seed, self.augment = base, seed, augment
         self.keys, self.real_keys, self.render_keys = keys, real_keys, render_keys
         self.self_warp = bool(self_warp)
+        self.pairs = pairs
+        if pairs is not None and len(pairs) == 0:
+            raise ValueError("the render-pair dataset is empty")
 
     def __len__(self):
         return len(self.base)
@@ -355,6 +362,16 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 pair = deform_self_warp(pair, g_d, float(a.warp_deform), int(a.warp_deform_grid),
                                         float(a.warp_jitter))
             item = {**item, **pair}
+        if self.pairs is not None:  # own streams: the item's other draws are unchanged
+            g_p = torch.Generator().manual_seed(_seed(self.seed, step, pos, 7))
+            rp = self.pairs[int(torch.randint(len(self.pairs), (), generator=g_p))]
+            if a.hflip > 0 and float(torch.rand((), generator=g_p)) < a.hflip:
+                rp = hflip_pair(rp)
+            if a.render_background > 0 and float(torch.rand((), generator=g_p)) < \
+                    a.render_background:
+                rp = {**rp, **{k: replace_render_background(rp[k], g_p)
+                               for k in ("pair_src", "pair_tgt")}}
+            item = {**item, **rp}
         return item
 
     def _check(self, item, index):

@@ -22,6 +22,7 @@ manifest hash), :mod:`~cyclecorr.train.monitor` (log, validation, real-photo PCK
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -35,9 +36,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cyclecorr._io import remove_stale_temporaries
+from cyclecorr._io import file_sha256, remove_stale_temporaries
 from cyclecorr._runtime import precision_context
 from cyclecorr.checkpoint import atomic_write_bytes, load_weights, save_model
+from cyclecorr.data.render_pairs import RenderPairDataset
 from cyclecorr.losses import CycleLossConfig
 from cyclecorr.model import build_network
 from cyclecorr.train.card import write_model_card
@@ -173,6 +175,12 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     else:
         trainset, valset = quartets, val_quartets
         manifest = manifest_sha256(cfg, quartets)
+    if cfg.loss.pair_weight > 0:  # the render pairs are training data too
+        pairs_manifest = Path(cfg.data.render_pairs) / "manifest.json"
+        if not pairs_manifest.is_file():
+            raise FileNotFoundError(f"{pairs_manifest}: no render-pair manifest "
+                                    "(data.render_pairs; write it with `cyclecorr prepare-pairs`)")
+        manifest = hashlib.sha256((manifest + file_sha256(pairs_manifest)).encode()).hexdigest()
     if ptr is not None and ptr.get("data_manifest_sha256") not in (None, manifest):
         raise ValueError(f"{folder / 'last.json'}: the training data changed since the checkpoint "
                          f"(manifest {ptr['data_manifest_sha256'][:12]}… vs {manifest[:12]}…)")
@@ -364,9 +372,12 @@ def _stage_data(run: _Run, number: int) -> tuple[Dataset, torch.nn.Module, Calla
         real_keys, render_keys = (), ("src", "tgt")
     else:  # real pairs with SIFT-flow targets
         real_keys, render_keys = ("src", "tgt"), ()
+    pairs = None
+    if number == 2 and cfg.loss.pair_weight > 0:
+        pairs = RenderPairDataset(cfg.data.render_pairs, verify=True)
     ds = AugmentedDataset(base, cfg.seed + 1000 * number, cfg.augment, keys=keys,
                           real_keys=real_keys, render_keys=render_keys,
-                          self_warp=number == 2 and cfg.loss.warp_weight > 0)
+                          self_warp=number == 2 and cfg.loss.warp_weight > 0, pairs=pairs)
     return ds, module, step_fn
 
 

@@ -25,16 +25,21 @@ class CycleModule(nn.Module):
     """``forward(s1, r1, r2, s2)`` → ``{"flow_s1r1", "flow_r1r2", "flow_r2s2"}`` (B,2,S,S) and
     ``"match_r1r2"`` (B,1,S,S). With ``warp_src, warp_tgt`` (a photo and its re-framed copy, see
     ``CycleLossConfig.warp_weight``) that pair is encoded and decoded in the same pass and its
-    flow returned as ``"flow_warp"`` (one forward, so DDP sees a single graph)."""
+    flow returned as ``"flow_warp"`` (one forward, so DDP sees a single graph). With
+    ``pair_src, pair_tgt`` (a render pair across instances, ``CycleLossConfig.pair_weight``) that
+    pair too, returned as ``"flow_pair"`` and ``"match_pair"``."""
 
     def __init__(self, net: CorrespondenceNet):
         super().__init__()
         self.net = net
 
-    def forward(self, s1, r1, r2, s2, warp_src=None, warp_tgt=None) -> dict[str, torch.Tensor]:
+    def forward(self, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_src=None,
+                pair_tgt=None) -> dict[str, torch.Tensor]:
         b = s1.shape[0]
         warp = warp_src is not None and warp_tgt is not None
-        images = (s1, r1, r2, s2) + ((warp_src, warp_tgt) if warp else ())
+        pair = pair_src is not None and pair_tgt is not None
+        images = ((s1, r1, r2, s2) + ((warp_src, warp_tgt) if warp else ())
+                  + ((pair_src, pair_tgt) if pair else ()))
         code, skips = self.net.encode_levels(torch.cat(images))
         # per level (the code, then each skip feature): the 4 (or 6) images' slices
         levels = [t.split(b) for t in (code, *skips)]
@@ -42,6 +47,9 @@ class CycleModule(nn.Module):
         if warp:
             si.append(4)
             ti.append(5)
+        if pair:
+            si.append(len(images) - 2)
+            ti.append(len(images) - 1)
         src = [torch.cat([lv[i] for i in si]) for lv in levels]
         tgt = [torch.cat([lv[i] for i in ti]) for lv in levels]
         if self.net.decodes_jointly:
@@ -49,7 +57,9 @@ class CycleModule(nn.Module):
             # over all pairs, the matchability read where the loss reads it (r1→r2)
             out = self.net.decode(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:]))
             flow = out["flow"].split(b)
-            match = out["matchability"].split(b)[1]
+            matches = out["matchability"].split(b)
+            match = matches[1]
+            match_pair = matches[-1] if pair else None
         else:
             flow = self.net.decode_flow(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:])).split(b)
             c_r1, c_r2 = levels[0][1], levels[0][2]
@@ -57,10 +67,16 @@ class CycleModule(nn.Module):
             # the self-warp pair as well cost ~9 % of a paper step's FLOPs and, with batch norm,
             # let those pairs into the matchability decoder's statistics
             match = torch.sigmoid(self.net.decode_matchability(c_r1, c_r2))
+            # the render pair's matchability is supervised: decoded for it too
+            match_pair = (torch.sigmoid(self.net.decode_matchability(levels[0][-2],
+                                                                     levels[0][-1]))
+                          if pair else None)
         res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
                "match_r1r2": match}
         if warp:
             res["flow_warp"] = flow[3]
+        if pair:
+            res["flow_pair"], res["match_pair"] = flow[-1], match_pair
         return res
 
 

@@ -25,8 +25,8 @@ from cyclecorr.train.modules import CycleModule
 __all__ = ["cycle_predictions", "cycle_step_loss", "stage1_step_loss"]
 
 
-def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None
-                      ) -> dict[str, torch.Tensor]:
+def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_src=None,
+                      pair_tgt=None) -> dict[str, torch.Tensor]:
     """Predict ``F_s1r1``, ``F_r1r2``, ``F_r2s2`` and ``M_r1r2`` in one batched pass.
 
     Each of the four images is encoded once (4B encoder passes instead of 6B), then the three
@@ -38,30 +38,37 @@ def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None
     warp_tgt`` (the self-warp pair, ``CycleLossConfig.warp_weight``) that pair is encoded and
     decoded in the same pass and returned as ``"flow_warp"``.
     """
-    warp = () if warp_src is None else (warp_src, warp_tgt)
+    warp = {} if warp_src is None else {"warp_src": warp_src, "warp_tgt": warp_tgt}
+    if pair_src is not None:
+        warp = {**warp, "pair_src": pair_src, "pair_tgt": pair_tgt}
     if isinstance(getattr(model, "module", model), CycleModule):
-        return model(s1, r1, r2, s2, *warp)
+        return model(s1, r1, r2, s2, **warp)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         if warp:
-            raise ValueError("the self-warp pair needs the network wrapped as a CycleModule "
-                             "under DDP (as cyclecorr.train does)")
+            raise ValueError("the self-warp and render pairs need the network wrapped as a "
+                             "CycleModule under DDP (as cyclecorr.train does)")
         # DDP around the plain network: go through its forward so gradients are synchronised
         b = s1.shape[0]
         out = model(torch.cat((s1, r1, r2)), torch.cat((r1, r2, s2)))
         flow = out["flow"].split(b)
         return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
                 "match_r1r2": out["matchability"].split(b)[1]}
-    return CycleModule(unwrap_model(model))(s1, r1, r2, s2, *warp)
+    return CycleModule(unwrap_model(model))(s1, r1, r2, s2, **warp)
 
 
 def cycle_step_loss(model, batch: dict, config: CycleLossConfig | None = None
                     ) -> tuple[torch.Tensor, dict]:
     """Predict the cycle's flows for a batch of quartets (and the self-warp pair's when
-    ``config.warp_weight > 0``) and score them with :func:`cyclecorr.losses.cycle_objective`."""
+    ``config.warp_weight > 0``, the render pair's when ``config.pair_weight > 0``) and score them
+    with :func:`cyclecorr.losses.cycle_objective`."""
     cfg = config or CycleLossConfig()
     check_cycle_batch(batch, cfg)
-    warp = (batch["warp_src"], batch["warp_tgt"]) if cfg.warp_weight > 0 else ()
-    pred = cycle_predictions(model, batch["s1"], batch["r1"], batch["r2"], batch["s2"], *warp)
+    extra = {}
+    if cfg.warp_weight > 0:
+        extra.update(warp_src=batch["warp_src"], warp_tgt=batch["warp_tgt"])
+    if cfg.pair_weight > 0:
+        extra.update(pair_src=batch["pair_src"], pair_tgt=batch["pair_tgt"])
+    pred = cycle_predictions(model, batch["s1"], batch["r1"], batch["r2"], batch["s2"], **extra)
     return cycle_objective(pred, batch, cfg)
 
 
