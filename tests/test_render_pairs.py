@@ -124,8 +124,8 @@ def test_training_adds_the_pair_term_in_one_pass(pairs):
         lf, _ = truncated_flow_loss(pred["flow_pair"], batch["flow_pair"], batch["match_pair"],
                                     7.5, "sum")
         lm, _ = matchability_loss(pred["match_pair"], batch["match_pair"], "sum")
-        assert float(l1.detach()) == pytest.approx(float(l0.detach()) + 0.5 * float((lf + lm).detach()),
-                                                   rel=1e-5)
+        expected = float(l0.detach()) + 0.5 * float((lf + lm).detach())
+        assert float(l1.detach()) == pytest.approx(expected, rel=1e-5)
         assert "loss_pair" in m1 and "pair_match_acc" in m1
         l1.backward()
         assert all(p.grad is not None for p in net.parameters())
