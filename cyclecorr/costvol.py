@@ -425,6 +425,12 @@ class CostVolumeConfig:
         kernel_radius: the kernel soft-argmax's window around the argmax, in 1/8-level pixels.
         kernel_sigma: its Gaussian kernel's standard deviation, in 1/8-level pixels.
         temperature: initial softmax temperature on the global correlation (learned).
+        coarse_init: where the 1/8 level starts: ``"argmax"`` (the kernel soft-argmax match of
+            the global correlation is the initial flow, its local correlation around it) or
+            ``"zero"`` (the initial flow is zero, as the paper network's untrained output: the
+            local correlation is taken around each pixel itself and the soft-argmax
+            displacement enters the decoder as two input channels, so the decoder moves a pixel
+            away from where it is only where the correlation supports it).
         detach_warp: warp the target features by the current flow without a gradient into
             the sampling positions (as RAFT detaches its flow between iterations): each level's
             flow still receives the loss's gradient through the residual sum; the warps' and
@@ -451,6 +457,7 @@ class CostVolumeConfig:
     kernel_radius: int = 2
     kernel_sigma: float = 1.0
     temperature: float = 20.0
+    coarse_init: str = "argmax"
     detach_warp: bool = True
     feature_weight: float = 0.5
     sift_weight: float = 1.0
@@ -473,6 +480,8 @@ class CostVolumeConfig:
             raise ValueError(f"decoder_convs must be an integer >= 1, got {self.decoder_convs!r}")
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        if self.coarse_init not in ("argmax", "zero"):
+            raise ValueError(f"coarse_init must be 'argmax' or 'zero', got {self.coarse_init!r}")
         if not isinstance(self.detach_warp, bool):
             raise ValueError(f"detach_warp must be true or false, got {self.detach_warp!r}")
         if not isinstance(self.sift, bool):
@@ -727,10 +736,15 @@ class CostVolumeNet(nn.Module):
         pos = kernel_soft_argmax(corr, h, w, temp, cfg.kernel_sigma, cfg.kernel_radius, best)
         flow = pos.transpose(1, 2).reshape(b, 2, h, w) - pixel_grid(h, w, device=fa.device)
         stats = top.transpose(1, 2).reshape(b, -1, h, w)  # flow above: 1/8-level pixels
-        local = self._local(code_src, self._warp(code_tgt, flow), 2)
         src = code_src[:, :self._ch[2]]
-        hid, out, _ = self.decoders[2](_cat(local, src, flow, stats))
-        flow = flow + out[:, :2].float()
+        if cfg.coarse_init == "zero":  # the match is a feature; the flow starts at zero
+            local = self._local(code_src, code_tgt, 2)
+            hid, out, _ = self.decoders[2](_cat(local, src, flow, stats))
+            flow = out[:, :2].float()
+        else:
+            local = self._local(code_src, self._warp(code_tgt, flow), 2)
+            hid, out, _ = self.decoders[2](_cat(local, src, flow, stats))
+            flow = flow + out[:, :2].float()
         logit = out[:, 2:].float()
         flow = flow * _STRIDES[2]  # input pixels from here on
         # 1/4 and 1/2: warp, local correlation, residual

@@ -507,3 +507,27 @@ def test_training_config_selects_the_architecture():
         _training_part(paper.to_dict())
     with pytest.raises(ValueError, match="arch"):
         load_config("cpu", ["arch=nosuch"])
+
+
+def test_zero_coarse_start_outputs_the_zero_flow_untrained():
+    """With coarse_init="zero" an untrained network predicts the zero flow (as the paper
+    network does) and matchability 0.5, while its layers have the same shapes as with "argmax";
+    a trained head moves pixels."""
+    from cyclecorr.costvol import CostVolumeConfig, CostVolumeNet
+
+    torch.manual_seed(0)
+    net = CostVolumeNet(CostVolumeConfig(image_size=64, coarse_init="zero")).eval()
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = net(x, y)
+    assert float(out["flow"].abs().max()) == 0.0
+    assert torch.allclose(out["matchability"], torch.full_like(out["matchability"], 0.5))
+    other = CostVolumeNet(CostVolumeConfig(image_size=64))
+    assert {k: v.shape for k, v in net.state_dict().items()} == \
+        {k: v.shape for k, v in other.state_dict().items()}
+    for p in net.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    with torch.no_grad():
+        assert float(net(x, y)["flow"].abs().max()) > 0
+    with pytest.raises(ValueError, match="coarse_init"):
+        CostVolumeConfig(coarse_init="middle")
