@@ -65,3 +65,25 @@ def test_match_command_category(tmp_path, capsys):
     rc = main(["match", str(a), str(b), "--out", str(tmp_path / "z"), "--method", "zero",
                "--category", "nope"])
     assert rc == 0 and (tmp_path / "z" / "index.html").is_file()
+
+
+def test_methods_name_shipped_models_and_note_other_categories(tmp_path):
+    from cyclecorr.commands.evaluate_cmd import category_mismatches, set_category
+    from cyclecorr.evaluate.methods import ZeroFlow, make_method, model_path
+
+    ms = shipped_models()
+    if not ms:
+        pytest.skip("no shipped model in cyclecorr/weights")
+    for m in ms:
+        assert model_path(f"shipped:{m['category']}") == m["file"]
+    assert model_path("shipped") == model_path(None) == shipped_model_path("car")
+    assert model_path("runs/x.safetensors").name == "x.safetensors"
+    with pytest.raises(FileNotFoundError, match="no shipped model for category 'boat'"):
+        make_method("b=shipped:boat", device="cpu")
+    car = make_method("c=shipped:car", device="cpu")
+    assert car.meta["path"] == str(shipped_model_path("car"))
+    assert set_category("synth-kp-chair") == "chair" and set_category("flowweb-car") == "car"
+    assert set_category("pf-willow") is None and set_category("tss") is None
+    notes = category_mismatches([car, ZeroFlow(128)], ["flowweb-car", "synth-kp-chair", "tss"])
+    assert notes == ["note: c was trained on cars and synth-kp-chair shows chairs "
+                     "(a shipped model of that category: shipped:chair)"]

@@ -18,6 +18,7 @@ cars), ``embedding-car`` (the feature-embedding picture; needs a model).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -36,9 +37,11 @@ DEFAULT_PAIRS = {"synthetic": 40, "synth-kp": 200}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="shipped",
-                        help="model file for the 'model' method, or 'shipped' (default)")
+                        help="model file for the 'model' method, 'shipped' (default: the car "
+                             "model) or shipped:CATEGORY (`cyclecorr models` lists them)")
     parser.add_argument("--methods", default="zero,siftflow,model",
-                        help="comma list: zero, siftflow, model, NAME=PATH (default: %(default)s)")
+                        help="comma list: zero, siftflow, model, NAME=PATH (PATH may be "
+                             "shipped:CATEGORY) (default: %(default)s)")
     parser.add_argument("--sets", default="flowweb-car,pf-willow,tss",
                         help=f"comma list of {', '.join(SETS)}, or all (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder (created)")
@@ -63,6 +66,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the networks at S×S (a multiple of 16; default: the size each "
                              "was trained at, 128 for the shipped model); baselines stay at 128. "
                              "Not the standard protocol: the report names each method's size")
+
+
+def set_category(set_name: str) -> str | None:
+    """The one object category a set shows (``"synth-kp-chair"`` → ``"chair"``); None for the
+    sets of several categories (PF-WILLOW, TSS)."""
+    if set_name in ("pf-willow", "tss"):
+        return None
+    return set_name.rsplit("-", 1)[-1]
+
+
+def category_mismatches(methods, sets) -> list[str]:
+    """A note for each network evaluated on a set of another category than it was trained on
+    (e.g. the shipped car model on synth-kp-chair; ``shipped:chair`` names the chair model)."""
+    notes = []
+    for m in methods:
+        tc = getattr(m, "meta", None) or {}
+        tc = tc.get("train_config") if isinstance(tc, dict) else None
+        trained = tc.get("category") if isinstance(tc, dict) else None
+        for s in sets:
+            cat = set_category(s)
+            if trained and cat and cat != trained:
+                notes.append(f"note: {m.name} was trained on {trained}s and {s} shows {cat}s "
+                             f"(a shipped model of that category: shipped:{cat})")
+    return notes
 
 
 def _split(s: str) -> list[str]:
@@ -122,6 +149,8 @@ def run(args) -> int:
                "methods": {m.name: m.describe() for m in methods}, "sets": {},
                "versions": {"torch": torch.__version__, "numpy": np.__version__}}
     print(f"cyclecorr evaluate: methods {names} on sets {sets}; writing to {out}")
+    for line in category_mismatches(methods, sets):
+        print(line, file=sys.stderr)
     lim = args.limit
     for set_name in sets:
         t0 = time.perf_counter()

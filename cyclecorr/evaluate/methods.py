@@ -27,16 +27,18 @@ Implementations:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from cyclecorr.checkpoint import shipped_model_path
 from cyclecorr.matcher import Matcher, resize_tensor, to_image_pixels, to_tensor_image
 from cyclecorr.model import network_config_dict
 from cyclecorr.siftflow import SiftFlowParams, sift_flow
 
 __all__ = ["ZeroFlow", "SiftFlowMethod", "NetworkMethod", "predict_in_batches", "make_method",
-           "dense_match"]
+           "model_path", "dense_match"]
 
 
 def _check_pair(src: torch.Tensor, tgt: torch.Tensor, size: int | None = None) -> None:
@@ -185,11 +187,23 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
     return flow, mat
 
 
+def model_path(spec: str | None) -> Path:
+    """The model file a method names: a path, or ``"shipped"`` / ``"shipped:CATEGORY"`` for a
+    model shipped with the package (``None`` and ``"shipped"``: the car model)."""
+    if spec is None or spec.strip() in ("shipped", ""):
+        return shipped_model_path("car")
+    spec = spec.strip()
+    if spec.startswith("shipped:"):
+        return shipped_model_path(spec[len("shipped:"):].strip())
+    return Path(spec)
+
+
 def make_method(spec: str, model: str | None = None, size: int = 128, device="auto",
                 net_size: int | None = None, precision: str = "float32"):
     """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
-    the shipped model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` /
-    ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``).
+    the shipped car model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` /
+    ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``); any PATH
+    may be ``shipped:CATEGORY`` (e.g. ``"chair=shipped:chair"``, :func:`model_path`).
     ``size``: the baselines' input side; ``net_size``: the networks' (default: the size each was
     trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
     spec = spec.strip()
@@ -198,16 +212,15 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
     if spec in ("siftflow", "sift-flow", "sift"):
         return SiftFlowMethod(size)
     if spec == "model":
-        path = None if model in (None, "shipped") else model
-        return NetworkMethod.from_file(path, name="model", device=device, size=net_size,
-                                       precision=precision)
+        return NetworkMethod.from_file(model_path(model), name="model", device=device,
+                                       size=net_size, precision=precision)
     if spec.startswith("model:"):
-        return NetworkMethod.from_file(spec[len("model:"):], device=device, size=net_size,
-                                       precision=precision)
+        return NetworkMethod.from_file(model_path(spec[len("model:"):]), device=device,
+                                       size=net_size, precision=precision)
     if "=" in spec:
         name, path = spec.split("=", 1)
-        return NetworkMethod.from_file(path, name=name.strip(), device=device, size=net_size,
-                                       precision=precision)
+        return NetworkMethod.from_file(model_path(path), name=name.strip(), device=device,
+                                       size=net_size, precision=precision)
     raise ValueError(f"unknown method {spec!r}: use zero, siftflow, model, model:PATH or NAME=PATH")
 
 
