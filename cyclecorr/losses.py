@@ -81,6 +81,10 @@ class CycleLossConfig:
     #: loss on the pair's matchable pixels plus ``match_weight ·`` the matchability
     #: cross-entropy, the same reductions as the cycle.
     pair_weight: float = 0.0
+    #: truncation T of the supervised terms (self-warp and render pair, whose flow is exact) in
+    #: pixels; 0 = ``truncation``. A larger T keeps a gradient where the prediction is still far
+    #: from the exact flow (large viewpoint changes), which the cycle's T = 15 px cuts off.
+    supervised_truncation: float = 0.0
 
     def __post_init__(self):
         if self.reduction not in ("sum", "mean"):
@@ -93,6 +97,14 @@ class CycleLossConfig:
             raise ValueError(f"warp_weight must be ≥ 0, got {self.warp_weight}")
         if self.pair_weight < 0:
             raise ValueError(f"pair_weight must be ≥ 0, got {self.pair_weight}")
+        if not self.supervised_truncation >= 0:
+            raise ValueError(f"supervised_truncation must be ≥ 0 (0: truncation), got "
+                             f"{self.supervised_truncation}")
+
+    @property
+    def supervised_t(self) -> float:
+        """T of the self-warp and render-pair terms."""
+        return self.supervised_truncation or self.truncation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,13 +292,13 @@ def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = No
                                pred["match_r1r2"], batch["flow_s1s2"], batch["match_s1s2"], cfg)
     if cfg.warp_weight > 0:
         l_w, m_w = truncated_flow_loss(pred["flow_warp"], batch["flow_warp"], batch["match_warp"],
-                                       cfg.truncation, cfg.reduction)
+                                       cfg.supervised_t, cfg.reduction)
         loss = loss + cfg.warp_weight * l_w
         metrics = {**metrics, "loss": float(loss.detach()), "loss_warp": float(l_w.detach()),
                    **{f"warp_{k}": v for k, v in m_w.items()}}
     if cfg.pair_weight > 0:
         l_f, m_f = truncated_flow_loss(pred["flow_pair"], batch["flow_pair"], batch["match_pair"],
-                                       cfg.truncation, cfg.reduction)
+                                       cfg.supervised_t, cfg.reduction)
         l_m, m_m = matchability_loss(pred["match_pair"], batch["match_pair"], cfg.reduction)
         l_p = l_f + cfg.match_weight * l_m
         loss = loss + cfg.pair_weight * l_p

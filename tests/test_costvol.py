@@ -3,6 +3,8 @@ and closed-form properties, the correlation operators (peaks at known shifts, fl
 and the network's interface, dtypes and closed-form translation recovery."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -505,6 +507,15 @@ def test_training_config_selects_the_architecture():
         _training_part(paper.to_dict())
     assert _training_part(load_config("cpu", ["arch=costvol"]).to_dict()) != \
         _training_part(paper.to_dict())
+    # options added later count at their defaults in a run from before them, not otherwise
+    cv = cfg.to_dict()
+    older = json.loads(json.dumps(cv))
+    for k in ("pair_weight", "supervised_truncation"):
+        older["loss"].pop(k)
+    older["costvol"].pop("coarse_init")
+    assert _training_part(older) == _training_part(cv)
+    assert _training_part(older) != _training_part(
+        load_config("costvol", ["loss.supervised_truncation=40"]).to_dict())
     with pytest.raises(ValueError, match="arch"):
         load_config("cpu", ["arch=nosuch"])
 

@@ -265,6 +265,19 @@ def test_cycle_objective_is_the_cycle_plus_the_hand_computed_self_warp_term():
     assert float(loss - base) == pytest.approx(2.0 * 16 * 64, rel=1e-6)
     assert m["loss"] == pytest.approx(float(loss)) and m["warp_epe"] == pytest.approx(5.0)
     assert m["warp_truncated"] == 1.0
+    # its own truncation: T = 6 leaves the warp term uncapped (25 < 36) and its gradient alive,
+    # the cycle term unchanged
+    wide = CycleLossConfig(reduction="sum", warp_weight=2.0, truncation=4.0,
+                           supervised_truncation=6.0)
+    loss_w, m_w = cycle_objective(pred, batch, wide)
+    assert m_w["loss_warp"] == pytest.approx(25 * 64) and m_w["warp_truncated"] == 0.0
+    assert float(loss_w - base) == pytest.approx(2.0 * 25 * 64, rel=1e-6)
+    for c, alive in ((cfg, False), (wide, True)):
+        fw = pred["flow_warp"].clone().requires_grad_(True)
+        cycle_objective({**pred, "flow_warp": fw}, batch, c)[0].backward()
+        assert bool(fw.grad.abs().sum() > 0) == alive
+    with pytest.raises(ValueError, match="supervised_truncation"):
+        CycleLossConfig(supervised_truncation=-1.0)
     del batch["match_warp"]
     with pytest.raises(ValueError, match=r"missing \['match_warp'\]"):
         cycle_objective(pred, batch, cfg)

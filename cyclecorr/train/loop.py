@@ -319,8 +319,12 @@ def _training_part(cfg_dict: dict) -> dict:
     runs and reports (runtime, logging, validation, worker counts) but nothing else, except the
     arithmetic precision (``runtime.precision``), which stays; of the network sections only the
     trained architecture's counts. (Exact equality with an
-    uninterrupted run also needs the same runtime.threads.)"""
-    d = json.loads(json.dumps(cfg_dict))
+    uninterrupted run also needs the same runtime.threads.) A field the configuration lacks counts
+    at its default: options added later default to what runs did before them."""
+    try:
+        d = TrainConfig.from_dict(json.loads(json.dumps(cfg_dict))).to_dict()
+    except (TypeError, ValueError, KeyError):
+        d = json.loads(json.dumps(cfg_dict))
     precision = (d.get("runtime") or {}).get("precision", "float32")
     for k in ("runtime", "logging", "validation"):
         d.pop(k, None)
