@@ -335,18 +335,21 @@ def test_cli_train(tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
 
 
-def test_shipped_model_loads_with_matcher():
+@pytest.mark.parametrize("category", ["car", "chair", "aeroplane"])
+def test_shipped_model_loads_with_matcher(category):
     import numpy as np
 
     from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.matcher import Matcher
 
     try:
-        shipped_model_path("car")
+        shipped_model_path(category)
     except FileNotFoundError:
-        pytest.skip("no shipped car model yet (cyclecorr/weights/car.safetensors is written by "
-                    "the lead from the cpu-preset training run)")
-    m = Matcher.from_checkpoint(device="cpu")
+        pytest.skip(f"no shipped {category} model (cyclecorr/weights/{category}.safetensors)")
+    m = Matcher.from_checkpoint(device="cpu", category=category)
+    # the file is the category's: its training configuration names it, and its card is beside it
+    assert m.meta["train_config"]["category"] == category
+    assert shipped_model_path(category).with_suffix(".md").is_file()
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
     b = rng.integers(0, 255, (70, 60, 3), dtype=np.uint8)
