@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,37 @@ def test_pascal3d_and_list_meshes(data_dir):
     assert m.keypoints["left_front_light"][1] < 0 < m.keypoints["left_back_wheel"][1]
     with pytest.raises(FileNotFoundError):
         list_meshes(cad / "no-such-folder")
+
+
+def _top_behind(path, q):
+    """How far behind the bounding box's centre (canonical +y, in box lengths) the model's top
+    ``1 − q`` of vertices lies: a chair's backrest, an aeroplane's fin."""
+    v = load_mesh(path).vertices
+    top = v[:, 2] >= np.quantile(v[:, 2], q)
+    return (v[top, 1].mean() - (v[:, 1].max() + v[:, 1].min()) / 2) / np.ptp(v[:, 1])
+
+
+def test_shapenet_chairs_and_aeroplanes_face_front(data_dir):
+    cad = data_dir / "cad"
+    chairs = list_meshes(cad / "chair" / "shapenet")
+    reference = sorted((cad / "pascal3d").glob("chair*.json"))
+    assert len(chairs) == 10 and len(reference) == 10
+    # every chair's backrest is behind its seat, as on the PASCAL3D+ chairs (canonical front −y)
+    assert all(_top_behind(p, 0.9) > 0.03 for p in reference)
+    assert all(_top_behind(p, 0.9) > 0.03 for p in chairs)
+    planes = list_meshes(cad / "aeroplane" / "shapenet")
+    fins = [_top_behind(p, 0.98) for p in planes]
+    assert len(planes) == 6 and sum(f > 0.05 for f in fins) >= 5  # one is ~0: a high wing
+
+
+def test_bank_cache_key_follows_the_source_convention(data_dir, monkeypatch):
+    from cyclecorr.data import retrieval
+    from cyclecorr.render import mesh as mesh_mod
+
+    p = list_meshes(data_dir / "cad" / "chair" / "shapenet")[0]
+    before = retrieval._model_cache_file(Path("bank"), str(p))
+    monkeypatch.setitem(mesh_mod.SOURCE_CONVENTIONS, "shapenet", ("+y", "+z"))
+    assert retrieval._model_cache_file(Path("bank"), str(p)) != before
 
 
 def test_gsnet_car_upright_and_facing_front(data_dir, renderer):
@@ -513,9 +545,9 @@ def test_shapenet_layout_and_keypointless_mesh(tmp_path, renderer):
     assert found == [d / "model_normalized.obj"]
     m = load_mesh(found[0])
     assert m.kind == "shapenet"
-    # y up → z up; the peak vertex (0, 1, 2) is at the front (+z → −y) and on top
+    # y up → z up; ShapeNet faces −z: the peak vertex (0, 1, 2) is at the back (+z → +y), on top
     top = m.vertices[4]
-    assert top[2] == pytest.approx(m.vertices[:, 2].max()) and top[1] < 0
+    assert top[2] == pytest.approx(m.vertices[:, 2].max()) and top[1] > 0
     with pytest.raises(ValueError, match="no 3D keypoints"):
         project_keypoints(m, Viewpoint(0, 20), renderer=renderer)
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from cyclecorr._runtime import exit_with_parent
 from cyclecorr.data.io import DataError, atomic_write_bytes
-from cyclecorr.render import Renderer, Viewpoint, load_mesh
+from cyclecorr.render import SOURCE_CONVENTIONS, Renderer, Viewpoint, detect_source, load_mesh
 from cyclecorr.render.frames import frame_key
 
 __all__ = ["HOG_PARAMS", "hog_descriptor", "hog_descriptors", "viewpoint_grid", "RenderBank",
@@ -152,11 +152,15 @@ class RenderBank:
 
 
 def _file_key(p: Path) -> list:
-    """(path, size, mtime) of a model file, and its axes where a conventions table gives them
-    (:func:`cyclecorr.render.frames.frame_key`): deciding a model's front anew re-renders it."""
+    """(path, size, mtime) of a model file, its source's axis convention
+    (:data:`~cyclecorr.render.SOURCE_CONVENTIONS`) and its axes where a conventions table gives
+    them (:func:`cyclecorr.render.frames.frame_key`): a model whose frame changes is rendered
+    anew."""
     p = Path(p).resolve()
     st = p.stat()
-    key = [str(p), st.st_size, int(st.st_mtime)]
+    src = detect_source(p)
+    key = [str(p), st.st_size, int(st.st_mtime),
+           f"{src}:" + ",".join(SOURCE_CONVENTIONS.get(src, ()))]
     fk = frame_key(p)
     return key + [fk] if fk else key
 

@@ -66,10 +66,12 @@ class MeshError(ValueError):
     """A model file is missing, malformed, empty or degenerate (the message names the file)."""
 
 
-# source -> (up axis, front axis) in the source's coordinates
+# source -> (up axis, front axis) in the source's coordinates. ShapeNetCore v2's
+# model_normalized.obj faces −z: every shared ShapeNet chair has its backrest and 5 of 6
+# aeroplanes their fin on the +z side (tests/test_render.py checks it on the shared data).
 SOURCE_CONVENTIONS: dict[str, tuple[str, str]] = {
     "pascal3d": ("+z", "-y"),
-    "shapenet": ("+y", "+z"),
+    "shapenet": ("+y", "-z"),
     "gsnet": ("-y", "+z"),
     "obj": ("+y", "+z"),
     "ac3d": ("+y", "+z"),
