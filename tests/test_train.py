@@ -310,6 +310,7 @@ def test_smoke_run_writes_everything_and_refuses_overwrite(tmp_path):
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
     card = (run / "MODEL_CARD.md").read_text()
     assert "never trained on" in card and meta["data_manifest_sha256"] in card
+    assert "stage 1 (regressing the renderer's flow)" in card  # the smoke preset's targets
     assert "| 2 | 6 |" in card  # the last validation row (stage 2, step 6)
     assert "initial weights: random" in card
     with pytest.raises(ValueError, match="--resume"):

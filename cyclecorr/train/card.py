@@ -9,6 +9,8 @@ from cyclecorr.checkpoint import atomic_write_bytes, file_sha256, read_metadata
 
 __all__ = ["write_model_card"]
 
+_STAGE1 = {"siftflow": "imitating SIFT flow", "ground_truth": "regressing the renderer's flow"}
+
 
 def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
     """Write ``run_dir/MODEL_CARD.md`` describing the model, its training and its validation."""
@@ -43,8 +45,7 @@ def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:
         "## Training",
         f"- data: `{cfg.get('data', {}).get('quartets', '?')}` "
         f"({start.get('n_train', '?')} training quartets, {start.get('n_val', '?')} held out)",
-        "- stage 1 (SIFT-flow imitation, targets: "
-        f"{cfg.get('data', {}).get('stage1_targets', '?')}): "
+        f"- stage 1 ({_STAGE1.get(cfg.get('data', {}).get('stage1_targets'), '?')}): "
         f"{s1.get('iterations')} iterations × {s1.get('batch_size')} pairs, "
         f"lr {s1.get('optim', {}).get('lr')} × {s1.get('optim', {}).get('gamma')} every "
         f"{s1.get('optim', {}).get('decay_every')}",
