@@ -196,11 +196,14 @@ def test_require_pose_uses_only_tagged_crops(inputs, data_dir, tmp_path):
     out = tmp_path / "o"
     cfg = QuartetConfig(**{**CFG, "max_azimuth_gap": 180.0, "k": 3, "min_matchable": 0.0},
                         require_pose=True)
+    lines = []
     prepare_quartets([str(real)], inputs["cad"], out, 4, cfg, progress=False,
-                     log=lambda *_: None, bank_cache=inputs["bank"])
+                     log=lines.append, bank_cache=inputs["bank"])
     ds = QuartetDataset(out)
     used = {int(ds.raw(i)[k]) for i in range(len(ds)) for k in ("r1_index", "r2_index")}
     assert used == {0, 1}  # the two tagged crops come first in boxes.tsv order
+    assert any("2 of 4 crops with an annotated viewpoint or a VOC pose tag (the only ones" in x
+               for x in lines)
 
 
 def test_pair_dataset_from_folders(data_dir):

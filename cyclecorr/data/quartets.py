@@ -435,6 +435,9 @@ def _prepare_retrieval(out: Path, real, real_meta, models, cfg: QuartetConfig, w
     counts = np.bincount(sectors, minlength=8)
     log("retrieval: azimuth histogram (45° sectors centred on 0, 45, …, 315): "
         + " ".join(str(int(c)) for c in counts))
+    known = int(((tensors["annotated"] > 0) | (tensors["pose_tagged"] > 0)).sum())
+    log(f"retrieval: {known} of {len(vp)} crops with an annotated viewpoint or a VOC pose tag"
+        + (" (the only ones quartets use: require_pose)" if cfg.require_pose else ""))
     return tensors, meta
 
 
