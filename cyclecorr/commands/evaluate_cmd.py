@@ -80,10 +80,8 @@ def category_mismatches(methods, sets) -> list[str]:
     """A note for each network evaluated on a set of another category than it was trained on
     (e.g. the shipped car model on synth-kp-chair; ``shipped:chair`` names the chair model)."""
     notes = []
-    for m in methods:
-        tc = getattr(m, "meta", None) or {}
-        tc = tc.get("train_config") if isinstance(tc, dict) else None
-        trained = tc.get("category") if isinstance(tc, dict) else None
+    for m in methods:  # baselines have no meta; a network's names its training configuration
+        trained = (getattr(m, "meta", None) or {}).get("train_config", {}).get("category")
         for s in sets:
             cat = set_category(s)
             if trained and cat and cat != trained:
@@ -172,7 +170,7 @@ def run(args) -> int:
                 res[m.name] = B.evaluate_tss(m, pairs, progress=True, seed=args.seed)
         elif set_name.startswith(("synthetic-", "synth-kp-")):
             cross = set_name.startswith("synth-kp-")
-            cat = set_name.split("-")[-1]
+            cat = set_category(set_name)
             n = args.synthetic_pairs or DEFAULT_PAIRS["synth-kp" if cross else "synthetic"]
             n = min(n, lim) if lim else n
             pairs = D.make_synthetic_pairs(args.data, cat, n_pairs=n, seed=args.seed,

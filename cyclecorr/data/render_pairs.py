@@ -38,14 +38,13 @@ import torch
 from cyclecorr._io import atomic_write_bytes, file_sha256, read_format_json
 from cyclecorr.data.io import DataError
 from cyclecorr.data.quartets import _load_st, _save_st, _shard_counts, collect_models
+from cyclecorr.losses import PAIR_KEYS  # the keys a RenderPairDataset item holds
 
 __all__ = ["PairConfig", "prepare_render_pairs", "RenderPairDataset", "topology_groups",
            "PAIR_KEYS"]
 
 FORMAT = "cyclecorr-render-pairs"
 VERSION = 1
-#: the keys a :class:`RenderPairDataset` item holds (and a training batch, with the pair term)
-PAIR_KEYS = ("pair_src", "pair_tgt", "flow_pair", "match_pair")
 
 
 @dataclass

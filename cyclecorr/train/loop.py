@@ -232,11 +232,13 @@ def _resume_pointer(folder: Path, cfg_dict: dict, resume: bool) -> dict | None:
         raise ValueError(f"{folder}: holds a checkpoint (stage {ptr['stage']}, step "
                          f"{ptr['step']}); pass --resume to continue it or choose another --out "
                          "folder")
-    if resume and ptr is not None and _training_part(ptr["config"]) != _training_part(cfg_dict):
+    if resume and ptr is not None:
         a, b = _training_part(ptr["config"]), _training_part(cfg_dict)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ValueError(f"{folder / 'last.json'}: the run was started with another configuration "
-                         f"(sections differ: {diff}); resume with the run's config.json")
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ValueError(f"{folder / 'last.json'}: the run was started with another "
+                             f"configuration (sections differ: {diff}); resume with the run's "
+                             "config.json")
     return ptr
 
 
