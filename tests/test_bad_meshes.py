@@ -10,16 +10,6 @@ import pytest
 
 from cyclecorr.render import Light, MeshError, Renderer, Viewpoint, load_mesh
 
-
-def _voc_folder(data_dir, tmp_path, category: str, n: int = 12) -> str:
-    """A folder of ``n`` VOC 2007 crops of ``category`` (links), as unlabelled real photos."""
-    real = tmp_path / f"real-{category}"
-    real.mkdir()
-    for p in sorted((data_dir / "real" / "voc2007" / category).glob("*.jpg"))[:20 * n:20]:
-        (real / p.name).symlink_to(p)
-    return str(real)
-
-
 BAD = {  # file name → (content, what the error says)
     "nan.obj": ("v 0 0 nan\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\n", "NaN"),
     "nofaces.obj": ("v 0 0 0\nv 1 0 0\nv 0 1 0\n", "empty"),
@@ -96,13 +86,13 @@ def test_render_bank_skips_bad_meshes_with_names(mixed, tmp_path, workers):
     assert again.models == bank.models and sorted(again.params["skipped"]) == bad
 
 
-def test_prepare_skips_bad_meshes_and_reports_them(mixed, data_dir, tmp_path, capsys):
+def test_prepare_skips_bad_meshes_and_reports_them(mixed, data_dir, tmp_path, capsys, voc_folder):
     from cyclecorr.commands import prepare_cmd
 
     d, good, bad = mixed
     p = argparse.ArgumentParser()
     prepare_cmd.add_arguments(p)
-    args = p.parse_args(["--real", _voc_folder(data_dir, tmp_path, "car"), "--cad", str(d),
+    args = p.parse_args(["--real", voc_folder("car"), "--cad", str(d),
                          "--out", str(tmp_path / "q"), "--quartets", "6", "--workers", "1",
                          "--azimuth-step", "90", "--elevations", "10", "--k", "2",
                          "--max-azimuth-gap", "180", "--shard-size", "3", "--quiet",

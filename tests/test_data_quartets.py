@@ -386,6 +386,24 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
+def _kill_parent_and_check(proc, kids: set[int], what: str) -> None:
+    """SIGKILL ``proc``; every pid in ``kids`` must be gone within 15 s (``what`` names them)."""
+    os.kill(proc.pid, 9)
+    proc.wait()
+    t1 = time.time()
+    while [k for k in kids if _alive(k)] and time.time() - t1 < 15:
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)], f"{what} left behind after kill -9"
+
+
+def _clean_up(proc, kids: set[int]) -> None:
+    for k in kids:
+        if _alive(k):
+            os.kill(k, 9)
+    if proc.poll() is None:
+        proc.kill()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_kill9_of_prepare_leaves_no_worker(inputs, tmp_path):
     """``cyclecorr prepare --workers 2`` killed with SIGKILL while its pool renders quartets: the
@@ -407,18 +425,9 @@ def test_kill9_of_prepare_leaves_no_worker(inputs, tmp_path):
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         kids |= _descendants(proc.pid)
         assert len(kids) >= 2, kids
-        os.kill(proc.pid, 9)
-        proc.wait()
-        t1 = time.time()
-        while [k for k in kids if _alive(k)] and time.time() - t1 < 15:
-            time.sleep(0.1)
-        assert not [k for k in kids if _alive(k)], "workers left behind after kill -9"
+        _kill_parent_and_check(proc, kids, "workers")
     finally:
-        for k in kids:
-            if _alive(k):
-                os.kill(k, 9)
-        if proc.poll() is None:
-            proc.kill()
+        _clean_up(proc, kids)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
@@ -452,18 +461,9 @@ def test_kill9_leaves_no_hygiene_screening_worker(tmp_path):
         assert "ready" in line, line + proc.stdout.read().decode()[-2000:]
         kids = _descendants(proc.pid)
         assert len(kids) >= 2, kids
-        os.kill(proc.pid, 9)
-        proc.wait()
-        t1 = time.time()
-        while [k for k in kids if _alive(k)] and time.time() - t1 < 15:
-            time.sleep(0.1)
-        assert not [k for k in kids if _alive(k)], "screening workers left behind"
+        _kill_parent_and_check(proc, kids, "screening workers")
     finally:
-        for k in kids:
-            if _alive(k):
-                os.kill(k, 9)
-        if proc.poll() is None:
-            proc.kill()
+        _clean_up(proc, kids)
 
 
 def test_bit_flipped_shard_is_regenerated_and_named(prepared, inputs, tmp_path):

@@ -80,18 +80,11 @@ def test_shape_to_image_transfer(data_dir):
     assert "HOG" in r["protocol"]["template"]
 
 
-class KeypointOracle:
+class KeypointOracle(Oracle):
     """Moves every pixel by the displacement of its nearest keypoint visible in both renders
     (Voronoi cells): exact at the keypoints; matchability = the pair's ground truth."""
 
     name = "kp-oracle"
-    size = 128
-
-    def __init__(self, pairs):
-        self.queue = list(pairs)
-
-    def describe(self):
-        return {"name": self.name}
 
     def predict_batch(self, src, tgt):
         flows, mats = [], []

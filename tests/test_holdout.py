@@ -17,15 +17,6 @@ from cyclecorr.data.holdout import (
 )
 
 
-def _voc_folder(data_dir, tmp_path, category: str, n: int = 12) -> str:
-    """A folder of ``n`` VOC 2007 crops of ``category`` (links), as unlabelled real photos."""
-    real = tmp_path / f"real-{category}"
-    real.mkdir()
-    for p in sorted((data_dir / "real" / "voc2007" / category).glob("*.jpg"))[:20 * n:20]:
-        (real / p.name).symlink_to(p)
-    return str(real)
-
-
 def _pascal3d_json(path, seed):
     """A small PASCAL3D+-style model: a box with two named keypoints."""
     rng = np.random.default_rng(seed)
@@ -66,7 +57,7 @@ def test_rule_per_category(tmp_path):
     assert "warning" in logs[0] and "synth-kp-chair" in logs[0]
 
 
-def test_prepare_refuses_then_allows_on_request(data_dir, tmp_path, capsys):
+def test_prepare_refuses_then_allows_on_request(data_dir, tmp_path, capsys, voc_folder):
     from cyclecorr.commands import prepare_cmd
 
     cad = tmp_path / "cad"
@@ -76,7 +67,7 @@ def test_prepare_refuses_then_allows_on_request(data_dir, tmp_path, capsys):
     _obj_box(cad / "other_chair.obj")
     p = argparse.ArgumentParser()
     prepare_cmd.add_arguments(p)
-    base = ["--category", "chair", "--real", _voc_folder(data_dir, tmp_path, "chair"),
+    base = ["--category", "chair", "--real", voc_folder("chair"),
             "--cad", str(cad), "--out", str(tmp_path / "q"), "--quartets", "0", "--workers", "1",
             "--azimuth-step", "90", "--elevations", "10", "--k", "2", "--quiet",
             "--bank-cache", str(tmp_path / "banks")]
