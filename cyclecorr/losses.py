@@ -81,9 +81,17 @@ class CycleLossConfig:
     #: loss on the pair's matchable pixels plus ``match_weight ·`` the matchability
     #: cross-entropy, the same reductions as the cycle.
     pair_weight: float = 0.0
-    #: truncation T of the supervised terms (self-warp and render pair, whose flow is exact) in
-    #: pixels; 0 = ``truncation``. A larger T keeps a gradient where the prediction is still far
-    #: from the exact flow (large viewpoint changes), which the cycle's T = 15 px cuts off.
+    #: weight of a supervised term on the quartet's own two renders (not in the paper; 0 = off):
+    #: the network's direct prediction s1→s2 scored against the renderer's ``~F_s1s2`` and
+    #: ``~M_s1s2`` by the truncated flow loss plus ``match_weight ·`` the matchability
+    #: cross-entropy, the same reductions as the cycle. It keeps stage 1's render matching alive
+    #: while the cycle fine-tunes, at the cost of one more decoded pair (s1 and s2 are already
+    #: encoded for the cycle).
+    direct_weight: float = 0.0
+    #: truncation T of the supervised terms (self-warp, render pair and direct pair, whose flow
+    #: is exact) in pixels; 0 = ``truncation``. A larger T keeps a gradient where the prediction
+    #: is still far from the exact flow (large viewpoint changes), which the cycle's T = 15 px
+    #: cuts off.
     supervised_truncation: float = 0.0
 
     def __post_init__(self):
@@ -97,13 +105,15 @@ class CycleLossConfig:
             raise ValueError(f"warp_weight must be ≥ 0, got {self.warp_weight}")
         if self.pair_weight < 0:
             raise ValueError(f"pair_weight must be ≥ 0, got {self.pair_weight}")
+        if self.direct_weight < 0:
+            raise ValueError(f"direct_weight must be ≥ 0, got {self.direct_weight}")
         if not self.supervised_truncation >= 0:
             raise ValueError(f"supervised_truncation must be ≥ 0 (0: truncation), got "
                              f"{self.supervised_truncation}")
 
     @property
     def supervised_t(self) -> float:
-        """T of the self-warp and render-pair terms."""
+        """T of the self-warp, render-pair and direct-pair terms."""
         return self.supervised_truncation or self.truncation
 
     def to_dict(self) -> dict:
@@ -269,7 +279,9 @@ def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = No
     """The whole objective of one batch of quartets: :func:`cycle_loss` plus ``warp_weight ·`` the
     truncated flow loss of the self-warp pair when ``config.warp_weight > 0``, plus
     ``pair_weight ·`` (the truncated flow loss + ``match_weight ·`` the matchability
-    cross-entropy) of the render pair across instances when ``config.pair_weight > 0``.
+    cross-entropy) of the render pair across instances when ``config.pair_weight > 0``, plus
+    ``direct_weight ·`` the same two terms on the quartet's own renders s1→s2 when
+    ``config.direct_weight > 0``.
 
     Args:
         pred: the network's predictions, ``flow_s1r1``, ``flow_r1r2``, ``flow_r2s2``
@@ -284,7 +296,8 @@ def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = No
         ``(loss, metrics)``: the metrics of :func:`cycle_loss` (``loss`` is the total) and, with
         the self-warp term, ``loss_warp`` and its flow metrics as ``warp_epe``, ``warp_px1``,
         ``warp_px5``, ``warp_truncated``; with the pair term ``loss_pair`` and ``pair_epe``,
-        ``pair_px5``, …, ``pair_match_acc``.
+        ``pair_px5``, …, ``pair_match_acc``; with the direct term ``loss_direct`` and
+        ``direct_epe``, …, ``direct_match_acc``.
     """
     cfg = config or CycleLossConfig()
     check_cycle_batch(batch, cfg, ("flow_warp", "match_warp"), ("flow_pair", "match_pair"))
@@ -297,14 +310,27 @@ def cycle_objective(pred: dict, batch: dict, config: CycleLossConfig | None = No
         metrics = {**metrics, "loss": float(loss.detach()), "loss_warp": float(l_w.detach()),
                    **{f"warp_{k}": v for k, v in m_w.items()}}
     if cfg.pair_weight > 0:
-        l_f, m_f = truncated_flow_loss(pred["flow_pair"], batch["flow_pair"], batch["match_pair"],
-                                       cfg.supervised_t, cfg.reduction)
-        l_m, m_m = matchability_loss(pred["match_pair"], batch["match_pair"], cfg.reduction)
-        l_p = l_f + cfg.match_weight * l_m
+        l_p, m_p = _supervised_pair_loss(pred["flow_pair"], pred["match_pair"],
+                                         batch["flow_pair"], batch["match_pair"], cfg)
         loss = loss + cfg.pair_weight * l_p
         metrics = {**metrics, "loss": float(loss.detach()), "loss_pair": float(l_p.detach()),
-                   **{f"pair_{k}": v for k, v in {**m_f, **m_m}.items()}}
+                   **{f"pair_{k}": v for k, v in m_p.items()}}
+    if cfg.direct_weight > 0:
+        l_d, m_d = _supervised_pair_loss(pred["flow_direct"], pred["match_direct"],
+                                         batch["flow_s1s2"], batch["match_s1s2"], cfg)
+        loss = loss + cfg.direct_weight * l_d
+        metrics = {**metrics, "loss": float(loss.detach()), "loss_direct": float(l_d.detach()),
+                   **{f"direct_{k}": v for k, v in m_d.items()}}
     return loss, metrics
+
+
+def _supervised_pair_loss(flow, match, flow_gt, match_gt, cfg: CycleLossConfig
+                          ) -> tuple[torch.Tensor, dict]:
+    """A pair with an exact flow: the truncated flow loss (T = ``cfg.supervised_t``) on its
+    matchable pixels plus ``match_weight ·`` the matchability cross-entropy; the metrics of both."""
+    l_f, m_f = truncated_flow_loss(flow, flow_gt, match_gt, cfg.supervised_t, cfg.reduction)
+    l_m, m_m = matchability_loss(match, match_gt, cfg.reduction)
+    return l_f + cfg.match_weight * l_m, {**m_f, **m_m}
 
 
 def flow_regression_loss(flow_pred: torch.Tensor, flow_target: torch.Tensor,

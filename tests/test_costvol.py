@@ -510,7 +510,7 @@ def test_training_config_selects_the_architecture():
     # options added later count at their defaults in a run from before them, not otherwise
     cv = cfg.to_dict()
     older = json.loads(json.dumps(cv))
-    for k in ("pair_weight", "supervised_truncation"):
+    for k in ("pair_weight", "supervised_truncation", "direct_weight"):
         older["loss"].pop(k)
     older["costvol"].pop("coarse_init")
     assert _training_part(older) == _training_part(cv)

@@ -131,3 +131,24 @@ def test_training_adds_the_pair_term_in_one_pass(pairs):
         assert all(p.grad is not None for p in net.parameters())
     with pytest.raises(ValueError, match="render_pairs"):
         load_config("smoke", ["loss.pair_weight=1"])
+
+
+def test_evaluation_only_models_are_refused_as_by_prepare(data_dir, tmp_path):
+    """A chair folder holding a PASCAL3D+ chair (evaluation-only) is refused before anything is
+    rendered, naming the model and the override; the CLI's override lets it past the rule."""
+    from cyclecorr.cli import main
+
+    cad = tmp_path / "cad"
+    cad.mkdir()
+    for i in (0, 1):  # a topology group, so only the rule can refuse
+        os.symlink(data_dir / "cad" / "car" / "gsnet" / f"{i}.obj", cad / f"{i}.obj")
+    os.symlink(data_dir / "cad" / "pascal3d" / "chair01.json", cad / "chair01.json")
+    with pytest.raises(DataError, match="chair01.json.*evaluation-only|evaluation-only.*chair01"):
+        prepare_render_pairs([cad], tmp_path / "o", 1, PairConfig(category="chair", size=32),
+                             progress=False, log=lambda *_: None)
+    assert not (tmp_path / "o" / "plan.json").exists()
+    assert main(["prepare-pairs", "--cad", str(cad), "--out", str(tmp_path / "o2"), "--pairs",
+                 "1", "--category", "chair", "--workers", "1", "--quiet",
+                 "--allow-evaluation-models"]) == 0
+    plan = json.loads((tmp_path / "o2" / "plan.json").read_text())
+    assert any(m.endswith("chair01.json") for m in plan["models"])

@@ -703,6 +703,44 @@ def test_cycle_step_with_self_warp_adds_the_weighted_pair_loss_in_one_pass():
         CycleLossConfig(warp_weight=-1)
 
 
+def test_direct_term_scores_the_quartets_own_renders_in_the_same_pass():
+    """loss.direct_weight adds direct_weight × (truncated flow loss + match_weight × BCE) of the
+    network's own s1→s2 prediction against the renderer's flow and matchability, for both
+    architectures and beside the self-warp pair (the decoded pairs keep their places)."""
+    from cyclecorr.losses import matchability_loss, truncated_flow_loss
+    from cyclecorr.model import build_network
+    from cyclecorr.train.data import AugmentedDataset
+
+    ds = AugmentedDataset(SyntheticQuartets(4, 32, seed=6), seed=0, self_warp=True,
+                          augment=_aug(zoom_min=0.7, zoom_max=1.3, zoom_fill="texture"))
+    batch = collate([ds[(i, 3, i)] for i in range(2)])
+    for net in (_tiny_net(2), build_network({"arch": "costvol", "image_size": 32, "width": 0.5})):
+        torch.manual_seed(0)
+        for p in net.parameters():  # non-zero heads
+            p.data.add_(0.01 * torch.randn_like(p))
+        net.eval()
+        base_cfg = CycleLossConfig(truncation=3.75, warp_weight=0.5, supervised_truncation=6.0,
+                                   match_weight=2.0)
+        cfg = CycleLossConfig(truncation=3.75, warp_weight=0.5, supervised_truncation=6.0,
+                              direct_weight=0.25, match_weight=2.0)
+        base, mb = cycle_step_loss(net, batch, base_cfg)
+        loss, m = cycle_step_loss(net, batch, cfg)
+        out = net(batch["s1"], batch["s2"])
+        l_f, _ = truncated_flow_loss(out["flow"], batch["flow_s1s2"], batch["match_s1s2"], 6.0,
+                                     "sum")
+        l_m, _ = matchability_loss(out["matchability"], batch["match_s1s2"], "sum")
+        term = float((l_f + 2.0 * l_m).detach())
+        assert term > 0
+        assert float(loss.detach()) == pytest.approx(float(base.detach()) + 0.25 * term, rel=1e-5)
+        assert m["loss_direct"] == pytest.approx(term, rel=1e-5)
+        assert m["loss_warp"] == pytest.approx(mb["loss_warp"], rel=1e-5)  # warp pair unchanged
+        assert {"direct_epe", "direct_px5", "direct_match_acc"} <= set(m)
+        loss.backward()
+        assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(ValueError, match="direct_weight"):
+        CycleLossConfig(direct_weight=-1)
+
+
 def test_texture_matrix_upsampling_equals_bicubic_interpolate():
     """The textures' separable-matmul upsampling reproduces F.interpolate(bicubic) (up- and
     down-sampling, square sizes) up to float rounding, with the same random draws."""

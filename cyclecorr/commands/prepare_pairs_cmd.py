@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one random light per pair (default) or the renderer's default")
     parser.add_argument("--shard-size", type=int, default=64, help="pairs per shard file")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--allow-evaluation-models", action="store_true",
+                        help="let the category's evaluation-only CAD models (the PASCAL3D+ "
+                             "chairs and aeroplanes) into the pairs; refused by default")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                      max_azimuth_gap=args.max_azimuth_gap, min_matchable=args.min_matchable,
                      light=args.light, shard_size=args.shard_size)
     s = prepare_render_pairs(args.cad, args.out, args.pairs, cfg, workers=args.workers,
-                             progress=not args.quiet)
+                             progress=not args.quiet,
+                             allow_evaluation_models=args.allow_evaluation_models)
     print(json.dumps({k: s[k] for k in ("out", "pairs", "made", "groups")}))
     return 0

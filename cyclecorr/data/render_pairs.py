@@ -181,10 +181,14 @@ def _shard_done(out: Path, j: int) -> bool:
 
 
 def prepare_render_pairs(cad_dirs, out, num_pairs: int, config: PairConfig | None = None,
-                         workers: int = 1, progress: bool = True, log=print) -> dict:
+                         workers: int = 1, progress: bool = True, log=print,
+                         allow_evaluation_models: bool = False) -> dict:
     """Write ``num_pairs`` render pairs across instances into ``out`` (see the module doc);
     resumable: run again to finish after a kill (complete shards whose SHA-256 matches their
-    record are kept). Returns a summary (counts, groups, rejections, time)."""
+    record are kept). Returns a summary (counts, groups, rejections, time).
+
+    The category's evaluation-only CAD models (``cyclecorr.data.holdout``) are refused, as by
+    ``prepare``, unless ``allow_evaluation_models``."""
     from tqdm import tqdm
 
     cfg = config or PairConfig()
@@ -194,6 +198,8 @@ def prepare_render_pairs(cad_dirs, out, num_pairs: int, config: PairConfig | Non
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     models = collect_models(cad_dirs, cfg.category)
+    from cyclecorr.data.holdout import check_training_models
+    check_training_models(models, cfg.category, allow_evaluation_models, log)
     groups = topology_groups(models, log)
     if not groups:
         raise DataError(f"{[str(d) for d in cad_dirs]}: no two models share a topology (render "

@@ -27,14 +27,16 @@ class CycleModule(nn.Module):
     ``CycleLossConfig.warp_weight``) that pair is encoded and decoded in the same pass and its
     flow returned as ``"flow_warp"`` (one forward, so DDP sees a single graph). With
     ``pair_src, pair_tgt`` (a render pair across instances, ``CycleLossConfig.pair_weight``) that
-    pair too, returned as ``"flow_pair"`` and ``"match_pair"``."""
+    pair too, returned as ``"flow_pair"`` and ``"match_pair"``. With ``direct=True`` the
+    quartet's own renders s1→s2 (already encoded) are decoded as well, returned as
+    ``"flow_direct"`` and ``"match_direct"`` (``CycleLossConfig.direct_weight``)."""
 
     def __init__(self, net: CorrespondenceNet):
         super().__init__()
         self.net = net
 
     def forward(self, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_src=None,
-                pair_tgt=None) -> dict[str, torch.Tensor]:
+                pair_tgt=None, direct: bool = False) -> dict[str, torch.Tensor]:
         b = s1.shape[0]
         warp = warp_src is not None and warp_tgt is not None
         pair = pair_src is not None and pair_tgt is not None
@@ -50,6 +52,9 @@ class CycleModule(nn.Module):
         if pair:
             si.append(len(images) - 2)
             ti.append(len(images) - 1)
+        if direct:
+            si.append(0)
+            ti.append(3)
         src = [torch.cat([lv[i] for i in si]) for lv in levels]
         tgt = [torch.cat([lv[i] for i in ti]) for lv in levels]
         if self.net.decodes_jointly:
@@ -59,7 +64,8 @@ class CycleModule(nn.Module):
             flow = out["flow"].split(b)
             matches = out["matchability"].split(b)
             match = matches[1]
-            match_pair = matches[-1] if pair else None
+            match_pair = matches[-2 if direct else -1] if pair else None
+            match_direct = matches[-1] if direct else None
         else:
             flow = self.net.decode_flow(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:])).split(b)
             c_r1, c_r2 = levels[0][1], levels[0][2]
@@ -71,12 +77,17 @@ class CycleModule(nn.Module):
             match_pair = (torch.sigmoid(self.net.decode_matchability(levels[0][-2],
                                                                      levels[0][-1]))
                           if pair else None)
+            match_direct = (torch.sigmoid(self.net.decode_matchability(levels[0][0],
+                                                                       levels[0][3]))
+                            if direct else None)
         res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
                "match_r1r2": match}
         if warp:
             res["flow_warp"] = flow[3]
         if pair:
-            res["flow_pair"], res["match_pair"] = flow[-1], match_pair
+            res["flow_pair"], res["match_pair"] = flow[-2 if direct else -1], match_pair
+        if direct:
+            res["flow_direct"], res["match_direct"] = flow[-1], match_direct
         return res
 
 

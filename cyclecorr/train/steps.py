@@ -26,7 +26,7 @@ __all__ = ["cycle_predictions", "cycle_step_loss", "stage1_step_loss"]
 
 
 def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_src=None,
-                      pair_tgt=None) -> dict[str, torch.Tensor]:
+                      pair_tgt=None, direct: bool = False) -> dict[str, torch.Tensor]:
     """Predict ``F_s1r1``, ``F_r1r2``, ``F_r2s2`` and ``M_r1r2`` in one batched pass.
 
     Each of the four images is encoded once (4B encoder passes instead of 6B), then the three
@@ -36,16 +36,20 @@ def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_
     it is wrapped by DDP so gradients are synchronised (DDP wraps ``forward``; see
     ``CycleModule``). With ``warp_src,
     warp_tgt`` (the self-warp pair, ``CycleLossConfig.warp_weight``) that pair is encoded and
-    decoded in the same pass and returned as ``"flow_warp"``.
+    decoded in the same pass and returned as ``"flow_warp"``; likewise the render pair
+    (``"flow_pair"``, ``"match_pair"``) and, with ``direct=True``, the quartet's own renders
+    s1→s2 (``"flow_direct"``, ``"match_direct"``).
     """
     warp = {} if warp_src is None else {"warp_src": warp_src, "warp_tgt": warp_tgt}
     if pair_src is not None:
         warp = {**warp, "pair_src": pair_src, "pair_tgt": pair_tgt}
+    if direct:
+        warp = {**warp, "direct": True}
     if isinstance(getattr(model, "module", model), CycleModule):
         return model(s1, r1, r2, s2, **warp)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         if warp:
-            raise ValueError("the self-warp and render pairs need the network wrapped as a "
+            raise ValueError("the self-warp, render and direct pairs need the network wrapped as a "
                              "CycleModule under DDP (as cyclecorr.train does)")
         # DDP around the plain network: go through its forward so gradients are synchronised
         b = s1.shape[0]
@@ -59,7 +63,8 @@ def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_
 def cycle_step_loss(model, batch: dict, config: CycleLossConfig | None = None
                     ) -> tuple[torch.Tensor, dict]:
     """Predict the cycle's flows for a batch of quartets (and the self-warp pair's when
-    ``config.warp_weight > 0``, the render pair's when ``config.pair_weight > 0``) and score them
+    ``config.warp_weight > 0``, the render pair's when ``config.pair_weight > 0``, the quartet's
+    own renders s1→s2 when ``config.direct_weight > 0``) and score them
     with :func:`cyclecorr.losses.cycle_objective`."""
     cfg = config or CycleLossConfig()
     check_cycle_batch(batch, cfg)
@@ -68,6 +73,8 @@ def cycle_step_loss(model, batch: dict, config: CycleLossConfig | None = None
         extra.update(warp_src=batch["warp_src"], warp_tgt=batch["warp_tgt"])
     if cfg.pair_weight > 0:
         extra.update(pair_src=batch["pair_src"], pair_tgt=batch["pair_tgt"])
+    if cfg.direct_weight > 0:
+        extra["direct"] = True
     pred = cycle_predictions(model, batch["s1"], batch["r1"], batch["r2"], batch["s2"], **extra)
     return cycle_objective(pred, batch, cfg)
 
