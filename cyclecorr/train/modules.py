@@ -43,52 +43,39 @@ class CycleModule(nn.Module):
         images = ((s1, r1, r2, s2) + ((warp_src, warp_tgt) if warp else ())
                   + ((pair_src, pair_tgt) if pair else ()))
         code, skips = self.net.encode_levels(torch.cat(images))
-        # per level (the code, then each skip feature): the 4 (or 6) images' slices
+        # per level (the code, then each skip feature): the 4 (or 6, 8) images' slices
         levels = [t.split(b) for t in (code, *skips)]
-        si, ti = [0, 1, 2], [1, 2, 3]  # s1→r1, r1→r2, r2→s2
+        # the decoded pairs, by name: (source image, target image) indices into ``images``
+        pairs = {"s1r1": (0, 1), "r1r2": (1, 2), "r2s2": (2, 3)}
         if warp:
-            si.append(4)
-            ti.append(5)
+            pairs["warp"] = (4, 5)
         if pair:
-            si.append(len(images) - 2)
-            ti.append(len(images) - 1)
+            pairs["pair"] = (len(images) - 2, len(images) - 1)
         if direct:
-            si.append(0)
-            ti.append(3)
-        src = [torch.cat([lv[i] for i in si]) for lv in levels]
-        tgt = [torch.cat([lv[i] for i in ti]) for lv in levels]
+            pairs["direct"] = (0, 3)
+        # matchability only where a loss reads it: r1→r2 (the paper fixes the other legs' to 1)
+        # and the supervised render and direct pairs
+        matched = [n for n in ("r1r2", "pair", "direct") if n in pairs]
+        src = [torch.cat([lv[i] for i, _ in pairs.values()]) for lv in levels]
+        tgt = [torch.cat([lv[j] for _, j in pairs.values()]) for lv in levels]
         if self.net.decodes_jointly:
             # one decoder computes flow and matchability (the cost-volume network): one pass
-            # over all pairs, the matchability read where the loss reads it (r1→r2)
+            # over all pairs
             out = self.net.decode(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:]))
-            flow = out["flow"].split(b)
-            matches = out["matchability"].split(b)
-            match = matches[1]
-            match_pair = matches[-2 if direct else -1] if pair else None
-            match_direct = matches[-1] if direct else None
+            flow = dict(zip(pairs, out["flow"].split(b)))
+            every = dict(zip(pairs, out["matchability"].split(b)))
+            match = {n: every[n] for n in matched}
         else:
-            flow = self.net.decode_flow(src[0], tgt[0], tuple(src[1:]), tuple(tgt[1:])).split(b)
-            c_r1, c_r2 = levels[0][1], levels[0][2]
-            # matchability only where the loss reads it (r1→r2): decoding the synthetic legs and
-            # the self-warp pair as well cost ~9 % of a paper step's FLOPs and, with batch norm,
-            # let those pairs into the matchability decoder's statistics
-            match = torch.sigmoid(self.net.decode_matchability(c_r1, c_r2))
-            # the render pair's matchability is supervised: decoded for it too
-            match_pair = (torch.sigmoid(self.net.decode_matchability(levels[0][-2],
-                                                                     levels[0][-1]))
-                          if pair else None)
-            match_direct = (torch.sigmoid(self.net.decode_matchability(levels[0][0],
-                                                                       levels[0][3]))
-                            if direct else None)
-        res = {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
-               "match_r1r2": match}
-        if warp:
-            res["flow_warp"] = flow[3]
-        if pair:
-            res["flow_pair"], res["match_pair"] = flow[-2 if direct else -1], match_pair
-        if direct:
-            res["flow_direct"], res["match_direct"] = flow[-1], match_direct
-        return res
+            flow = dict(zip(pairs, self.net.decode_flow(src[0], tgt[0], tuple(src[1:]),
+                                                        tuple(tgt[1:])).split(b)))
+            # decoding the synthetic legs and the self-warp pair as well cost ~9 % of a paper
+            # step's FLOPs and, with batch norm, let those pairs into the matchability
+            # decoder's statistics: one call per pair that a loss reads
+            match = {n: torch.sigmoid(self.net.decode_matchability(levels[0][pairs[n][0]],
+                                                                   levels[0][pairs[n][1]]))
+                     for n in matched}
+        return {**{f"flow_{n}": f for n, f in flow.items()},
+                **{f"match_{n}": m for n, m in match.items()}}
 
 
 class FlowModule(nn.Module):

@@ -40,24 +40,24 @@ def cycle_predictions(model, s1, r1, r2, s2, warp_src=None, warp_tgt=None, pair_
     (``"flow_pair"``, ``"match_pair"``) and, with ``direct=True``, the quartet's own renders
     s1→s2 (``"flow_direct"``, ``"match_direct"``).
     """
-    warp = {} if warp_src is None else {"warp_src": warp_src, "warp_tgt": warp_tgt}
+    extra = {} if warp_src is None else {"warp_src": warp_src, "warp_tgt": warp_tgt}
     if pair_src is not None:
-        warp = {**warp, "pair_src": pair_src, "pair_tgt": pair_tgt}
+        extra.update(pair_src=pair_src, pair_tgt=pair_tgt)
     if direct:
-        warp = {**warp, "direct": True}
+        extra["direct"] = True
     if isinstance(getattr(model, "module", model), CycleModule):
-        return model(s1, r1, r2, s2, **warp)
+        return model(s1, r1, r2, s2, **extra)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        if warp:
-            raise ValueError("the self-warp, render and direct pairs need the network wrapped as a "
-                             "CycleModule under DDP (as cyclecorr.train does)")
+        if extra:
+            raise ValueError("the self-warp, render and direct pairs need the network wrapped "
+                             "as a CycleModule under DDP (as cyclecorr.train does)")
         # DDP around the plain network: go through its forward so gradients are synchronised
         b = s1.shape[0]
         out = model(torch.cat((s1, r1, r2)), torch.cat((r1, r2, s2)))
         flow = out["flow"].split(b)
         return {"flow_s1r1": flow[0], "flow_r1r2": flow[1], "flow_r2s2": flow[2],
                 "match_r1r2": out["matchability"].split(b)[1]}
-    return CycleModule(unwrap_model(model))(s1, r1, r2, s2, **warp)
+    return CycleModule(unwrap_model(model))(s1, r1, r2, s2, **extra)
 
 
 def cycle_step_loss(model, batch: dict, config: CycleLossConfig | None = None
