@@ -53,6 +53,7 @@ from tqdm import tqdm
 from cyclecorr._io import file_sha256, remove_stale_temporaries
 from cyclecorr._paths import cache_dir, shared_data_dir
 from cyclecorr.data.datasets import ImageFolder, Pascal3D, VOCDetection
+from cyclecorr.data.holdout import check_training_models
 from cyclecorr.data.hygiene import PARAMS as HYGIENE_PARAMS
 from cyclecorr.data.hygiene import Screener, load_index
 from cyclecorr.data.io import DataError, atomic_write_bytes
@@ -488,7 +489,6 @@ def prepare_quartets(real_dirs, cad_dirs, out, num_quartets: int,
     t_start = time.perf_counter()
     models = collect_models(cad_dirs, cfg.category)
     log(f"cad: {len(models)} {cfg.category} models in {len(list(cad_dirs))} folder(s)")
-    from cyclecorr.data.holdout import check_training_models
     held = check_training_models(models, cfg.category, allow_evaluation_models, log)
     if eval_data == "auto":
         eval_data = shared_data_dir()

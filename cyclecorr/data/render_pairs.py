@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from cyclecorr._io import atomic_write_bytes, file_sha256, read_format_json
+from cyclecorr.data.holdout import check_training_models
 from cyclecorr.data.io import DataError
 from cyclecorr.data.quartets import _load_st, _save_st, _shard_counts, collect_models
 from cyclecorr.losses import PAIR_KEYS  # the keys a RenderPairDataset item holds
@@ -198,7 +199,6 @@ def prepare_render_pairs(cad_dirs, out, num_pairs: int, config: PairConfig | Non
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     models = collect_models(cad_dirs, cfg.category)
-    from cyclecorr.data.holdout import check_training_models
     check_training_models(models, cfg.category, allow_evaluation_models, log)
     groups = topology_groups(models, log)
     if not groups:
