@@ -655,6 +655,39 @@ def test_deformed_self_warp_keeps_the_exact_flow():
         smooth_deformation(g, S, 1.0, 1)
 
 
+def test_self_warp_stage1_pairs_are_each_photo_and_a_bent_reframed_copy_with_exact_flow():
+    """``data.stage1_targets="self_warp"``: item 2i is quartet i's r1, 2i+1 its r2, paired with
+    itself; augmented, the source is re-framed and bent and the flow stays exact: the target
+    read at the flow gives back the source where the pair is matchable, and the identity flow
+    does not. A config naming an unknown target is refused with the choices."""
+    from cyclecorr.train.data import AugmentedDataset
+    from cyclecorr.train.run_data import PhotoPairs
+
+    q = SyntheticQuartets(3, 48, seed=3)
+    pairs = PhotoPairs(q)
+    assert len(pairs) == 6
+    assert torch.equal(pairs[3]["src"], q[1]["r2"]) and torch.equal(pairs[3]["tgt"], q[1]["r2"])
+    assert torch.equal(pairs[4]["src"], q[2]["r1"]) and float(pairs[4]["flow"].abs().max()) == 0
+    ds = AugmentedDataset(pairs, 0, _aug(zoom=1.0, zoom_min=0.8, zoom_max=1.2, zoom_shift=0.1,
+                                         zoom_fill="texture", warp_deform=4.0),
+                          keys=("src", "tgt", "flow", "valid"), real_keys=("src", "tgt"),
+                          render_keys=(), bend=True)
+    plain = AugmentedDataset(pairs, 0, _aug(zoom=1.0, zoom_min=0.8, zoom_max=1.2, zoom_shift=0.1,
+                                            zoom_fill="texture"),
+                             keys=("src", "tgt", "flow", "valid"), real_keys=("src", "tgt"),
+                             render_keys=())
+    it, flat = ds[(0, 2, 1)], plain[(0, 2, 1)]
+    assert torch.equal(it["tgt"], flat["tgt"])  # the bend touches the source side only
+    assert not torch.equal(it["src"], flat["src"]) and not torch.equal(it["flow"], flat["flow"])
+    m = it["valid"].bool()
+    assert 0.3 * 48 * 48 < int(m.sum()) and float(it["flow"].norm(dim=0)[m[0]].mean()) > 1.0
+    err = ((warp(it["tgt"][None], it["flow"][None]) - it["src"][None]).abs() * m).sum()
+    still = ((it["tgt"][None] - it["src"][None]).abs() * m).sum()
+    assert float(err) < 0.3 * float(still)
+    with pytest.raises(ValueError, match="self_warp"):
+        load_config("cpu", ["data.stage1_targets=warp"])
+
+
 def test_warp_deformation_draws_leave_every_other_draw_alone():
     """Turning the deformation on changes the self-warp source and its flow, nothing else of
     an item (its own random stream), and stays a pure function of (seed, step, position)."""

@@ -9,7 +9,8 @@ from cyclecorr.checkpoint import atomic_write_bytes, file_sha256, read_metadata
 
 __all__ = ["write_model_card"]
 
-_STAGE1 = {"siftflow": "imitating SIFT flow", "ground_truth": "regressing the renderer's flow"}
+_STAGE1 = {"siftflow": "imitating SIFT flow", "ground_truth": "regressing the renderer's flow",
+           "self_warp": "regressing the exact flow from each photo to a bent, re-framed copy"}
 
 
 def write_model_card(run_dir, model_file: str = "final.safetensors") -> Path:

@@ -26,12 +26,15 @@ from cyclecorr.model import ARCHITECTURES, NetConfig
 
 __all__ = ["ZOOM_FILLS", "TrainConfig", "StageConfig", "OptimConfig", "DataConfig", "AugmentConfig",
            "LoggingConfig", "ValidationConfig", "RuntimeConfig", "load_config", "preset_path",
-           "list_presets", "apply_overrides", "PRESETS_DIR"]
+           "list_presets", "apply_overrides", "PRESETS_DIR", "STAGE1_TARGETS"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: What a re-framed photo shows outside its old frame (``AugmentConfig.zoom_fill``).
 ZOOM_FILLS = ("border", "texture")
+
+#: What stage 1 regresses (``DataConfig.stage1_targets``).
+STAGE1_TARGETS = ("siftflow", "ground_truth", "self_warp")
 
 
 @dataclass
@@ -90,8 +93,11 @@ class DataConfig:
     #: ``"quartet"``: r1 and r2 of one quartet (two cars at nearby viewpoints, quartets without
     #: repetition); ``"random"``: r1 of one quartet with r2 of another. The paper fits both.
     stage1_pair_source: str = "quartet"
-    #: ``"siftflow"`` (paper) or ``"ground_truth"``: regress the renderer's s1→s2 flow on render
-    #: pairs instead (no SIFT flow to compute: smoke tests, the demo).
+    #: ``"siftflow"`` (paper); ``"ground_truth"``: regress the renderer's s1→s2 flow on render
+    #: pairs instead (no SIFT flow to compute: smoke tests, the demo); ``"self_warp"``: regress
+    #: the exact flow from each training photo (r1 and r2 of every quartet) to a re-framed copy
+    #: of itself (``augment.zoom``), its source bent by ``augment.warp_deform`` and both sides
+    #: jittered by ``augment.warp_jitter``: a photo's own content, matched precisely.
     stage1_targets: str = "siftflow"
     #: SIFT-flow target cache (default ``<run>/siftflow``).
     sift_cache: str = ""
@@ -258,8 +264,8 @@ class TrainConfig:
         if self.data.stage1_pair_source not in ("quartet", "random"):
             raise ValueError("data.stage1_pair_source must be 'quartet' or 'random', got "
                              f"{self.data.stage1_pair_source!r}")
-        if self.data.stage1_targets not in ("siftflow", "ground_truth"):
-            raise ValueError("data.stage1_targets must be 'siftflow' or 'ground_truth', got "
+        if self.data.stage1_targets not in STAGE1_TARGETS:
+            raise ValueError(f"data.stage1_targets must be one of {STAGE1_TARGETS}, got "
                              f"{self.data.stage1_targets!r}")
         if not 0 <= self.augment.hflip <= 1:
             raise ValueError(f"augment.hflip must be in [0, 1], got {self.augment.hflip}")

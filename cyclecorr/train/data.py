@@ -294,22 +294,27 @@ class AugmentedDataset(torch.utils.data.Dataset):
     are padded with their black background, photos as ``augment.zoom_fill`` says.
     ``self_warp``: add a :func:`self_warp_pair` of ``r1``, bent and jittered by
     :func:`deform_self_warp` when ``augment.warp_deform`` / ``warp_jitter`` are set.
+    ``bend``: after the zoom, bend the source of a stage-1 pair (``src`` → ``tgt``) and jitter
+    both sides as :func:`deform_self_warp` does the self-warp pair (``augment.warp_deform``,
+    ``warp_jitter``), the flow following exactly.
     ``pairs``: a dataset of render pairs across instances
     (:class:`cyclecorr.data.render_pairs.RenderPairDataset`): each item gets one, drawn by
     its own stream, flipped with probability ``augment.hflip`` and its backgrounds replaced with
     probability ``augment.render_background`` (its own draws).
-    Order: flip, zoom, colour jitter, render background, self-warp pair, render pair.
+    Order: flip, zoom, bend, colour jitter, render background, self-warp pair, render pair.
     """
 
     def __init__(self, base, seed: int, augment: AugmentConfig | None = None, keys: tuple = (),
                  real_keys: tuple = ("r1", "r2", "src", "tgt"),
-                 render_keys: tuple = ("s1", "s2"), self_warp: bool = False, pairs=None):
+                 render_keys: tuple = ("s1", "s2"), self_warp: bool = False, pairs=None,
+                 bend: bool = False):
         augment = augment if augment is not None else AugmentConfig(hflip=0.0)
         if augment.zoom_fill not in ZOOM_FILLS:
             raise ValueError(f"zoom fill must be one of {ZOOM_FILLS}, got {augment.zoom_fill!r}")
         self.base, self.seed, self.augment = base, seed, augment
         self.keys, self.real_keys, self.render_keys = keys, real_keys, render_keys
         self.self_warp = bool(self_warp)
+        self.bend = bool(bend)
         self.pairs = pairs
         if pairs is not None and len(pairs) == 0:
             raise ValueError("the render-pair dataset is empty")
@@ -338,6 +343,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
                              for _ in range(2))
                 item = zoom_item(item, maps, zero_pad_keys=self.render_keys, fill=a.zoom_fill,
                                  g=g_z)
+        if self.bend and (a.warp_deform > 0 or a.warp_jitter > 0):
+            g_d = torch.Generator().manual_seed(_seed(self.seed, step, pos, 6))
+            pair = {"warp_src": item["src"], "warp_tgt": item["tgt"], "flow_warp": item["flow"],
+                    "match_warp": item["valid"]}
+            bent = deform_self_warp(pair, g_d, float(a.warp_deform), int(a.warp_deform_grid),
+                                    float(a.warp_jitter))
+            item = {**item, "src": bent["warp_src"], "tgt": bent["warp_tgt"],
+                    "flow": bent["flow_warp"], "valid": bent["match_warp"]}
         if a.color_jitter > 0:
             item = dict(item)
             for k in self.real_keys:

@@ -376,14 +376,15 @@ def _stage_data(run: _Run, number: int) -> tuple[Dataset, torch.nn.Module, Calla
         real_keys, render_keys = ("r1", "r2"), ("s1", "s2")
     elif cfg.data.stage1_targets == "ground_truth":  # render pairs
         real_keys, render_keys = (), ("src", "tgt")
-    else:  # real pairs with SIFT-flow targets
+    else:  # real pairs: SIFT-flow targets, or a photo and a bent copy of itself
         real_keys, render_keys = ("src", "tgt"), ()
     pairs = None
     if number == 2 and cfg.loss.pair_weight > 0:
         pairs = RenderPairDataset(cfg.data.render_pairs, verify=True)
     ds = AugmentedDataset(base, cfg.seed + 1000 * number, cfg.augment, keys=keys,
                           real_keys=real_keys, render_keys=render_keys,
-                          self_warp=number == 2 and cfg.loss.warp_weight > 0, pairs=pairs)
+                          self_warp=number == 2 and cfg.loss.warp_weight > 0, pairs=pairs,
+                          bend=number == 1 and cfg.data.stage1_targets == "self_warp")
     return ds, module, step_fn
 
 

@@ -23,7 +23,7 @@ from cyclecorr.train.data import SiftPairs, SyntheticQuartets, sample_stage1_pai
 from cyclecorr.train.process import DistInfo
 
 __all__ = ["build_quartets", "build_stage1_pairs", "manifest_sha256", "ResizedQuartets",
-           "RenderPairs"]
+           "RenderPairs", "PhotoPairs"]
 
 
 def manifest_sha256(cfg: TrainConfig, dataset=None) -> str:
@@ -139,11 +139,32 @@ class RenderPairs(Dataset):
         return {"src": q["s1"], "tgt": q["s2"], "flow": q["flow_s1s2"], "valid": q["match_s1s2"]}
 
 
+class PhotoPairs(Dataset):
+    """Stage-1 pairs of each training photo with itself (``data.stage1_targets="self_warp"``):
+    item ``2i`` is quartet i's ``r1``, item ``2i + 1`` its ``r2``, as ``(src, tgt, flow = 0,
+    valid = 1)``; the stage's augmentation re-frames and bends the two sides, the flow following
+    exactly (:class:`cyclecorr.train.data.AugmentedDataset` with ``bend=True``)."""
+
+    def __init__(self, quartets):
+        self.q = quartets
+
+    def __len__(self):
+        return 2 * len(self.q)
+
+    def __getitem__(self, i):
+        img = self.q[i // 2]["r2" if i % 2 else "r1"]
+        img = torch.as_tensor(img)
+        return {"src": img, "tgt": img, "flow": torch.zeros_like(img[:2], dtype=torch.float32),
+                "valid": torch.ones_like(img[:1], dtype=torch.float32)}
+
+
 def build_stage1_pairs(cfg: TrainConfig, quartets, run_dir: Path, dist: DistInfo) -> Dataset:
     """The stage-1 training pairs (SIFT flow targets cached under the run or
     ``data.sift_cache``)."""
     if cfg.data.stage1_targets == "ground_truth":
         return RenderPairs(quartets)
+    if cfg.data.stage1_targets == "self_warp":
+        return PhotoPairs(quartets)
     pairs = sample_stage1_pairs(len(quartets), cfg.data.stage1_pairs, cfg.seed,
                                 cfg.data.stage1_pair_source)
     cache = Path(cfg.data.sift_cache) if cfg.data.sift_cache else run_dir / "siftflow"
