@@ -71,7 +71,8 @@ from cyclecorr.geometry import pixel_grid, warp
 
 __all__ = ["orientation_bands", "dense_sift_liu", "sift_cells", "sift_descriptors",
            "sift_local_correlation", "global_correlation",
-           "local_correlation", "kernel_soft_argmax", "warp_features", "convex_upsample",
+           "local_correlation", "kernel_soft_argmax", "local_soft_argmax", "warp_features",
+           "convex_upsample",
            "CostVolumeConfig", "CostVolumeNet"]
 
 _DERIV = (1.0, -8.0, 0.0, 8.0, -1.0)
@@ -348,6 +349,26 @@ def kernel_soft_argmax(corr: torch.Tensor, height: int, width: int,
     return torch.stack(((w * qx.flatten(-2)).sum(-1), (w * qy.flatten(-2)).sum(-1)), -1)
 
 
+def local_soft_argmax(corr: torch.Tensor, radius: int,
+                      temperature: torch.Tensor | float) -> torch.Tensor:
+    """The expected displacement under a softmax over a local correlation's window:
+    ``(B, (2r+1)², H, W)`` (:func:`local_correlation`'s channel order) → ``(B, 2, H, W)``
+    ``Σ_d softmax(temperature · corr)_d · d`` (x, y), in the correlation's pixels; float32
+    (float64 for a float64 correlation).
+    Differentiable in ``corr`` and ``temperature``; a window whose similarities are all equal
+    gives zero."""
+    k = 2 * radius + 1
+    if corr.dim() != 4 or corr.shape[1] != k * k:
+        raise ValueError(f"corr must be (B, {k * k}, H, W) for radius {radius}, got "
+                         f"{tuple(corr.shape)}")
+    dtype = torch.promote_types(corr.dtype, torch.float32)
+    w = torch.softmax(corr.to(dtype) * temperature, dim=1)
+    o = torch.arange(-radius, radius + 1, device=corr.device, dtype=dtype)
+    dx = o.repeat(k).view(1, k * k, 1, 1)
+    dy = o.repeat_interleave(k).view(1, k * k, 1, 1)
+    return torch.cat(((w * dx).sum(1, keepdim=True), (w * dy).sum(1, keepdim=True)), 1)
+
+
 def warp_features(feat_b: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``feat_b`` read at ``p + flow(p)`` (bilinear, zeros outside;
     :func:`cyclecorr.geometry.warp`):
@@ -435,6 +456,13 @@ class CostVolumeConfig:
             the sampling positions (as RAFT detaches its flow between iterations): each level's
             flow still receives the loss's gradient through the residual sum; the warps' and
             the SIFT correlations' backward passes are then not computed.
+        local_argmax: at 1/4 and 1/2, also read the local correlation's soft-argmax
+            displacement (:func:`local_soft_argmax`, learned temperature per level, initially
+            ``temperature``): its two channels enter the level's decoder, and it is added to the
+            level's residual flow scaled by a learned gate (initially ``argmax_gate``), so a
+            level moves to its best local match before anything is learnt (LoFTR's fine-level
+            expectation, applied at every refinement level).
+        argmax_gate: the gates' initial value.
         feature_weight, sift_weight: initial scales of the L2-normalised learned and SIFT parts
             of the correlation features (learned, one pair per level); a similarity is
             ``feature_weight²·cos(learned) + sift_weight²·cos(SIFT)``.
@@ -459,6 +487,8 @@ class CostVolumeConfig:
     temperature: float = 20.0
     coarse_init: str = "argmax"
     detach_warp: bool = True
+    local_argmax: bool = False
+    argmax_gate: float = 1.0
     feature_weight: float = 0.5
     sift_weight: float = 1.0
 
@@ -482,6 +512,10 @@ class CostVolumeConfig:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if self.coarse_init not in ("argmax", "zero"):
             raise ValueError(f"coarse_init must be 'argmax' or 'zero', got {self.coarse_init!r}")
+        if not isinstance(self.local_argmax, bool):
+            raise ValueError(f"local_argmax must be true or false, got {self.local_argmax!r}")
+        if not math.isfinite(self.argmax_gate):
+            raise ValueError(f"argmax_gate must be a finite number, got {self.argmax_gate!r}")
         if not isinstance(self.detach_warp, bool):
             raise ValueError(f"detach_warp must be true or false, got {self.detach_warp!r}")
         if not isinstance(self.sift, bool):
@@ -587,9 +621,17 @@ class CostVolumeNet(nn.Module):
             self.register_parameter("sift_weight", None)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.temperature)))
         k = [(2 * r + 1) ** 2 for r in cfg.radius]
+        a = 2 if cfg.local_argmax else 0  # the soft-argmax displacement's channels
+        if cfg.local_argmax:  # per refinement level (1/2, 1/4)
+            self.argmax_gate = nn.Parameter(torch.full((2,), float(cfg.argmax_gate)))
+            self.log_argmax_temperature = nn.Parameter(
+                torch.full((2,), math.log(cfg.temperature)))
+        else:
+            self.register_parameter("argmax_gate", None)
+            self.register_parameter("log_argmax_temperature", None)
         self.decoders = nn.ModuleList([
-            _Decoder(k[0] + ch[0] + 3 + dec[1], dec[0], cfg.decoder_convs, mask=True),
-            _Decoder(k[1] + ch[1] + 3 + dec[2], dec[1], cfg.decoder_convs, mask=False),
+            _Decoder(k[0] + ch[0] + 3 + a + dec[1], dec[0], cfg.decoder_convs, mask=True),
+            _Decoder(k[1] + ch[1] + 3 + a + dec[2], dec[1], cfg.decoder_convs, mask=False),
             _Decoder(k[2] + ch[2] + 2 + cfg.top_k, dec[2], cfg.decoder_convs, mask=False),
         ])
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -615,6 +657,9 @@ class CostVolumeNet(nn.Module):
             if self.sift_weight is not None:
                 self.sift_weight.fill_(self.config.sift_weight)
             self.log_temperature.fill_(math.log(self.config.temperature))
+            if self.argmax_gate is not None:
+                self.argmax_gate.fill_(self.config.argmax_gate)
+                self.log_argmax_temperature.fill_(math.log(self.config.temperature))
 
     def grown_keys(self) -> list[str]:
         """No layer of this network is grown into an older model file."""
@@ -755,9 +800,17 @@ class CostVolumeNet(nn.Module):
             flow, logit, hid = (_up2(t) for t in (flow, logit, hid))
             flow_l = flow / s
             local = self._local(f_src, self._warp(f_tgt, flow_l), level)
-            x = _cat(local, f_src[:, :self._ch[level]], torch.cat((flow_l, logit), 1), hid)
+            if cfg.local_argmax:
+                disp = local_soft_argmax(local, cfg.radius[level],
+                                         self.log_argmax_temperature[level].exp())
+                x = _cat(local, f_src[:, :self._ch[level]],
+                         torch.cat((flow_l, logit, disp), 1), hid)
+            else:
+                x = _cat(local, f_src[:, :self._ch[level]], torch.cat((flow_l, logit), 1), hid)
             hid, out, mask = self.decoders[level](x)
             flow = flow + out[:, :2].float() * s
+            if cfg.local_argmax:
+                flow = flow + self.argmax_gate[level] * disp * s
             logit = logit + out[:, 2:].float()
         up = convex_upsample(torch.cat((flow, logit), 1), mask.float(), 2)
         flow, logit = up[:, :2].contiguous(), up[:, 2:].contiguous()

@@ -420,7 +420,8 @@ def test_bf16_autocast_channels_last_and_determinism(one_thread):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(sift=False, norm="batch"),
-                                dict(sift_levels=3, norm="instance", sift_input_stride=1)])
+                                dict(sift_levels=3, norm="instance", sift_input_stride=1),
+                                dict(coarse_init="zero", local_argmax=True)])
 def test_every_parameter_gets_a_gradient(kw, one_thread):
     """A flow loss + a matchability loss reach every parameter (no dead branch). The heads are
     perturbed first: a zero-initialised last layer passes no gradient back through itself."""
@@ -542,3 +543,55 @@ def test_zero_coarse_start_outputs_the_zero_flow_untrained():
         assert float(net(x, y)["flow"].abs().max()) > 0
     with pytest.raises(ValueError, match="coarse_init"):
         CostVolumeConfig(coarse_init="middle")
+
+
+def test_local_soft_argmax_closed_forms_and_gradcheck(one_thread):
+    """A window peaked at one displacement gives that displacement (sharp temperature); a flat
+    window gives zero; the channel order is local_correlation's, so the soft-argmax of a
+    feature map against its shifted copy is the shift; float64 gradcheck."""
+    from cyclecorr.costvol import local_soft_argmax
+
+    r = 2
+    corr = torch.zeros(1, 25, 3, 4, dtype=torch.float64)
+    corr[:, (1 + r) * 5 + (-2 + r)] = 1.0  # dy = 1, dx = -2
+    d = local_soft_argmax(corr, r, 100.0)
+    assert torch.allclose(d[:, 0], torch.full_like(d[:, 0], -2.0), atol=1e-6)
+    assert torch.allclose(d[:, 1], torch.full_like(d[:, 1], 1.0), atol=1e-6)
+    assert float(local_soft_argmax(torch.zeros(2, 25, 3, 3), r, 5.0).abs().max()) < 1e-6
+    f = torch.nn.functional.normalize(
+        torch.randn(1, 16, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+        dim=1)
+    shifted = torch.roll(f, shifts=(1, -2), dims=(2, 3))  # shifted(y, x) = f(y - 1, x + 2)
+    d = local_soft_argmax(local_correlation(f, shifted, r), r, 50.0)
+    inner = d[0, :, 3:-3, 3:-3]
+    assert torch.allclose(inner[0], torch.full_like(inner[0], -2.0), atol=1e-3)
+    assert torch.allclose(inner[1], torch.full_like(inner[1], 1.0), atol=1e-3)
+    c = torch.randn(1, 9, 2, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c, t: local_soft_argmax(c, 1, t), (c, t))
+    with pytest.raises(ValueError, match=r"\(B, 9, H, W\)"):
+        local_soft_argmax(torch.zeros(1, 25, 2, 2), 1, 1.0)
+
+
+def test_local_argmax_refinement_locks_onto_a_sub_cell_shift_untrained(one_thread):
+    """With ``local_argmax`` the refinement levels move each pixel to its best local match
+    before anything is learnt: from the zero coarse start, a 6-px translation (less than one
+    1/8 cell) is recovered over the interior, where the plain network outputs the zero flow.
+    At gate 0 the option changes nothing (the decoders' heads start at zero)."""
+    from cyclecorr.costvol import CostVolumeConfig, CostVolumeNet
+
+    torch.manual_seed(0)
+    src, tgt = _translated_pair(-6, 0)  # flow +6 in x
+    inner = _interior(-6, 0)
+    plain = CostVolumeNet(CostVolumeConfig(coarse_init="zero")).eval()
+    lock = CostVolumeNet(CostVolumeConfig(coarse_init="zero", local_argmax=True,
+                                          sift_levels=3)).eval()
+    off = CostVolumeNet(CostVolumeConfig(coarse_init="zero", local_argmax=True,
+                                         argmax_gate=0.0)).eval()
+    with torch.no_grad():
+        f_plain, f_lock, f_off = (n(src, tgt)["flow"][0] for n in (plain, lock, off))
+    assert float(f_plain.abs().max()) == 0.0 and float(f_off.abs().max()) == 0.0
+    err = (f_lock - torch.tensor([6.0, 0.0]).view(2, 1, 1)).norm(dim=0)[inner]
+    assert err.median() < 0.5 and (err < 1).float().mean() > 0.8
+    with pytest.raises(ValueError, match="local_argmax"):
+        CostVolumeConfig(local_argmax=1)
