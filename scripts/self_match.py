@@ -106,7 +106,8 @@ def measure(method, images, tests, shift: int, batch: int = 16) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", help="model files (safetensors)")
+    ap.add_argument("models", nargs="*",
+                    help="model files (safetensors), each PATH or NAME=PATH (NAME: its row)")
     ap.add_argument("--set", default="all", choices=("all", "flowweb-car", "pf-willow-car"))
     ap.add_argument("--shift", type=int, default=6, help="pixels of the shift test (default 6)")
     ap.add_argument("--size", type=int, default=128)
@@ -120,7 +121,9 @@ def main(argv=None) -> int:
     methods = [("zero flow", ZeroFlow(args.size))] if args.zero else []
     if args.siftflow:
         methods.append(("SIFT flow", SiftFlowMethod(args.size)))
-    methods += [(Path(p).name, NetworkMethod.from_file(p, size=args.size)) for p in args.models]
+    for m in args.models:
+        name, _, path = m.rpartition("=") if "=" in m else (Path(m).name, "", m)
+        methods.append((name, NetworkMethod.from_file(path, size=args.size)))
     if not methods:
         ap.error("give at least one model, --zero or --siftflow")
     true = tests["reframe"]["flow_warp"].norm(dim=1)[tests["reframe"]["match_warp"][:, 0] > 0.5]
