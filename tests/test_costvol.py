@@ -455,9 +455,11 @@ def test_flops_count_the_convolutions_and_correlations():
     assert big["encoder"] == 4 * enc and big["correlation"] > 4 * f["correlation"]
 
 
-def test_model_file_round_trip_builds_the_cost_volume_network(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"local_argmax": True, "sift_levels": 3}])
+def test_model_file_round_trip_builds_the_cost_volume_network(tmp_path, extra):
     """A trained cost-volume model file names its architecture and loads back (through the one
-    network factory and the Matcher) to the same function; a paper model file carries no arch."""
+    network factory and the Matcher) to the same function, with or without the local soft-argmax
+    refinement; a paper model file carries no arch."""
     import numpy as np
 
     from cyclecorr import Matcher
@@ -466,9 +468,9 @@ def test_model_file_round_trip_builds_the_cost_volume_network(tmp_path):
     from cyclecorr.model import CorrespondenceNet, NetConfig, build_network
 
     torch.manual_seed(3)
-    net = build_network({"arch": "costvol", "image_size": 64, "width": 0.5})
+    net = build_network({"arch": "costvol", "image_size": 64, "width": 0.5, **extra})
     assert isinstance(net, CostVolumeNet) and net.config == CostVolumeConfig(image_size=64,
-                                                                               width=0.5)
+                                                                               width=0.5, **extra)
     for p in net.parameters():  # non-zero heads, so the output depends on every weight
         p.data.add_(0.01 * torch.randn_like(p))
     save_model(tmp_path / "cv.safetensors", net)
