@@ -107,14 +107,15 @@ def measure(method, images, tests, shift: int, batch: int = 16) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*",
-                    help="model files (safetensors), each PATH or NAME=PATH (NAME: its row)")
+                    help="model files (safetensors), each PATH or NAME=PATH (NAME: its row; "
+                         "PATH may be shipped:CATEGORY)")
     ap.add_argument("--set", default="all", choices=("all", "flowweb-car", "pf-willow-car"))
     ap.add_argument("--shift", type=int, default=6, help="pixels of the shift test (default 6)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--zero", action="store_true", help="add the zero flow as a row")
     ap.add_argument("--siftflow", action="store_true", help="add SIFT flow (about 0.5 s a pair)")
     args = ap.parse_args(argv)
-    from cyclecorr.evaluate.methods import NetworkMethod, SiftFlowMethod, ZeroFlow
+    from cyclecorr.evaluate.methods import NetworkMethod, SiftFlowMethod, ZeroFlow, make_method
 
     images = load_images(args.set, args.size)
     tests = make_tests(images, args.shift)
@@ -122,8 +123,11 @@ def main(argv=None) -> int:
     if args.siftflow:
         methods.append(("SIFT flow", SiftFlowMethod(args.size)))
     for m in args.models:
-        name, _, path = m.rpartition("=") if "=" in m else (Path(m).name, "", m)
-        methods.append((name, NetworkMethod.from_file(path, size=args.size)))
+        if "=" in m:  # NAME=PATH as `cyclecorr evaluate --methods` reads it
+            method = make_method(m, size=args.size, net_size=args.size)
+            methods.append((method.name, method))
+        else:
+            methods.append((Path(m).name, NetworkMethod.from_file(m, size=args.size)))
     if not methods:
         ap.error("give at least one model, --zero or --siftflow")
     true = tests["reframe"]["flow_warp"].norm(dim=1)[tests["reframe"]["match_warp"][:, 0] > 0.5]
