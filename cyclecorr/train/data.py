@@ -25,7 +25,7 @@ from cyclecorr.siftflow import compute_sift_flow_batch, load_sift_flow
 from cyclecorr.train.config import ZOOM_FILLS, AugmentConfig
 
 __all__ = ["epoch_permutation", "global_batch", "rank_slice", "StepBatchSampler",
-           "AugmentedDataset", "self_warp_pair", "hflip_quartet", "hflip_pair",
+           "AugmentedDataset", "self_warp_pair", "bend_pair", "hflip_quartet", "hflip_pair",
            "SyntheticQuartets", "SiftPairs", "sample_stage1_pairs", "QUARTET_KEYS", "collate",
            "random_zoom", "zoom_item"]
 
@@ -267,18 +267,26 @@ def deform_self_warp(pair: dict, g: torch.Generator, amplitude: float, grid: int
     photo ``flow`` is affine, which bilinear reading reproduces exactly), and a source pixel stays
     matchable only where ``p + d(p)`` lies inside the image with all four neighbours matchable.
     ``amplitude = jitter = 0`` returns ``pair`` unchanged."""
-    out = dict(pair)
+    src, tgt, flow, match = bend_pair(pair["warp_src"], pair["warp_tgt"], pair["flow_warp"],
+                                      pair["match_warp"], g, amplitude, grid, jitter)
+    return {**pair, "warp_src": src, "warp_tgt": tgt, "flow_warp": flow, "match_warp": match}
+
+
+def bend_pair(src: torch.Tensor, tgt: torch.Tensor, flow: torch.Tensor, match: torch.Tensor,
+              g: torch.Generator, amplitude: float, grid: int = 4, jitter: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`deform_self_warp` on the four tensors of any pair, ``src``, ``tgt`` ``(3, S, S)``,
+    ``flow`` ``(2, S, S)`` and ``match`` ``(1, S, S)``: returns them bent and jittered (the
+    inputs themselves where ``amplitude = jitter = 0``)."""
     if amplitude > 0:
-        size = pair["warp_src"].shape[-1]
-        d = smooth_deformation(g, size, amplitude, grid)[None]
-        out["warp_src"] = warp(pair["warp_src"][None], d, padding="border")[0]
-        out["flow_warp"] = compose_flow(d, pair["flow_warp"][None])[0]
-        m = warp(pair["match_warp"][None].float(), d, padding="zeros")[0]
-        out["match_warp"] = (m >= 0.999).to(pair["match_warp"].dtype)
+        d = smooth_deformation(g, src.shape[-1], amplitude, grid)[None]
+        m = warp(match[None].float(), d, padding="zeros")[0]
+        src = warp(src[None], d, padding="border")[0]
+        flow = compose_flow(d, flow[None])[0]
+        match = (m >= 0.999).to(match.dtype)
     if jitter > 0:
-        out["warp_src"] = _jitter(out["warp_src"], g, jitter)
-        out["warp_tgt"] = _jitter(out["warp_tgt"], g, jitter)
-    return out
+        src, tgt = _jitter(src, g, jitter), _jitter(tgt, g, jitter)
+    return src, tgt, flow, match
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
@@ -295,7 +303,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
     ``self_warp``: add a :func:`self_warp_pair` of ``r1``, bent and jittered by
     :func:`deform_self_warp` when ``augment.warp_deform`` / ``warp_jitter`` are set.
     ``bend``: after the zoom, bend the source of a stage-1 pair (``src`` → ``tgt``) and jitter
-    both sides as :func:`deform_self_warp` does the self-warp pair (``augment.warp_deform``,
+    both sides by :func:`bend_pair`, as the self-warp pair is (``augment.warp_deform``,
     ``warp_jitter``), the flow following exactly.
     ``pairs``: a dataset of render pairs across instances
     (:class:`cyclecorr.data.render_pairs.RenderPairDataset`): each item gets one, drawn by
@@ -345,12 +353,9 @@ class AugmentedDataset(torch.utils.data.Dataset):
                                  g=g_z)
         if self.bend and (a.warp_deform > 0 or a.warp_jitter > 0):
             g_d = torch.Generator().manual_seed(_seed(self.seed, step, pos, 6))
-            pair = {"warp_src": item["src"], "warp_tgt": item["tgt"], "flow_warp": item["flow"],
-                    "match_warp": item["valid"]}
-            bent = deform_self_warp(pair, g_d, float(a.warp_deform), int(a.warp_deform_grid),
-                                    float(a.warp_jitter))
-            item = {**item, "src": bent["warp_src"], "tgt": bent["warp_tgt"],
-                    "flow": bent["flow_warp"], "valid": bent["match_warp"]}
+            bent = bend_pair(item["src"], item["tgt"], item["flow"], item["valid"], g_d,
+                             float(a.warp_deform), int(a.warp_deform_grid), float(a.warp_jitter))
+            item = {**item, **dict(zip(("src", "tgt", "flow", "valid"), bent))}
         if a.color_jitter > 0:
             item = dict(item)
             for k in self.real_keys:
