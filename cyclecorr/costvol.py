@@ -800,13 +800,12 @@ class CostVolumeNet(nn.Module):
             flow, logit, hid = (_up2(t) for t in (flow, logit, hid))
             flow_l = flow / s
             local = self._local(f_src, self._warp(f_tgt, flow_l), level)
+            state = (flow_l, logit)
             if cfg.local_argmax:
                 disp = local_soft_argmax(local, cfg.radius[level],
                                          self.log_argmax_temperature[level].exp())
-                x = _cat(local, f_src[:, :self._ch[level]],
-                         torch.cat((flow_l, logit, disp), 1), hid)
-            else:
-                x = _cat(local, f_src[:, :self._ch[level]], torch.cat((flow_l, logit), 1), hid)
+                state += (disp,)
+            x = _cat(local, f_src[:, :self._ch[level]], torch.cat(state, 1), hid)
             hid, out, mask = self.decoders[level](x)
             flow = flow + out[:, :2].float() * s
             if cfg.local_argmax:
