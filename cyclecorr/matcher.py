@@ -31,8 +31,37 @@ from cyclecorr.geometry import resample_flow, transfer_keypoints
 from cyclecorr.images import MIN_SIDE, ImageError, image_array
 
 __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_image_pixels",
-           "resolve_device", "ImageError",
+           "resolve_device", "ImageError", "parse_refine", "REFINE_DEFAULT",
            "PRECISIONS", "precision_context"]
+
+#: (pyramid level, half-width there) of ``refine="siftflow"``: ±4 labels at quarter resolution
+#: around the network's flow (±16 px at the network's size), then ±2 at each finer level; chosen
+#: on the synth-kp-car renders, not on an evaluation set (docs/RESULTS.md)
+REFINE_DEFAULT = (2, 4)
+
+
+def parse_refine(spec) -> tuple[int, int] | None:
+    """A refinement: ``None``/``"none"`` (the network's flow), ``"siftflow"`` (SIFT flow searched
+    around the network's flow, :data:`REFINE_DEFAULT`) or ``"siftflow:LEVEL:WINDOW"``; a
+    ``(level, window)`` pair passes through. Returns ``(level, window)`` or None."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return None
+    if isinstance(spec, (tuple, list)) and len(spec) == 2:
+        level, window = (int(v) for v in spec)
+    else:
+        head, _, tail = str(spec).strip().partition(":")
+        if head != "siftflow":
+            raise ValueError(f"refine {spec!r}: use none, siftflow or siftflow:LEVEL:WINDOW")
+        if not tail:
+            return REFINE_DEFAULT
+        try:
+            level, window = (int(v) for v in tail.split(":"))
+        except ValueError:
+            raise ValueError(f"refine {spec!r}: write siftflow:LEVEL:WINDOW with two integers "
+                             f"(e.g. siftflow:1:4)") from None
+    if level < 0 or window < 0:
+        raise ValueError(f"refine {spec!r}: level and window must be ≥ 0")
+    return level, window
 
 
 def to_tensor_image(image, name: str = "image", min_side: int = MIN_SIDE) -> torch.Tensor:
@@ -86,11 +115,17 @@ class Matcher:
         channels_last: convert the network to channels-last memory format (about 1.8× faster on a
             CPU, ``bench/evaluate.py``). ``False`` leaves the network's parameters as they are,
             for a network that is being trained.
+        refine: ``None`` (the network's flow) or ``"siftflow"`` / ``"siftflow:LEVEL:WINDOW"``
+            (:func:`parse_refine`): the network's flow refined by SIFT flow searched around it
+            (:func:`cyclecorr.siftflow.sift_flow` with ``init_flow``, on the CPU, pair by pair,
+            at the network's input size); the matchability stays the network's. The network
+            says where a part of the object is, SIFT flow's descriptors place each pixel there.
     """
 
     def __init__(self, net: torch.nn.Module, meta: dict | None = None,
                  device: str | torch.device = "auto", input_size: int | None = None,
-                 precision: str = "float32", channels_last: bool = True):
+                 precision: str = "float32", channels_last: bool = True, refine=None):
+        self.refine = parse_refine(refine)
         self.device = resolve_device(device)
         precision_context(self.device, precision)  # validates
         self.precision = precision
@@ -107,29 +142,40 @@ class Matcher:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         category: str = "car", input_size: int | None = None,
-                        precision: str = "float32") -> Matcher:
+                        precision: str = "float32", refine=None) -> Matcher:
         """Load a model file; ``path=None`` loads the model shipped with the package for
         ``category``.
 
         ``input_size``: the side both images are resized to (default: the size the model was
         trained at, 128 for the shipped model). Larger sizes suit whole photos in which the object
-        is small. ``precision``: ``"float32"`` or ``"bf16"``. The file's path is recorded in
-        ``meta["path"]``."""
+        is small. ``precision``: ``"float32"`` or ``"bf16"``; ``refine``: see the class. The
+        file's path is recorded in ``meta["path"]``."""
         p = Path(path) if path is not None else shipped_model_path(category)
         net, meta = load_model(p)
         meta["path"] = str(p)
-        return cls(net, meta, device, input_size, precision)
+        return cls(net, meta, device, input_size, precision, refine=refine)
 
     @torch.inference_mode()
     def predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's output (float32, on :attr:`device`) for ``(B, 3, S, S)`` batches in
         [0, 1] at the network's size: ``flow`` ``(B, 2, S, S)``, ``matchability`` ``(B, 1, S, S)``,
-        ``matchability_logits``."""
+        ``matchability_logits``. With :attr:`refine`, ``flow`` is the refined flow and
+        ``network_flow`` the network's."""
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
         with precision_context(self.device, self.precision):
             out = self.net(src.to(self.device, memory_format=mf),
                            tgt.to(self.device, memory_format=mf))
-        return {k: v.float().contiguous() for k, v in out.items()}
+        out = {k: v.float().contiguous() for k, v in out.items()}
+        if self.refine is not None:
+            from cyclecorr.siftflow import sift_flow_tensors  # numba: imported when needed
+
+            level, window = self.refine
+            out["network_flow"] = out["flow"]
+            flow, _ = sift_flow_tensors(src.float().cpu(), tgt.float().cpu(),
+                                        init_flow=out["flow"].cpu(), init_level=level,
+                                        init_window=window)
+            out["flow"] = flow.to(self.device)
+        return out
 
     def match(self, src, tgt) -> dict[str, np.ndarray]:
         """Dense correspondence from ``src`` to ``tgt`` (images of any size).

@@ -103,6 +103,30 @@ def test_match_bad_inputs_exit_nonzero(tmp_path, capsys, model_file):
     assert rc == 2 and "--points" in capsys.readouterr().err
     rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--flow-scale", "-3"])
     assert rc == 2 and "--flow-scale" in capsys.readouterr().err
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--refine", "sift"])
+    assert rc == 2 and "refine" in capsys.readouterr().err
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--method", "zero",
+               "--refine", "siftflow"])
+    assert rc == 2 and "--method zero" in capsys.readouterr().err
+
+
+def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
+    """``--refine siftflow``: a textured image against its copy shifted by (5, 3) px is matched
+    exactly away from the borders, and the pair's record says how it was refined."""
+    from scipy import ndimage
+    rs = np.random.RandomState(3)
+    tex = ndimage.gaussian_filter(rs.rand(140, 140, 3), sigma=(2.0, 2.0, 0))
+    tex = (40 + 170 * (tex - tex.min()) / np.ptp(tex)).astype(np.uint8)
+    Image.fromarray(tex[:128, :128]).save(tmp_path / "a.png")
+    Image.fromarray(tex[3:131, 5:133]).save(tmp_path / "b.png")  # b(p − (5, 3)) = a(p)
+    out = tmp_path / "out"
+    assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(out),
+                 "--model", str(model_file), "--refine", "siftflow"]) == 0
+    from cyclecorr.data.io import read_flo
+    flow = read_flo(out / "a-b" / "flow.flo")[:, 16:-16, 16:-16]
+    assert np.mean((flow[0] == -5) & (flow[1] == -3)) > 0.95
+    rec = json.loads((out / "a-b" / "pair.json").read_text())
+    assert rec["method"]["refine"]["method"] == "siftflow" and rec["settings"]["refine"]
 
 
 def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):

@@ -142,3 +142,54 @@ def test_resize_image_is_the_one_resize():
     assert flat.shape == (3, 16, 16) and flat.max() <= 1.0 and torch.allclose(flat, torch.ones(1))
     grey = resize_image(np.full((20, 10), 0.25, np.float32), 8)  # H×W grey → three channels
     assert grey.shape == (3, 8, 8) and torch.allclose(grey, torch.full_like(grey, 0.25))
+
+
+def test_network_refined_by_sift_flow(model_file):
+    """``NAME=PATH+siftflow`` / ``Matcher(refine="siftflow")``: the network's flow searched around
+    by SIFT flow finds a known translation exactly; the matchability stays the network's."""
+    from scipy import ndimage
+
+    from cyclecorr.evaluate.methods import make_method
+    from cyclecorr.evaluate.report import markdown_report
+    from cyclecorr.matcher import REFINE_DEFAULT, parse_refine
+
+    path, _ = model_file
+    net = make_method(f"n={path}", device="cpu")
+    guided = make_method(f"n={path}+siftflow", device="cpu")
+    assert guided.name == "n+siftflow" and guided.matcher.refine == REFINE_DEFAULT
+    assert net.matcher.refine is None and "refine" not in net.describe()
+    other = make_method(f"n={path}+siftflow:1:3", device="cpu")
+    assert other.name == "n+siftflow:1:3" and other.matcher.refine == (1, 3)
+    d = other.describe()
+    assert d["refine"]["level"] == 1 and d["refine"]["window"] == 3 and d["sha256"]
+    report = markdown_report({"sets": {}, "methods": {other.name: d}})
+    assert "refined by SIFT flow from pyramid level 1 within ±3" in report
+    rs = np.random.RandomState(0)
+    tex = ndimage.gaussian_filter(rs.rand(64, 64, 3), sigma=(2.0, 2.0, 0))
+    a = torch.from_numpy((tex - tex.min()) / np.ptp(tex)).permute(2, 0, 1).float()
+    b = torch.roll(a, shifts=(2, 3), dims=(1, 2))  # b(p + (3, 2)) = a(p)
+    src, tgt = torch.stack([a, b]), torch.stack([b, a])
+    flow, mat = guided.predict_batch(src, tgt)
+    f_net, m_net = net.predict_batch(src, tgt)
+    torch.testing.assert_close(mat, m_net)
+    inner = flow[:, :, 12:-12, 12:-12]
+    assert (inner[0, 0] == 3).float().mean() > 0.95 and (inner[0, 1] == 2).float().mean() > 0.95
+    assert (inner[1, 0] == -3).float().mean() > 0.95 and (inner[1, 1] == -2).float().mean() > 0.95
+    assert (f_net[0, 0, 12:-12, 12:-12] - 3).abs().mean() > 1  # the network alone is far off
+    out = guided.matcher.predict(src, tgt)
+    torch.testing.assert_close(out["network_flow"], f_net)
+    # the Python API: Matcher.from_checkpoint(refine=...) and match() on images of any size
+    m = Matcher.from_checkpoint(path, device="cpu", refine="siftflow")
+    img_a = (a.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    img_b = (b.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    res = m.match(img_a, img_b)["flow"][12:-12, 12:-12]
+    assert np.mean((res[..., 0] == 3) & (res[..., 1] == 2)) > 0.95
+    assert parse_refine(None) is None and parse_refine("none") is None
+    assert parse_refine("siftflow:0:6") == (0, 6) and parse_refine((1, 2)) == (1, 2)
+    for bad in ("sift", "siftflow:2", "siftflow:a:b", "siftflow:-1:2"):
+        with pytest.raises(ValueError, match="refine"):
+            parse_refine(bad)
+    with pytest.raises(ValueError, match="not a network"):
+        make_method("zero+siftflow")
+    with pytest.raises(ValueError, match="LEVEL:WINDOW"):
+        make_method(f"n={path}+siftflow:2")

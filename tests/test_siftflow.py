@@ -359,3 +359,69 @@ def test_command(tmp_path, capsys):
     assert main(["siftflow", "--pairs", str(tmp_path / "bad.txt"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "bad.txt:1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- guided SIFT flow
+def _shifted_crops(data_dir):
+    """Two 128×128 crops of one photo: b(p + (−30, 20)) = a(p); the overlap where that holds."""
+    p = data_dir / "real" / "tss" / "JODS" / "car_03_04" / "image1.png"
+    if not p.is_file():
+        pytest.skip(f"missing {p}")
+    big = np.asarray(Image.open(p).convert("RGB").resize((256, 192), Image.BILINEAR))
+    return big[30:158, 40:168], big[10:138, 70:198], (slice(0, 108), slice(30, 128))
+
+
+def test_guided_recovers_translation_from_a_rough_guide(data_dir):
+    """Started at level 1 within ±3 (±6 px at 128) of a guide that is wrong by a smooth field
+    of up to 5 px, the search lands on the exact shift; from a zero guide it cannot reach it."""
+    a, b, overlap = _shifted_crops(data_dir)
+    yy, xx = np.indices((128, 128), dtype=np.float64)
+    err = np.stack([5 * np.sin(xx / 20.0), -4 * np.cos(yy / 25.0)])
+    guide = np.stack([np.full((128, 128), -30.0), np.full((128, 128), 20.0)]) + err
+    res = sift_flow(a, b, init_flow=guide, init_level=1, init_window=3)
+    assert res.flow.shape == (2, 128, 128) and len(res.energy_per_level) == 2  # levels 1 and 0
+    ok = (res.flow[0] == -30) & (res.flow[1] == 20)
+    assert ok[overlap].mean() > 0.95
+    far = sift_flow(a, b, init_flow=np.zeros((2, 128, 128)), init_level=1, init_window=3)
+    assert ((far.flow[0] == -30) & (far.flow[1] == 20))[overlap].mean() < 0.05
+    # a guide above the coarsest level starts at the coarsest: every level runs
+    top = sift_flow(a, b, init_flow=guide, init_level=9, init_window=3)
+    assert len(top.energy_per_level) == len(sift_flow(a, b).energy_per_level)
+
+
+def test_guided_window_zero_returns_the_rounded_guide():
+    a = _texture(40, 48, seed=7)
+    b = _texture(40, 48, seed=8)
+    rs = np.random.RandomState(0)
+    guide = rs.uniform(-6, 6, size=(2, 40, 48))
+    res = sift_flow(a, b, init_flow=guide, init_level=0, init_window=0)
+    np.testing.assert_array_equal(res.flow, np.round(guide))
+    # at level 1, window 0 there and 0 at level 0 (params.window): the 2×2 mean, halved,
+    # rounded, then doubled and rounded back up by the usual upsampling
+    res1 = sift_flow(a, b, SiftFlowParams(window=0), init_flow=np.full((2, 40, 48), 6.0),
+                     init_level=1, init_window=0)
+    assert np.all(res1.flow == 6.0)
+
+
+def test_guided_different_sizes_guide_in_b_pixels():
+    a = _texture(80, 96, seed=5)
+    b0 = np.roll(a, (3, 5), axis=(0, 1))  # b0(p + (5, 3)) = a(p)
+    b = np.asarray(Image.fromarray(b0).resize((120, 100), Image.BILINEAR))  # b is b0 ×1.25
+    py, px = np.indices((80, 96), dtype=np.float64)
+    gt = np.stack([(px + 5 + 0.5) * 1.25 - 0.5 - px, (py + 3 + 0.5) * 1.25 - 0.5 - py])
+    res = sift_flow(a, b, init_flow=gt + np.array([4.0, -3.0])[:, None, None], init_level=1,
+                    init_window=3)
+    epe = np.hypot(*(_interior(res.flow) - _interior(gt)))
+    assert epe.mean() < 1.0, epe.mean()
+
+
+def test_guided_bad_guide_raises():
+    a = _texture(32, 32, seed=1)
+    with pytest.raises(ValueError, match="shape"):
+        sift_flow(a, a, init_flow=np.zeros((2, 16, 32)))
+    bad = np.zeros((2, 32, 32))
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sift_flow(a, a, init_flow=bad)
+    with pytest.raises(ValueError, match="≥ 0"):
+        sift_flow(a, a, init_flow=np.zeros((2, 32, 32)), init_window=-1)

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 
 from cyclecorr.checkpoint import shipped_model_path
-from cyclecorr.matcher import Matcher, resize_tensor, to_image_pixels, to_tensor_image
+from cyclecorr.matcher import (
+    REFINE_DEFAULT,
+    Matcher,
+    parse_refine,
+    resize_tensor,
+    to_image_pixels,
+    to_tensor_image,
+)
 from cyclecorr.model import network_config_dict
 from cyclecorr.siftflow import SiftFlowParams, sift_flow
 
@@ -164,14 +171,28 @@ class NetworkMethod:
 
     def describe(self) -> dict:
         keep = ("sha256", "path", "stage", "step", "code_version", "data_manifest_sha256")
-        return {"name": self.name, "kind": "network", "size": self.size,
-                "precision": self.precision, "net": network_config_dict(self.net.config),
-                **{k: self.meta[k] for k in keep if k in self.meta}}
+        out = {"name": self.name, "kind": "network", "size": self.size,
+               "precision": self.precision, "net": network_config_dict(self.net.config),
+               **{k: self.meta[k] for k in keep if k in self.meta}}
+        if self.matcher.refine is not None:
+            level, window = self.matcher.refine
+            out["refine"] = {"method": "siftflow", "level": level, "window": window,
+                             "params": SiftFlowParams().to_dict(),
+                             "matchability": "the network's"}
+        return out
 
     def predict_batch(self, src, tgt):
         _check_pair(src, tgt, self.size)
         out = self.matcher.predict(src, tgt)
         return out["flow"].cpu(), out["matchability"].cpu()
+
+
+def _split_refine(spec: str) -> tuple[str, str | None]:
+    """Split a ``"+siftflow"`` / ``"+siftflow:LEVEL:WINDOW"`` suffix off a method spec."""
+    head, sep, tail = spec.rpartition("+siftflow")
+    if not sep or (tail and not tail.startswith(":")):
+        return spec, None
+    return head, "siftflow" + tail
 
 
 def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size: int = 16):
@@ -185,6 +206,16 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
     flow = torch.cat(flows) if flows else torch.zeros(0, 2, *src.shape[-2:])
     mat = None if (not mats or mats[0] is None) else torch.cat(mats)
     return flow, mat
+
+
+def _refined(method: NetworkMethod, refine: str) -> NetworkMethod:
+    """The same network with its flow refined by SIFT flow (:class:`~cyclecorr.matcher.Matcher`
+    ``refine``), named ``NAME+siftflow`` (``NAME+siftflow:LEVEL:WINDOW`` off the default)."""
+    m = method.matcher
+    m.refine = parse_refine(refine)
+    suffix = "" if m.refine == REFINE_DEFAULT else ":{}:{}".format(*m.refine)
+    method.name = f"{method.name}+siftflow{suffix}"
+    return method
 
 
 def model_path(spec: str | None) -> Path:
@@ -203,10 +234,17 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
     """A method from a short name: ``"zero"``, ``"siftflow"``, ``"model"`` (the file ``model``, or
     the shipped car model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` /
     ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``); any PATH
-    may be ``shipped:CATEGORY`` (e.g. ``"chair=shipped:chair"``, :func:`model_path`).
+    may be ``shipped:CATEGORY`` (e.g. ``"chair=shipped:chair"``, :func:`model_path`). A network
+    spec ending in ``+siftflow`` (or ``+siftflow:LEVEL:WINDOW``) is that network with its flow
+    refined by SIFT flow around it (``Matcher(refine=…)``, e.g. ``"model+siftflow"``).
     ``size``: the baselines' input side; ``net_size``: the networks' (default: the size each was
     trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
-    spec = spec.strip()
+    spec, refine = _split_refine(spec.strip())
+    if refine is not None:
+        if spec in ("zero", "siftflow", "sift-flow", "sift"):
+            raise ValueError(f"method {spec}+{refine}: +siftflow refines a network's flow; "
+                             f"{spec!r} is not a network")
+        return _refined(make_method(spec, model, size, device, net_size, precision), refine)
     if spec == "zero":
         return ZeroFlow(size)
     if spec in ("siftflow", "sift-flow", "sift"):

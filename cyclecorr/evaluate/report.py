@@ -267,6 +267,10 @@ def markdown_report(results: dict) -> str:
             size = f" at {d['size']}×{d['size']}" if d.get("size") else ""
             if d.get("precision", "float32") != "float32":  # not the protocol's float32: say so
                 size += f" in {d['precision']}"
+            ref = d.get("refine")
+            if ref:  # a network's flow refined by SIFT flow around it
+                size += (f", refined by SIFT flow from pyramid level {ref['level']} within "
+                         f"±{ref['window']} there; matchability {ref['matchability']}")
             lines.append(f"- **{m}**: {d.get('kind', '')}{size}" + (f" ({extra})" if extra else ""))
         lines.append("")
     if "seed" in results:

@@ -223,12 +223,15 @@ def _write_index(path: Path, entries, size, params) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
 
-def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None):
+def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None, init_flow=None,
+                      init_level: int = 2, init_window: int = 4):
     """SIFT flow for a batch of network-format images: ``(B, 3, H, W)`` float in [0, 1] → flows.
 
     Returns ``(flow_ab, cost)``: torch tensors ``(B, 2, H, W)`` and ``(B, H, W)`` float32 on the
     inputs' device (numpy inputs give numpy outputs). Computed pair by pair in this process; use
     :func:`compute_sift_flow_batch` for cached, parallel computation of many pairs.
+    ``init_flow`` ``(B, 2, H, W)`` (e.g. a network's flow) makes it a guided SIFT flow searched
+    around that flow (``init_level``, ``init_window``: :func:`~cyclecorr.siftflow.sift_flow`).
     """
     is_torch = hasattr(images_a, "detach")
     a = images_a.detach().cpu().numpy() if is_torch else np.asarray(images_a)
@@ -236,9 +239,17 @@ def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None):
     if a.ndim != 4 or a.shape != b.shape or a.shape[1] not in (1, 3):
         raise ValueError(f"expected two (B, 3, H, W) batches of equal shape, got {a.shape} and "
                          f"{b.shape}")
+    if init_flow is not None:
+        init_flow = (init_flow.detach().float().cpu().numpy() if hasattr(init_flow, "detach")
+                     else np.asarray(init_flow))
+        if init_flow.shape != (a.shape[0], 2, *a.shape[2:]):
+            raise ValueError(f"init_flow must have shape {(a.shape[0], 2, *a.shape[2:])}, got "
+                             f"{init_flow.shape}")
     flows, costs = [], []
     for i in range(a.shape[0]):
-        res = sift_flow(np.moveaxis(a[i], 0, 2), np.moveaxis(b[i], 0, 2), params)
+        res = sift_flow(np.moveaxis(a[i], 0, 2), np.moveaxis(b[i], 0, 2), params,
+                        init_flow=None if init_flow is None else init_flow[i],
+                        init_level=init_level, init_window=init_window)
         flows.append(res.flow)
         costs.append(res.cost)
     flow, cost = np.stack(flows), np.stack(costs)

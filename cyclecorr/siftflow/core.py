@@ -170,15 +170,44 @@ def _run_level(s1, s2, off, win, gamma, params, n_iter, n_hier):
     return flow, cost.astype(np.float32), energies.tolist()
 
 
+def _pool_flow(flow: np.ndarray, levels: int) -> np.ndarray:
+    """A fine flow ``(2, H, W)`` at pyramid level ``levels``: 2×2 averaging ``levels`` times (edge
+    replicated for odd sizes, as the SIFT pyramid), each time halved (coarse pixels)."""
+    f = np.asarray(flow, dtype=np.float64)
+    for _ in range(levels):
+        if f.shape[1] % 2:
+            f = np.concatenate([f, f[:, -1:]], axis=1)
+        if f.shape[2] % 2:
+            f = np.concatenate([f, f[:, :, -1:]], axis=2)
+        f = 0.25 * (f[:, 0::2, 0::2] + f[:, 1::2, 0::2] + f[:, 0::2, 1::2] + f[:, 1::2, 1::2]) / 2.0
+    return f
+
+
+def _check_init(init_flow, shape, init_level: int, init_window: int) -> np.ndarray:
+    f = np.asarray(init_flow, dtype=np.float64)
+    if f.shape != (2, *shape):
+        raise ValueError(f"init_flow must have shape (2, H, W) = {(2, *shape)}, got {f.shape}")
+    if not np.all(np.isfinite(f)):
+        raise ValueError("init_flow contains NaN or infinite values")
+    if init_level < 0 or init_window < 0:
+        raise ValueError(f"init_level and init_window must be ≥ 0, got {init_level}, "
+                         f"{init_window}")
+    return f
+
+
 def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
-                          params: SiftFlowParams | None = None) -> SiftFlowResult:
-    """SIFT flow between two SIFT images of the same size ``(H, W, C)`` (see :func:`sift_flow`)."""
+                          params: SiftFlowParams | None = None, init_flow=None,
+                          init_level: int = 2, init_window: int = 4) -> SiftFlowResult:
+    """SIFT flow between two SIFT images of the same size ``(H, W, C)`` (see :func:`sift_flow`;
+    ``init_flow``, ``init_level``, ``init_window`` as there)."""
     params = params or SiftFlowParams()
     if sift_a.shape != sift_b.shape or sift_a.ndim != 3:
         raise ValueError(f"SIFT images must have equal shapes (H, W, C): {sift_a.shape} vs "
                          f"{sift_b.shape}")
     if not (np.all(np.isfinite(sift_a)) and np.all(np.isfinite(sift_b))):
         raise ValueError("SIFT images contain NaN or infinite values")
+    if init_flow is not None:
+        init_flow = _check_init(init_flow, sift_a.shape[:2], init_level, init_window)
     pyr_a = [np.ascontiguousarray(sift_a, dtype=np.float32)]
     pyr_b = [np.ascontiguousarray(sift_b, dtype=np.float32)]
     n_levels = params.n_levels
@@ -188,14 +217,19 @@ def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
     n_levels = len(pyr_a)
     iters = np.round(np.linspace(params.n_iterations, params.n_iterations * 0.6,
                                  max(n_levels, 1))).astype(int)
+    top = n_levels - 1 if init_flow is None else min(int(init_level), n_levels - 1)
     flow = None
     energy_per_level, shapes = [], []
     cost = None
-    for lev in range(n_levels - 1, -1, -1):
+    for lev in range(top, -1, -1):
         s1, s2 = pyr_a[lev], pyr_b[lev]
         h, w = s1.shape[:2]
         gamma = params.gamma * 2.0 ** lev
-        if lev == n_levels - 1:
+        if init_flow is not None and lev == top:
+            off = np.round(_pool_flow(init_flow, lev)).astype(np.int32)
+            win, n_it = int(init_window), int(iters[lev])
+            n_hier = n_levels - 1 - lev
+        elif lev == n_levels - 1:
             off = np.zeros((2, h, w), np.int32)
             win, n_it = params.top_window, params.n_top_iterations
             n_hier = params.top_hierarchy
@@ -216,7 +250,8 @@ def _resize(img: np.ndarray, shape) -> np.ndarray:
                   anti_aliasing=True)
 
 
-def sift_flow(image_a, image_b, params: SiftFlowParams | None = None) -> SiftFlowResult:
+def sift_flow(image_a, image_b, params: SiftFlowParams | None = None, init_flow=None,
+              init_level: int = 2, init_window: int = 4) -> SiftFlowResult:
     """SIFT flow from image a to image b: ``flow_ab`` ``(2, H_a, W_a)`` and the per-pixel cost.
 
     ``image_a``, ``image_b``: numpy ``H×W×3`` (or ``H×W``) uint8, or float on [0, 1]; PIL images and
@@ -227,6 +262,15 @@ def sift_flow(image_a, image_b, params: SiftFlowParams | None = None) -> SiftFlo
     size, matched, and the match q' in the resized b is mapped back to b's pixels with
     ``q = (q' + 0.5)·(W_b / W_a) − 0.5`` (same in y), so the flow is still in a's pixels pointing
     into b's pixels (then no longer integer-valued).
+
+    ``init_flow`` (optional, ``(2, H_a, W_a)`` in a's pixels pointing into b's, e.g. a network's
+    flow): a *guided* SIFT flow. The coarser levels are skipped; at pyramid level ``init_level``
+    (0 = finest; clipped to the coarsest) the search starts from ``init_flow`` (2×2-averaged to
+    that level, halved per level, rounded) within ``±init_window`` there, with that level's
+    iterations and multigrid start, and the finer levels follow as usual (``±window`` around the
+    upsampled flow). So the result is SIFT flow's energy minimum near the guide: at the default
+    level 2 a ±4 window reaches ±16 px of the guide at full resolution. Images of different
+    sizes: ``init_flow`` is in b's pixels and is mapped into the resized b first.
 
     Parameters and the energy: see :class:`SiftFlowParams` and the module docstring.
     """
@@ -239,9 +283,16 @@ def sift_flow(image_a, image_b, params: SiftFlowParams | None = None) -> SiftFlo
     ha, wa = a.shape[:2]
     hb, wb = b.shape[:2]
     b_rs = b if (hb, wb) == (ha, wa) else _resize(b, (ha, wa))
+    if init_flow is not None:
+        init_flow = _check_init(init_flow, (ha, wa), init_level, init_window)
+        if (hb, wb) != (ha, wa):
+            yy, xx = np.indices((ha, wa), dtype=np.float64)
+            init_flow = np.stack([(xx + init_flow[0] + 0.5) * (wa / wb) - 0.5 - xx,
+                                  (yy + init_flow[1] + 0.5) * (ha / hb) - 0.5 - yy])
     sa = dense_sift(a, cell_size=params.cell_size)
     sb = dense_sift(b_rs, cell_size=params.cell_size)
-    res = sift_flow_descriptors(sa, sb, params)
+    res = sift_flow_descriptors(sa, sb, params, init_flow=init_flow, init_level=init_level,
+                                init_window=init_window)
     if (hb, wb) != (ha, wa):
         yy, xx = np.indices((ha, wa), dtype=np.float64)
         qx = (xx + res.flow[0] + 0.5) * (wb / wa) - 0.5
