@@ -127,6 +127,7 @@ def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
     assert np.mean((flow[0] == -5) & (flow[1] == -3)) > 0.95
     rec = json.loads((out / "a-b" / "pair.json").read_text())
     assert rec["method"]["refine"]["method"] == "siftflow" and rec["settings"]["refine"]
+    assert "refined by SIFT flow" in (out / "index.html").read_text()
 
 
 def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):

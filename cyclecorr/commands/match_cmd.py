@@ -186,6 +186,11 @@ def run(args) -> int:
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
     summary = model_summary(args.model, method=args.method)
+    if refine is not None:
+        summary["note"] = " ".join(filter(None, [summary.get("note"), (
+            "Its flow is refined by SIFT flow searched around it (from pyramid level {}, ±{} "
+            "there: the model finds the part, SIFT's descriptors place the pixel); the "
+            "matchability is the model's.").format(*refine)]))
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
     settings = {"input_size": args.input_size, "precision": args.precision,

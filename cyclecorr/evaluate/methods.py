@@ -20,7 +20,8 @@ Implementations:
   pairs) and decreasing; average precision depends only on the order, so ``c_half`` only moves
   the accuracy at 0.5;
 - :class:`NetworkMethod`: a trained network from a model file (its SHA-256 is recorded), run
-  batched by a :class:`~cyclecorr.matcher.Matcher`.
+  batched by a :class:`~cyclecorr.matcher.Matcher`; ``NAME=PATH+siftflow`` is the same network
+  with its flow refined by SIFT flow searched around it (the matcher's ``refine``, recorded).
 
 :func:`dense_match` runs any method on two images of any size, with the matcher's resizing.
 """
