@@ -130,3 +130,14 @@ def test_compare_replicate_groups(tmp_path, capsys):
                      (["--replicates", "x=good1", "--replicates", "x=poor1"], "given twice")):
         assert main(["compare", str(f), "--out", str(out)] + bad) == 2
         assert why in capsys.readouterr().err
+
+
+def test_replicate_rows_may_hold_a_plus():
+    from cyclecorr.commands.compare_cmd import parse_replicates
+
+    have = ["a_s0", "a_s1", "a_s0+siftflow", "a_s1+siftflow", "model", "model+siftflow"]
+    got = parse_replicates(["r=a_s?+siftflow", "n=a_s?", "m=model+siftflow", "both=model+a_s0",
+                            "x=a_s0+siftflow+model"], have)
+    assert got == {"r": ["a_s0+siftflow", "a_s1+siftflow"], "n": ["a_s0", "a_s1"],
+                   "m": ["model+siftflow"], "both": ["model", "a_s0"],
+                   "x": ["a_s0+siftflow", "model"]}

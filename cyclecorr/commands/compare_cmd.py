@@ -115,7 +115,7 @@ def parse_replicates(specs: list[str], have: list[str]) -> dict[str, list[str]]:
         if name in groups:
             raise ValueError(f"--replicates: group {name!r} given twice")
         chosen: list[str] = []
-        for item in (x.strip() for x in rows.split("+")):
+        for item in _split_rows(rows, have):
             hits = [m for m in have if fnmatchcase(m, item)]
             if not item or not hits:
                 raise ValueError(f"--replicates {spec!r}: {item!r} matches none of the rows "
@@ -123,6 +123,19 @@ def parse_replicates(specs: list[str], have: list[str]) -> dict[str, list[str]]:
             chosen += [m for m in hits if m not in chosen]
         groups[name] = chosen
     return groups
+
+
+def _split_rows(rows: str, have: list[str]) -> list[str]:
+    """``ROW+ROW+…`` → items; row names may hold ``+`` themselves (``model+siftflow``): from each
+    position the longest run of ``+``-joined pieces that matches a row is one item."""
+    parts = [x.strip() for x in rows.split("+")]
+    items, i = [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i + 1, -1)
+                  if any(fnmatchcase(m, "+".join(parts[i:j])) for m in have)), i + 1)
+        items.append("+".join(parts[i:j]))
+        i = j
+    return items
 
 
 def run(args) -> int:
