@@ -121,13 +121,21 @@ def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
     Image.fromarray(tex[3:131, 5:133]).save(tmp_path / "b.png")  # b(p − (5, 3)) = a(p)
     out = tmp_path / "out"
     assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(out),
-                 "--model", str(model_file), "--refine", "siftflow"]) == 0
+                 "--model", str(model_file)]) == 0  # refined by default
     from cyclecorr.data.io import read_flo
     flow = read_flo(out / "a-b" / "flow.flo")[:, 16:-16, 16:-16]
     assert np.mean((flow[0] == -5) & (flow[1] == -3)) > 0.95
     rec = json.loads((out / "a-b" / "pair.json").read_text())
     assert rec["method"]["refine"]["method"] == "siftflow" and rec["settings"]["refine"]
     assert "refined by SIFT flow" in (out / "index.html").read_text()
+    assert rec["settings"]["refine"] == "siftflow:2:4"
+    # --refine none: the model's own flow (this untrained model's is far from the shift)
+    assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "raw"), "--model", str(model_file), "--refine", "none"]) == 0
+    raw = read_flo(tmp_path / "raw" / "a-b" / "flow.flo")[:, 16:-16, 16:-16]
+    assert np.mean((raw[0] == -5) & (raw[1] == -3)) < 0.5
+    rec = json.loads((tmp_path / "raw" / "a-b" / "pair.json").read_text())
+    assert "refine" not in rec["method"] and rec["settings"]["refine"] is None
 
 
 def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):

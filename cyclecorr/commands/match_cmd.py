@@ -57,12 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "models` lists them)")
     parser.add_argument("--method", default="model", choices=("model", "siftflow", "zero"),
                         help="what computes the correspondence (default: the model)")
-    parser.add_argument("--refine", default="none", metavar="{none,siftflow,siftflow:L:W}",
+    parser.add_argument("--refine", default=None, metavar="{siftflow,none,siftflow:L:W}",
                         help="with --method model: refine the model's flow by SIFT flow searched "
-                             "around it (the model says where, SIFT's descriptors place each "
-                             "pixel; about 0.2 s per pair on a CPU core); siftflow:LEVEL:WINDOW "
-                             "sets the pyramid level and half-width of the search (default "
-                             "none: the model's flow)")
+                             "around it (the default: the model finds the part, SIFT's "
+                             "descriptors place each pixel; a fraction of a second per pair on "
+                             "a CPU core); none: the model's own flow; siftflow:LEVEL:WINDOW "
+                             "sets the pyramid level and half-width of the search")
     parser.add_argument("--keypoints", default=None,
                         help="text file of source keypoints, one 'x y' per line (0-based pixels); "
                              "single-pair mode only; default: --points picked by the page")
@@ -160,7 +160,8 @@ def run(args) -> int:
         raise ValueError(f"--flow-scale must be > 0 pixels, got {args.flow_scale}")
     if args.input_size is not None and (args.input_size < 16 or args.input_size % 16):
         raise ValueError(f"--input-size must be a positive multiple of 16, got {args.input_size}")
-    refine = parse_refine(args.refine)
+    refine = parse_refine(args.refine if args.refine is not None
+                          else "siftflow" if args.method == "model" else None)
     if refine is not None and args.method != "model":
         raise ValueError(f"--refine {args.refine} refines a model's flow; not with --method "
                          f"{args.method}")
@@ -194,7 +195,7 @@ def run(args) -> int:
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
     settings = {"input_size": args.input_size, "precision": args.precision,
-                "refine": args.refine}
+                "refine": None if refine is None else "siftflow:{}:{}".format(*refine)}
     done = []
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
         res = dense_match(method, images[a], images[b])
