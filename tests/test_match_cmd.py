@@ -300,3 +300,21 @@ def test_help_documents_every_option(capsys):
     helps = {n: subs.choices[n].format_help() for n in ("match", "train")}
     assert "default: the car model shipped" in " ".join(helps["match"].split())
     assert "about an hour" not in helps["train"] and "13 min" in " ".join(helps["train"].split())
+
+
+def test_evaluate_command_with_a_refined_model(tmp_path, data_dir, model_file):
+    """``--methods model,model+siftflow``: both rows on the same pairs, the refined one recorded
+    as such (results.json and results.md), its matchability the model's."""
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model_file), "--methods", "model,model+siftflow",
+                 "--sets", "flowweb-car", "--limit", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    fw = res["sets"]["flowweb-car"]
+    assert set(fw) == {"model", "model+siftflow"}
+    assert res["methods"]["model+siftflow"]["refine"] == {
+        "method": "siftflow", "level": 2, "window": 4,
+        "params": res["methods"]["model+siftflow"]["refine"]["params"],
+        "matchability": "the network's"}
+    assert "refine" not in res["methods"]["model"]
+    assert fw["model+siftflow"]["matchability"]["ap"] == fw["model"]["matchability"]["ap"]
+    assert "refined by SIFT flow from pyramid level 2" in (out / "results.md").read_text()
