@@ -32,12 +32,18 @@ from cyclecorr.images import MIN_SIDE, ImageError, image_array
 
 __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_image_pixels",
            "resolve_device", "ImageError", "parse_refine", "REFINE_DEFAULT",
+           "DEFAULT_REFINE_BY_CATEGORY",
            "PRECISIONS", "precision_context"]
 
 #: (pyramid level, half-width there) of ``refine="siftflow"``: ±4 labels at quarter resolution
 #: around the network's flow (±16 px at the network's size), then ±2 at each finer level; chosen
 #: on the synth-kp-car renders, not on an evaluation set (docs/RESULTS.md)
 REFINE_DEFAULT = (2, 4)
+
+#: the refinement ``cyclecorr match`` applies by default, by the model's training category: it
+#: raises car models' precision on photos (FlowWeb, PF-WILLOW, TSS) and costs the chair and
+#: aeroplane models PCK@0.10–0.15 on their renders (docs/RESULTS.md), so those stay unrefined
+DEFAULT_REFINE_BY_CATEGORY = {"car": "siftflow"}
 
 
 def parse_refine(spec) -> tuple[int, int] | None:

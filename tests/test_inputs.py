@@ -326,7 +326,7 @@ def test_debug_flag_shows_the_traceback(tmp_path, capsys):
               "--method", "zero", "--debug"])
 
 
-def test_match_command_reads_16_bit_grey_as_its_values(tmp_path, model_file):
+def test_match_command_reads_16_bit_grey_as_its_values(tmp_path, model_file, matcher):
     """A 16-bit grey PNG (PIL mode I;16, white through PIL's own RGB conversion) is matched as
     the grey image it holds: the written flow is the API's flow of the 8-bit equivalent."""
     g = A.mean(axis=2).round().astype(np.uint8)
@@ -335,8 +335,7 @@ def test_match_command_reads_16_bit_grey_as_its_values(tmp_path, model_file):
     out = tmp_path / "out"
     assert main(["match", str(tmp_path / "g16.png"), str(b), "--out", str(out), "--model",
                  str(model_file)]) == 0
-    refined = Matcher.from_checkpoint(model_file, device="cpu", refine="siftflow")  # the default
-    want = refined.match(np.repeat(g[..., None], 3, axis=2), B)["flow"]
+    want = matcher.match(np.repeat(g[..., None], 3, axis=2), B)["flow"]
     got = read_flo(out / "g16-b" / "flow.flo").transpose(1, 2, 0)
     np.testing.assert_allclose(got, want, atol=1e-3)
     assert np.asarray(Image.open(out / "g16-b" / "source.png")).mean() == pytest.approx(
@@ -413,7 +412,7 @@ def test_two_concurrent_match_runs_into_one_folder(tmp_path, model_file):
     folders = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(folders) == 6, [f.name for f in folders]
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp.", ".old."))]
-    m = Matcher.from_checkpoint(model_file, device="cpu", refine="siftflow")  # match's default
+    m = Matcher.from_checkpoint(model_file, device="cpu")
     seen = set()
     for f in folders:
         rec = json.loads((f / "pair.json").read_text())

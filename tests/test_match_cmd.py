@@ -121,7 +121,7 @@ def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
     Image.fromarray(tex[3:131, 5:133]).save(tmp_path / "b.png")  # b(p − (5, 3)) = a(p)
     out = tmp_path / "out"
     assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(out),
-                 "--model", str(model_file)]) == 0  # refined by default
+                 "--model", str(model_file), "--refine", "siftflow"]) == 0
     from cyclecorr.data.io import read_flo
     flow = read_flo(out / "a-b" / "flow.flo")[:, 16:-16, 16:-16]
     assert np.mean((flow[0] == -5) & (flow[1] == -3)) > 0.95
@@ -136,6 +136,23 @@ def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
     assert np.mean((raw[0] == -5) & (raw[1] == -3)) < 0.5
     rec = json.loads((tmp_path / "raw" / "a-b" / "pair.json").read_text())
     assert "refine" not in rec["method"] and rec["settings"]["refine"] is None
+
+
+@pytest.mark.parametrize("category,refined", [("car", True), ("chair", False), (None, False)])
+def test_match_default_refinement_follows_the_model_category(tmp_path, category, refined):
+    """Without --refine, car models are refined by SIFT flow and the others (and model files
+    that name no category) are not (DEFAULT_REFINE_BY_CATEGORY)."""
+    torch.manual_seed(0)
+    meta = {"stage": 2} if category is None else {"stage": 2,
+                                                  "train_config": {"category": category}}
+    p = tmp_path / "m.safetensors"
+    save_model(p, build_network(), meta)
+    a = _img(tmp_path / "a.png", 40, 40, 0)
+    out = tmp_path / "out"
+    assert main(["match", str(a), str(a), "--out", str(out), "--model", str(p)]) == 0
+    rec = json.loads((out / "a-a" / "pair.json").read_text())
+    assert ("refine" in rec["method"]) is refined
+    assert rec["settings"]["refine"] == ("siftflow:2:4" if refined else None)
 
 
 def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):
