@@ -46,23 +46,25 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model file (default: the shipped car model)")
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
-    ap.add_argument("--settings", default="2:4,1:4,1:6",
-                    help="LEVEL:WINDOW settings of the refinement to time")
+    ap.add_argument("--settings", default="2:8:1,2:4:1,2:4:0",
+                    help="LEVEL:WINDOW[:STOP] settings of the refinement to time (STOP: the "
+                         "finest level searched, default 0)")
     args = ap.parse_args()
     from cyclecorr.matcher import Matcher
     from cyclecorr.siftflow import sift_flow_tensors
 
     m = Matcher.from_checkpoint(args.model, device="cpu")
     src, tgt, what = _pairs(args.pairs, m.size)
-    settings = [tuple(int(v) for v in s.split(":")) for s in args.settings.split(",")]
+    settings = [(*(int(v) for v in s.split(":")), 0)[:3] for s in args.settings.split(",")]
     net_flow = m.predict(src, tgt)["flow"]
 
-    def run_refine(level, window):
+    def run_refine(level, window, stop):
         return lambda: sift_flow_tensors(src, tgt, init_flow=net_flow, init_level=level,
-                                         init_window=window)
+                                         init_window=window, stop_level=stop)
 
     fns = {"network": lambda: m.predict(src, tgt),
-           **{f"refine {lv}:{w} (search only)": run_refine(lv, w) for lv, w in settings},
+           **{f"refine {lv}:{w}:{st} (search only)": run_refine(lv, w, st)
+              for lv, w, st in settings},
            "SIFT flow": lambda: sift_flow_tensors(src, tgt)}
     sift_flow_tensors(src[:1], tgt[:1])  # compile the belief propagation (numba) first
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -80,9 +82,10 @@ def main() -> None:
         best = min(v)
         print(f"{k:<28} {best:8.4f} {1 / best:8.1f} {best / ref:17.2f}")
     net = min(times["network"])
-    for lv, w in settings:
-        t = net + min(times[f"refine {lv}:{w} (search only)"])
-        print(f"network + refine {lv}:{w}: {t:.4f} s/pair, {t / ref:.2f} × SIFT flow's time")
+    for lv, w, st in settings:
+        t = net + min(times[f"refine {lv}:{w}:{st} (search only)"])
+        print(f"network + refine {lv}:{w}:{st}: {t:.4f} s/pair, {t / ref:.2f} × SIFT flow's "
+              f"time")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_im
            "DEFAULT_REFINE_BY_CATEGORY",
            "PRECISIONS", "precision_context"]
 
-#: (pyramid level, half-width there) of ``refine="siftflow"``: ±4 labels at quarter resolution
-#: around the network's flow (±16 px at the network's size), then ±2 at each finer level; chosen
-#: on the synth-kp-car renders, not on an evaluation set (docs/RESULTS.md)
-REFINE_DEFAULT = (2, 4)
+#: (start level, half-width there, stop level) of ``refine="siftflow"``: ±8 labels at quarter
+#: resolution around the network's flow (±32 px at the network's size), then ±2 at half
+#: resolution, upsampled to full size; chosen on the synth-kp-car renders, not on an evaluation
+#: set (docs/RESULTS.md)
+REFINE_DEFAULT = (2, 8, 1)
 
 #: the refinement ``cyclecorr match`` applies by default, by the model's training category: it
 #: raises car models' precision on photos (FlowWeb, PF-WILLOW, TSS) and costs the chair and
@@ -46,28 +47,34 @@ REFINE_DEFAULT = (2, 4)
 DEFAULT_REFINE_BY_CATEGORY = {"car": "siftflow"}
 
 
-def parse_refine(spec) -> tuple[int, int] | None:
+def parse_refine(spec) -> tuple[int, int, int] | None:
     """A refinement: ``None``/``"none"`` (the network's flow), ``"siftflow"`` (SIFT flow searched
-    around the network's flow, :data:`REFINE_DEFAULT`) or ``"siftflow:LEVEL:WINDOW"``; a
-    ``(level, window)`` pair passes through. Returns ``(level, window)`` or None."""
+    around the network's flow, :data:`REFINE_DEFAULT`) or ``"siftflow:LEVEL:WINDOW[:STOP]"``
+    (:func:`cyclecorr.siftflow.sift_flow`'s ``init_level``, ``init_window``, ``stop_level``; STOP
+    defaults to the default's); a ``(level, window[, stop])`` sequence passes through. Returns
+    ``(level, window, stop)`` or None."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return None
-    if isinstance(spec, (tuple, list)) and len(spec) == 2:
-        level, window = (int(v) for v in spec)
+    if isinstance(spec, (tuple, list)) and len(spec) in (2, 3):
+        vals = [int(v) for v in spec]
     else:
         head, _, tail = str(spec).strip().partition(":")
         if head != "siftflow":
-            raise ValueError(f"refine {spec!r}: use none, siftflow or siftflow:LEVEL:WINDOW")
+            raise ValueError(f"refine {spec!r}: use none, siftflow or "
+                             f"siftflow:LEVEL:WINDOW[:STOP]")
         if not tail:
             return REFINE_DEFAULT
         try:
-            level, window = (int(v) for v in tail.split(":"))
+            vals = [int(v) for v in tail.split(":")]
+            if len(vals) not in (2, 3):
+                raise ValueError
         except ValueError:
-            raise ValueError(f"refine {spec!r}: write siftflow:LEVEL:WINDOW with two integers "
-                             f"(e.g. siftflow:1:4)") from None
-    if level < 0 or window < 0:
-        raise ValueError(f"refine {spec!r}: level and window must be ≥ 0")
-    return level, window
+            raise ValueError(f"refine {spec!r}: write siftflow:LEVEL:WINDOW[:STOP] with two or "
+                             f"three integers (e.g. siftflow:2:8:1)") from None
+    level, window, stop = (*vals, REFINE_DEFAULT[2])[:3]
+    if level < 0 or window < 0 or stop < 0:
+        raise ValueError(f"refine {spec!r}: level, window and stop must be ≥ 0")
+    return level, window, min(stop, level)
 
 
 def to_tensor_image(image, name: str = "image", min_side: int = MIN_SIDE) -> torch.Tensor:
@@ -121,7 +128,7 @@ class Matcher:
         channels_last: convert the network to channels-last memory format (about 1.8× faster on a
             CPU, ``bench/evaluate.py``). ``False`` leaves the network's parameters as they are,
             for a network that is being trained.
-        refine: ``None`` (the network's flow) or ``"siftflow"`` / ``"siftflow:LEVEL:WINDOW"``
+        refine: ``None`` (the network's flow) or ``"siftflow"`` / ``"siftflow:LEVEL:WINDOW[:STOP]"``
             (:func:`parse_refine`): the network's flow refined by SIFT flow searched around it
             (:func:`cyclecorr.siftflow.sift_flow` with ``init_flow``, on the CPU, pair by pair,
             at the network's input size); the matchability stays the network's. The network
@@ -175,11 +182,11 @@ class Matcher:
         if self.refine is not None:
             from cyclecorr.siftflow import sift_flow_tensors  # numba: imported when needed
 
-            level, window = self.refine
+            level, window, stop = self.refine
             out["network_flow"] = out["flow"]
             flow, _ = sift_flow_tensors(src.float().cpu(), tgt.float().cpu(),
                                         init_flow=out["flow"].cpu(), init_level=level,
-                                        init_window=window)
+                                        init_window=window, stop_level=stop)
             out["flow"] = flow.to(self.device)
         return out
 

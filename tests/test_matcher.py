@@ -155,15 +155,18 @@ def test_network_refined_by_sift_flow(model_file):
 
     path, _ = model_file
     net = make_method(f"n={path}", device="cpu")
-    guided = make_method(f"n={path}+siftflow", device="cpu")
-    assert guided.name == "n+siftflow" and guided.matcher.refine == REFINE_DEFAULT
+    guided = make_method(f"n={path}+siftflow:2:4:0", device="cpu")  # searched to full size
+    default = make_method(f"n={path}+siftflow", device="cpu")
+    assert default.name == "n+siftflow" and default.matcher.refine == REFINE_DEFAULT
+    assert guided.name == "n+siftflow:2:4:0" and guided.matcher.refine == (2, 4, 0)
     assert net.matcher.refine is None and "refine" not in net.describe()
     other = make_method(f"n={path}+siftflow:1:3", device="cpu")
-    assert other.name == "n+siftflow:1:3" and other.matcher.refine == (1, 3)
+    assert other.name == "n+siftflow:1:3:1" and other.matcher.refine == (1, 3, 1)
     d = other.describe()
     assert d["refine"]["level"] == 1 and d["refine"]["window"] == 3 and d["sha256"]
+    assert d["refine"]["stop_level"] == 1
     report = markdown_report({"sets": {}, "methods": {other.name: d}})
-    assert "refined by SIFT flow from pyramid level 1 within ±3" in report
+    assert "refined by SIFT flow from pyramid level 1 within ±3 there down to level 1" in report
     rs = np.random.RandomState(0)
     tex = ndimage.gaussian_filter(rs.rand(64, 64, 3), sigma=(2.0, 2.0, 0))
     a = torch.from_numpy((tex - tex.min()) / np.ptp(tex)).permute(2, 0, 1).float()
@@ -176,17 +179,24 @@ def test_network_refined_by_sift_flow(model_file):
     assert (inner[0, 0] == 3).float().mean() > 0.95 and (inner[0, 1] == 2).float().mean() > 0.95
     assert (inner[1, 0] == -3).float().mean() > 0.95 and (inner[1, 1] == -2).float().mean() > 0.95
     assert (f_net[0, 0, 12:-12, 12:-12] - 3).abs().mean() > 1  # the network alone is far off
+    # the default stops at half resolution: within 1 px of the shift (odd shifts fall between
+    # half-resolution labels)
+    f_half, _ = default.predict_batch(src, tgt)
+    err = (f_half[0, :, 12:-12, 12:-12] - torch.tensor([3.0, 2.0])[:, None, None]).abs()
+    assert (err <= 1.0).all(dim=0).float().mean() > 0.95
     out = guided.matcher.predict(src, tgt)
     torch.testing.assert_close(out["network_flow"], f_net)
     # the Python API: Matcher.from_checkpoint(refine=...) and match() on images of any size
-    m = Matcher.from_checkpoint(path, device="cpu", refine="siftflow")
+    m = Matcher.from_checkpoint(path, device="cpu", refine="siftflow:2:4:0")
     img_a = (a.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     img_b = (b.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     res = m.match(img_a, img_b)["flow"][12:-12, 12:-12]
     assert np.mean((res[..., 0] == 3) & (res[..., 1] == 2)) > 0.95
     assert parse_refine(None) is None and parse_refine("none") is None
-    assert parse_refine("siftflow:0:6") == (0, 6) and parse_refine((1, 2)) == (1, 2)
-    for bad in ("sift", "siftflow:2", "siftflow:a:b", "siftflow:-1:2"):
+    assert parse_refine("siftflow:0:6") == (0, 6, 0) and parse_refine((1, 2)) == (1, 2, 1)
+    assert parse_refine("siftflow:3:8:2") == (3, 8, 2) and parse_refine((2, 8, 0)) == (2, 8, 0)
+    for bad in ("sift", "siftflow:2", "siftflow:a:b", "siftflow:-1:2", "siftflow:1:2:3:4",
+                "siftflow:2:4:-1"):
         with pytest.raises(ValueError, match="refine"):
             parse_refine(bad)
     with pytest.raises(ValueError, match="not a network"):

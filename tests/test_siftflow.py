@@ -403,6 +403,24 @@ def test_guided_window_zero_returns_the_rounded_guide():
     assert np.all(res1.flow == 6.0)
 
 
+def test_guided_stop_level_upsamples_the_coarser_search(data_dir):
+    """``stop_level=1``: the finest level is not searched; the half-resolution flow and cost are
+    upsampled bilinearly (a constant flow exactly), and an even shift is still found exactly."""
+    a = _texture(40, 48, seed=7)
+    b = _texture(40, 48, seed=8)
+    res = sift_flow(a, b, SiftFlowParams(window=0), init_flow=np.full((2, 40, 48), 8.0),
+                    init_level=2, init_window=0, stop_level=1)
+    assert res.flow.shape == (2, 40, 48) and res.cost.shape == (40, 48)
+    assert len(res.energy_per_level) == 2 and np.all(res.flow == 8.0)
+    a, b, overlap = _shifted_crops(data_dir)
+    guide = np.stack([np.full((128, 128), -27.0), np.full((128, 128), 23.0)])
+    half = sift_flow(a, b, init_flow=guide, init_level=2, init_window=4, stop_level=1)
+    ok = (half.flow[0] == -30) & (half.flow[1] == 20)
+    assert ok[overlap].mean() > 0.9
+    with pytest.raises(ValueError, match="stop_level"):
+        sift_flow(a, b, init_flow=guide, stop_level=-1)
+
+
 def test_guided_different_sizes_guide_in_b_pixels():
     a = _texture(80, 96, seed=5)
     b0 = np.roll(a, (3, 5), axis=(0, 1))  # b0(p + (5, 3)) = a(p)

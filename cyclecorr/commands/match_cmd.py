@@ -57,14 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "models` lists them)")
     parser.add_argument("--method", default="model", choices=("model", "siftflow", "zero"),
                         help="what computes the correspondence (default: the model)")
-    parser.add_argument("--refine", default=None, metavar="{siftflow,none,siftflow:L:W}",
+    parser.add_argument("--refine", default=None, metavar="{siftflow,none,siftflow:L:W[:S]}",
                         help="with --method model: siftflow refines the model's flow by SIFT "
                              "flow searched around it (the model finds the part, SIFT's "
                              "descriptors place each pixel; a fraction of a second per pair on "
-                             "a CPU core); none: the model's own flow; siftflow:LEVEL:WINDOW "
-                             "sets the pyramid level and half-width of the search. Default: "
-                             "siftflow for car models, none for the others (measured: it helps "
-                             "cars on photos, costs chairs and aeroplanes on renders)")
+                             "a CPU core); none: the model's own flow; "
+                             "siftflow:LEVEL:WINDOW[:STOP] sets the pyramid level and "
+                             "half-width where the search starts and the level where it "
+                             "stops. Default: siftflow for car models, none for the others "
+                             "(measured: it helps cars on photos, costs chairs and aeroplanes "
+                             "on renders)")
     parser.add_argument("--keypoints", default=None,
                         help="text file of source keypoints, one 'x y' per line (0-based pixels); "
                              "single-pair mode only; default: --points picked by the page")
@@ -187,19 +189,19 @@ def run(args) -> int:
     if args.refine is None and args.method == "model":  # the default: by the model's category
         category = read_metadata(model).get("train_config", {}).get("category")
         refine = parse_refine(DEFAULT_REFINE_BY_CATEGORY.get(category))
-    spec = args.method if refine is None else "model+siftflow:{}:{}".format(*refine)
+    spec = args.method if refine is None else "model+siftflow:{}:{}:{}".format(*refine)
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
     summary = model_summary(args.model, method=args.method)
     if refine is not None:
         summary["note"] = " ".join(filter(None, [summary.get("note"), (
             "Its flow is refined by SIFT flow searched around it (from pyramid level {}, ±{} "
-            "there: the model finds the part, SIFT's descriptors place the pixel); the "
-            "matchability is the model's.").format(*refine)]))
+            "there, down to level {}: the model finds the part, SIFT's descriptors place the "
+            "pixel); the matchability is the model's.").format(*refine)]))
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
     settings = {"input_size": args.input_size, "precision": args.precision,
-                "refine": None if refine is None else "siftflow:{}:{}".format(*refine)}
+                "refine": None if refine is None else "siftflow:{}:{}:{}".format(*refine)}
     done = []
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
         res = dense_match(method, images[a], images[b])

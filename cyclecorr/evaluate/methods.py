@@ -176,8 +176,9 @@ class NetworkMethod:
                "precision": self.precision, "net": network_config_dict(self.net.config),
                **{k: self.meta[k] for k in keep if k in self.meta}}
         if self.matcher.refine is not None:
-            level, window = self.matcher.refine
+            level, window, stop = self.matcher.refine
             out["refine"] = {"method": "siftflow", "level": level, "window": window,
+                             "stop_level": stop,
                              "params": SiftFlowParams().to_dict(),
                              "matchability": "the network's"}
         return out
@@ -189,7 +190,7 @@ class NetworkMethod:
 
 
 def _split_refine(spec: str) -> tuple[str, str | None]:
-    """Split a ``"+siftflow"`` / ``"+siftflow:LEVEL:WINDOW"`` suffix off a method spec."""
+    """Split a ``"+siftflow"`` / ``"+siftflow:LEVEL:WINDOW[:STOP]"`` suffix off a method spec."""
     head, sep, tail = spec.rpartition("+siftflow")
     if not sep or (tail and not tail.startswith(":")):
         return spec, None
@@ -211,10 +212,10 @@ def predict_in_batches(method, src: torch.Tensor, tgt: torch.Tensor, batch_size:
 
 def _refined(method: NetworkMethod, refine: str) -> NetworkMethod:
     """The same network with its flow refined by SIFT flow (:class:`~cyclecorr.matcher.Matcher`
-    ``refine``), named ``NAME+siftflow`` (``NAME+siftflow:LEVEL:WINDOW`` off the default)."""
+    ``refine``), named ``NAME+siftflow`` (``NAME+siftflow:LEVEL:WINDOW:STOP`` off the default)."""
     m = method.matcher
     m.refine = parse_refine(refine)
-    suffix = "" if m.refine == REFINE_DEFAULT else ":{}:{}".format(*m.refine)
+    suffix = "" if m.refine == REFINE_DEFAULT else ":{}:{}:{}".format(*m.refine)
     method.name = f"{method.name}+siftflow{suffix}"
     return method
 
@@ -236,8 +237,8 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
     the shipped car model when ``model`` is None or ``"shipped"``), or ``"model:PATH"`` /
     ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``); any PATH
     may be ``shipped:CATEGORY`` (e.g. ``"chair=shipped:chair"``, :func:`model_path`). A network
-    spec ending in ``+siftflow`` (or ``+siftflow:LEVEL:WINDOW``) is that network with its flow
-    refined by SIFT flow around it (``Matcher(refine=…)``, e.g. ``"model+siftflow"``).
+    spec ending in ``+siftflow`` (or ``+siftflow:LEVEL:WINDOW[:STOP]``) is that network with its
+    flow refined by SIFT flow around it (``Matcher(refine=…)``, e.g. ``"model+siftflow"``).
     ``size``: the baselines' input side; ``net_size``: the networks' (default: the size each was
     trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
     spec, refine = _split_refine(spec.strip())

@@ -270,7 +270,8 @@ def markdown_report(results: dict) -> str:
             ref = d.get("refine")
             if ref:  # a network's flow refined by SIFT flow around it
                 size += (f", refined by SIFT flow from pyramid level {ref['level']} within "
-                         f"±{ref['window']} there; matchability {ref['matchability']}")
+                         f"±{ref['window']} there down to level {ref.get('stop_level', 0)}; "
+                         f"matchability {ref['matchability']}")
             lines.append(f"- **{m}**: {d.get('kind', '')}{size}" + (f" ({extra})" if extra else ""))
         lines.append("")
     if "seed" in results:

@@ -224,14 +224,15 @@ def _write_index(path: Path, entries, size, params) -> None:
 
 
 def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None, init_flow=None,
-                      init_level: int = 2, init_window: int = 4):
+                      init_level: int = 2, init_window: int = 4, stop_level: int = 0):
     """SIFT flow for a batch of network-format images: ``(B, 3, H, W)`` float in [0, 1] → flows.
 
     Returns ``(flow_ab, cost)``: torch tensors ``(B, 2, H, W)`` and ``(B, H, W)`` float32 on the
     inputs' device (numpy inputs give numpy outputs). Computed pair by pair in this process; use
     :func:`compute_sift_flow_batch` for cached, parallel computation of many pairs.
     ``init_flow`` ``(B, 2, H, W)`` (e.g. a network's flow) makes it a guided SIFT flow searched
-    around that flow (``init_level``, ``init_window``: :func:`~cyclecorr.siftflow.sift_flow`).
+    around that flow (``init_level``, ``init_window``, ``stop_level``:
+    :func:`~cyclecorr.siftflow.sift_flow`).
     """
     is_torch = hasattr(images_a, "detach")
     a = images_a.detach().cpu().numpy() if is_torch else np.asarray(images_a)
@@ -249,7 +250,8 @@ def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None, 
     for i in range(a.shape[0]):
         res = sift_flow(np.moveaxis(a[i], 0, 2), np.moveaxis(b[i], 0, 2), params,
                         init_flow=None if init_flow is None else init_flow[i],
-                        init_level=init_level, init_window=init_window)
+                        init_level=init_level, init_window=init_window,
+                        stop_level=stop_level)
         flows.append(res.flow)
         costs.append(res.cost)
     flow, cost = np.stack(flows), np.stack(costs)

