@@ -141,3 +141,18 @@ def test_replicate_rows_may_hold_a_plus():
     assert got == {"r": ["a_s0+siftflow", "a_s1+siftflow"], "n": ["a_s0", "a_s1"],
                    "m": ["model+siftflow"], "both": ["model", "a_s0"],
                    "x": ["a_s0+siftflow", "model"]}
+
+
+def test_rows_refined_differently_are_different_methods(tmp_path):
+    from cyclecorr.commands.compare_cmd import merge_results
+
+    base = {"name": "m+siftflow", "kind": "network", "size": 128, "sha256": "abc"}
+    files = []
+    for k, window in enumerate((4, 8)):
+        res = {"methods": {"m+siftflow": {**base, "refine": {"level": 2, "window": window}}},
+               "sets": {}}
+        files.append(tmp_path / f"r{k}.json")
+        files[-1].write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="another method"):
+        merge_results(files)
+    assert merge_results([files[0], files[0]])["methods"]["m+siftflow"]["refine"]["window"] == 4

@@ -51,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _identity(desc: dict) -> tuple:
-    """What makes two rows of the same name the same method."""
-    return (desc.get("kind"), desc.get("size"), desc.get("sha256"), desc.get("name"))
+    """What makes two rows of the same name the same method (a refinement's settings too)."""
+    refine = desc.get("refine")
+    return (desc.get("kind"), desc.get("size"), desc.get("sha256"), desc.get("name"),
+            None if refine is None else json.dumps(refine, sort_keys=True))
 
 
 def merge_results(files: list[str | Path]) -> dict:
