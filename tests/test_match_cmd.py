@@ -341,3 +341,17 @@ def test_evaluate_command_with_a_refined_model(tmp_path, data_dir, model_file):
     assert "refine" not in res["methods"]["model"]
     assert fw["model+siftflow"]["matchability"]["ap"] == fw["model"]["matchability"]["ap"]
     assert "refined by SIFT flow from pyramid level 2" in (out / "results.md").read_text()
+
+
+def test_match_category_names_the_model_that_ran(tmp_path):
+    """``--category chair`` runs the shipped chair model; the page's record names it (not the car
+    model) and, by the chair category, leaves its flow unrefined."""
+    from cyclecorr.checkpoint import shipped_model_path
+
+    a = _img(tmp_path / "a.png", 40, 40, 0)
+    out = tmp_path / "out"
+    assert main(["match", str(a), str(a), "--out", str(out), "--category", "chair"]) == 0
+    rec = json.loads((out / "a-a" / "pair.json").read_text())
+    assert rec["model"]["category"] == "chair" and rec["model"]["name"].startswith("chair ")
+    assert rec["method"]["path"] == str(shipped_model_path("chair"))
+    assert rec["settings"]["refine"] is None and "refine" not in rec["method"]

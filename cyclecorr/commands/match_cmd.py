@@ -136,7 +136,7 @@ def run(args) -> int:
     # on use: these load torch; `cyclecorr --help` imports every command module
     from tqdm import tqdm
 
-    from cyclecorr.checkpoint import read_metadata, shipped_model_path
+    from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.evaluate.methods import dense_match, make_method
     from cyclecorr.matcher import DEFAULT_REFINE_BY_CATEGORY, parse_refine
     from cyclecorr.viz import model_summary, page_flow_scale, write_pair_pictures
@@ -186,13 +186,12 @@ def run(args) -> int:
     model = args.model
     if args.method == "model" and model == "shipped":
         model = str(shipped_model_path(args.category))
+    summary = model_summary(model, method=args.method)
     if args.refine is None and args.method == "model":  # the default: by the model's category
-        category = read_metadata(model).get("train_config", {}).get("category")
-        refine = parse_refine(DEFAULT_REFINE_BY_CATEGORY.get(category))
+        refine = parse_refine(DEFAULT_REFINE_BY_CATEGORY.get(summary["category"]))
     spec = args.method if refine is None else "model+siftflow:{}:{}:{}".format(*refine)
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
-    summary = model_summary(args.model, method=args.method)
     if refine is not None:
         summary["note"] = " ".join(filter(None, [summary.get("note"), (
             "Its flow is refined by SIFT flow searched around it (from pyramid level {}, ±{} "

@@ -238,8 +238,8 @@ def model_summary(path=None, *, method: str = "model", name: str | None = None) 
                 "note": "the trivial baseline: every pixel matches the same position"}
 
     p = Path(shipped_model_path("car") if path in (None, "shipped") else path)
-    try:
-        shipped = p.resolve() == shipped_model_path("car").resolve()
+    try:  # any model shipped in the package (car, chair, …), named by its category
+        shipped = p.resolve() == shipped_model_path(p.stem).resolve()
     except FileNotFoundError:
         shipped = False
     meta = read_metadata(p)
