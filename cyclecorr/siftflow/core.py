@@ -54,6 +54,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.transform import resize
 
+from cyclecorr.geometry import rescale_points
 from cyclecorr.siftflow import _bp
 from cyclecorr.siftflow.dense_sift import as_float_image, dense_sift
 
@@ -304,19 +305,22 @@ def sift_flow(image_a, image_b, params: SiftFlowParams | None = None, init_flow=
     if init_flow is not None:
         init_flow = _check_init(init_flow, (ha, wa), init_level, init_window)
         if (hb, wb) != (ha, wa):
-            yy, xx = np.indices((ha, wa), dtype=np.float64)
-            init_flow = np.stack([(xx + init_flow[0] + 0.5) * (wa / wb) - 0.5 - xx,
-                                  (yy + init_flow[1] + 0.5) * (ha / hb) - 0.5 - yy])
+            init_flow = _retarget(init_flow, wa / wb, ha / hb)
     sa = dense_sift(a, cell_size=params.cell_size)
     sb = dense_sift(b_rs, cell_size=params.cell_size)
     res = sift_flow_descriptors(sa, sb, params, init_flow=init_flow, init_level=init_level,
                                 init_window=init_window, stop_level=stop_level)
     if (hb, wb) != (ha, wa):
-        yy, xx = np.indices((ha, wa), dtype=np.float64)
-        qx = (xx + res.flow[0] + 0.5) * (wb / wa) - 0.5
-        qy = (yy + res.flow[1] + 0.5) * (hb / ha) - 0.5
-        res.flow = np.stack([qx - xx, qy - yy]).astype(np.float32)
+        res.flow = _retarget(res.flow, wb / wa, hb / ha).astype(np.float32)
     return res
+
+
+def _retarget(flow: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """``flow_ab`` ``(2, H, W)`` re-expressed for b resized by ``(sx, sy)``: each match moved by
+    :func:`~cyclecorr.geometry.rescale_points`, the source pixels staying (float64)."""
+    h, w = flow.shape[1:]
+    p = np.indices((h, w), dtype=np.float64)[::-1]  # (x, y) of each source pixel
+    return rescale_points(p + flow, np.array([sx, sy])[:, None, None]) - p
 
 
 def matchability_from_cost(cost: np.ndarray, scale: float | None = None) -> np.ndarray:
