@@ -189,7 +189,8 @@ def run(args) -> int:
     summary = model_summary(model, method=args.method)
     if args.refine is None and args.method == "model":  # the default: by the model's category
         refine = parse_refine(DEFAULT_REFINE_BY_CATEGORY.get(summary["category"]))
-    spec = args.method if refine is None else "model+siftflow:{}:{}:{}".format(*refine)
+    refine_spec = None if refine is None else "siftflow:{}:{}:{}".format(*refine)
+    spec = args.method if refine is None else f"model+{refine_spec}"
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
     if refine is not None:
@@ -200,7 +201,7 @@ def run(args) -> int:
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
     settings = {"input_size": args.input_size, "precision": args.precision,
-                "refine": None if refine is None else "siftflow:{}:{}:{}".format(*refine)}
+                "refine": refine_spec}
     done = []
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
         res = dense_match(method, images[a], images[b])

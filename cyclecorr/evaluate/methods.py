@@ -243,10 +243,11 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
     trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
     spec, refine = _split_refine(spec.strip())
     if refine is not None:
-        if spec in ("zero", "siftflow", "sift-flow", "sift"):
+        base = make_method(spec, model, size, device, net_size, precision)
+        if not isinstance(base, NetworkMethod):
             raise ValueError(f"method {spec}+{refine}: +siftflow refines a network's flow; "
                              f"{spec!r} is not a network")
-        return _refined(make_method(spec, model, size, device, net_size, precision), refine)
+        return _refined(base, refine)
     if spec == "zero":
         return ZeroFlow(size)
     if spec in ("siftflow", "sift-flow", "sift"):
