@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.io
+from pascal3d_files import pascal3d_object, write_pascal3d
 from PIL import Image
 
 from cyclecorr.data import (
@@ -221,39 +222,11 @@ def test_voc_layout(tmp_path):
 def _pascal3d_fixture(root):
     """A one-image PASCAL3D+ release in the public format (record struct in a .mat)."""
     _write_jpg(root / "Images" / "car_pascal" / "2008_000001.jpg")
-    anchors_dt = [(n, "O") for n in ("left_front_wheel", "right_front_wheel")]
-    anchors = np.zeros((1, 1), dtype=anchors_dt)
-    a1 = np.zeros((1, 1), dtype=[("location", "O"), ("status", "O")])
-    a1[0, 0]["location"] = np.array([[51.0, 81.0]])
-    a1[0, 0]["status"] = np.array([[1]])
-    a2 = np.zeros((1, 1), dtype=[("location", "O"), ("status", "O")])
-    a2[0, 0]["location"] = np.zeros((0, 0))
-    a2[0, 0]["status"] = np.array([[5]])
-    anchors[0, 0]["left_front_wheel"] = a1
-    anchors[0, 0]["right_front_wheel"] = a2
-    vp = np.zeros((1, 1), dtype=[(n, "O") for n in ("azimuth", "elevation", "theta", "distance",
-                                                   "focal", "px", "py", "viewport")])
-    for n, v in dict(azimuth=30.0, elevation=10.0, theta=2.0, distance=5.5, focal=1.0,
-                     px=81.0, py=61.0, viewport=2000.0).items():
-        vp[0, 0][n] = np.array([[v]])
-    objs = np.zeros((1, 1), dtype=[(n, "O") for n in ("class", "bbox", "viewpoint", "anchors",
-                                                      "truncated", "occluded", "difficult",
-                                                      "cad_index")])
-    o = objs[0, 0]
-    o["class"] = np.array(["car"])
-    o["bbox"] = np.array([[41.0, 31.0, 140.0, 90.0]])
-    o["viewpoint"] = vp
-    o["anchors"] = anchors
-    for n in ("truncated", "occluded", "difficult"):
-        o[n] = np.array([[0]])
-    o["cad_index"] = np.array([[3]])
-    rec = np.zeros((1, 1), dtype=[("filename", "O"), ("objects", "O")])
-    rec[0, 0]["filename"] = np.array(["2008_000001.jpg"])
-    rec[0, 0]["objects"] = objs
-    ann = root / "Annotations" / "car_pascal"
-    ann.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(ann / "2008_000001.mat", {"record": rec})
-    return ann / "2008_000001.mat"
+    obj = pascal3d_object((41, 31, 140, 90),
+                          {"left_front_wheel": (51, 81), "right_front_wheel": None},
+                          view=dict(azimuth=30, elevation=10, theta=2, distance=5.5, focal=1,
+                                    px=81, py=61, viewport=2000), cad_index=3)
+    return write_pascal3d(root, "car_pascal", "2008_000001.jpg", [obj])
 
 
 def test_pascal3d_layout(tmp_path):

@@ -12,7 +12,9 @@ Sets: ``flowweb-car``, ``pf-willow``, ``tss``, ``synthetic-car``, ``synthetic-ch
 ``synth-kp-chair``, ``synth-kp-aeroplane`` (the cross-instance keypoint benchmark: renders of two
 different PASCAL3D+ models, :func:`cyclecorr.evaluate.datasets.make_synthetic_pairs` with
 ``mode="cross"``), ``shape2image-car`` (a retrieved CAD render's mask carried onto the FlowWeb
-cars), ``embedding-car`` (the feature-embedding picture; needs a model).
+cars), ``embedding-car`` (the feature-embedding picture; needs a model), ``pascal3d-car``,
+``pascal3d-chair``, ``pascal3d-aeroplane`` (keypoint transfer on PASCAL3D+'s ImageNet photos, a
+real-photo set outside the evaluation sets for choosing settings; needs ``--pascal3d DIR``).
 ``--limit N``: first N images per set (per class for PF-WILLOW; N pairs for TSS/synthetic).
 """
 from __future__ import annotations
@@ -30,9 +32,10 @@ from cyclecorr.data.holdout import EVALUATION_ONLY, TRAINING_ALLOWED
 
 SETS = ("flowweb-car", "pf-willow", "tss", "synthetic-car", "synthetic-chair",
         "synthetic-aeroplane", "synth-kp-car", "synth-kp-chair", "synth-kp-aeroplane",
-        "shape2image-car", "embedding-car")
-#: rendered pairs per set when --synthetic-pairs is not given
-DEFAULT_PAIRS = {"synthetic": 40, "synth-kp": 200}
+        "shape2image-car", "embedding-car", "pascal3d-car", "pascal3d-chair",
+        "pascal3d-aeroplane")
+#: rendered pairs per set when --synthetic-pairs is not given; drawn photo pairs of pascal3d-*
+DEFAULT_PAIRS = {"synthetic": 40, "synth-kp": 200, "pascal3d": 500}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--data", default=None,
                         help="data root holding real/ and cad/ (default: the shared data folder)")
+    parser.add_argument("--pascal3d", default=None, metavar="DIR",
+                        help="the PASCAL3D+ release folder (Annotations/, Images/) for the "
+                             "pascal3d-* sets")
     parser.add_argument("--limit", type=int, default=None,
                         help="quick run: first N images per set/class (N pairs for tss/synthetic)")
     parser.add_argument("--synthetic-pairs", type=int, default=None,
@@ -107,8 +113,8 @@ def run(args) -> int:
     from cyclecorr.evaluate.stats import compare_set
 
     sets = _split(args.sets)
-    if sets == ["all"]:
-        sets = list(SETS)
+    if sets == ["all"]:  # the pascal3d-* sets only where their data is given
+        sets = [s for s in SETS if args.pascal3d or not s.startswith("pascal3d-")]
     bad = [s for s in sets if s not in SETS]
     if bad or not sets:
         raise ValueError(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
@@ -119,6 +125,10 @@ def run(args) -> int:
         raise ValueError("--methods is empty")
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"data folder not found: {args.data}")
+    p3d = [s for s in sets if s.startswith("pascal3d-")]
+    if p3d and args.pascal3d is None:
+        raise ValueError(f"{', '.join(p3d)} needs --pascal3d DIR (the PASCAL3D+ release folder "
+                         "holding Annotations/ and Images/)")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     if args.synthetic_pairs is not None and args.synthetic_pairs < 1:
@@ -192,6 +202,24 @@ def run(args) -> int:
                 res[m.name] = B.evaluate_synthetic(m, pairs, batch_size=args.batch_size,
                                                    progress=True, set_name=set_name,
                                                    seed=args.seed, generation=gen)
+        elif set_name.startswith("pascal3d-"):
+            cat = set_category(set_name)
+            samples = D.load_pascal3d_photos(args.pascal3d, cat, limit=lim)
+            pairs = D.pascal3d_pairs(samples, DEFAULT_PAIRS["pascal3d"], seed=args.seed)
+            if not pairs:
+                raise ValueError(f"{set_name}: no pair of {len(samples)} photos under "
+                                 f"{args.pascal3d} shares 3 visible keypoints within 45° of "
+                                 "azimuth")
+            extra = {"source": "PASCAL3D+ ImageNet photos (not truncated, occluded or "
+                               "difficult), object-box crops resized to S×S",
+                     "pair_rule": "azimuths within 45°, ≥ 3 keypoints visible in both; "
+                                  f"{len(pairs)} drawn by the seed",
+                     "n_images": len(samples)}
+            for m in methods:
+                res[m.name] = B.evaluate_keypoint_transfer(
+                    m, samples, pairs=pairs, alphas=(0.05, 0.1, 0.15), reference="image",
+                    resolution="network", set_name=set_name, batch_size=args.batch_size,
+                    progress=True, seed=args.seed, extra_protocol=extra)
         elif set_name == "shape2image-car":
             samples = D.load_flowweb_car(args.data, limit=lim)
             bank = build_template_bank(args.data, "car", progress=True)

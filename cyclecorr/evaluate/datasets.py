@@ -42,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cyclecorr._paths import shared_data_dir
-from cyclecorr.data import FlowWebCars, PFWillow, TSSPairs
+from cyclecorr.data import FlowWebCars, Pascal3D, PFWillow, TSSPairs
+from cyclecorr.data.samples import crop_sample
 from cyclecorr.render import (
     Viewpoint,
     correspondence_between,
@@ -52,7 +53,8 @@ from cyclecorr.render import (
 )
 
 __all__ = ["resolve_dataset_dir", "load_pf_willow", "load_flowweb_car", "load_tss",
-           "SyntheticPair", "make_synthetic_pairs", "SYNTHETIC_CATEGORIES", "SYNTH_KP_VIEWPOINTS"]
+           "load_pascal3d_photos", "pascal3d_pairs", "SyntheticPair", "make_synthetic_pairs",
+           "SYNTHETIC_CATEGORIES", "SYNTH_KP_VIEWPOINTS"]
 
 SYNTHETIC_CATEGORIES = ("car", "chair", "aeroplane")
 
@@ -97,6 +99,40 @@ def load_tss(root=None, limit: int | None = None) -> list:
     n = len(ds) if limit is None else min(limit, len(ds))
     return [ds[i] for i in range(n)]
 
+
+
+def load_pascal3d_photos(root, category: str = "car", limit: int | None = None,
+                         size: int = 128) -> list:
+    """PASCAL3D+'s ImageNet photos of ``category`` with their 2D keypoints, as a real-photo
+    keypoint set outside the evaluation sets (PF-WILLOW, FlowWeb and TSS come from PASCAL VOC
+    and other sources, never ImageNet): objects neither truncated, occluded nor difficult, each
+    cropped to its box and resized to ``size × size`` (aspect not kept, as the FlowWeb crops),
+    keypoints carried by the crop. ``root``: the release folder (``Annotations/``, ``Images/``);
+    the ``pascal`` sub-set is never read. First ``limit`` objects."""
+    ds = Pascal3D(root, category, sources=("imagenet",), skip_truncated=True,
+                  skip_occluded=True, skip_difficult=True)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return [crop_sample(ds[i], size=size) for i in range(n)]
+
+
+def pascal3d_pairs(samples, n_pairs: int = 500, seed: int = 0, max_azimuth_gap: float = 45.0,
+                   min_common: int = 3) -> list[tuple[int, int]]:
+    """Ordered pairs ``(i, j)``, i ≠ j, of ``samples`` for keypoint transfer: azimuths (from the
+    annotation) within ``max_azimuth_gap`` degrees (as the training quartets' photo pairs) and at
+    least ``min_common`` keypoints visible in both; ``n_pairs`` of them drawn without
+    replacement by ``seed`` (all when fewer), in index order. Samples without a viewpoint pair
+    with any azimuth."""
+    vis = np.array([np.asarray(s.visible, bool) for s in samples])
+    az = np.array([np.nan if s.viewpoint is None else s.viewpoint.azimuth for s in samples])
+    common = vis.astype(np.int32) @ vis.T.astype(np.int32)
+    gap = np.abs((az[:, None] - az[None, :] + 180.0) % 360.0 - 180.0)
+    ok = (common >= min_common) & ~(gap > max_azimuth_gap)  # NaN gap: no viewpoint, kept
+    np.fill_diagonal(ok, False)
+    cand = np.argwhere(ok)
+    if len(cand) > n_pairs:
+        keep = np.random.default_rng(seed).choice(len(cand), size=n_pairs, replace=False)
+        cand = cand[np.sort(keep)]
+    return [(int(i), int(j)) for i, j in cand]
 
 @dataclass
 class SyntheticPair:

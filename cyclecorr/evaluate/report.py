@@ -24,10 +24,10 @@ def _get(d, *keys):
 
 def set_kind(set_name: str) -> str:
     """The family of a benchmark set name ("pf-willow", "flowweb", "tss", "synthetic",
-    "synth-kp", "shape2image", "embedding"; "custom" for any other), which decides its headline
-    columns and the statistic its comparisons use."""
+    "synth-kp", "shape2image", "embedding", "pascal3d"; "custom" for any other), which decides
+    its headline columns and the statistic its comparisons use."""
     for kind in ("pf-willow", "flowweb", "tss", "synthetic", "synth-kp", "shape2image",
-                 "embedding"):
+                 "embedding", "pascal3d"):
         if set_name.startswith(kind):
             return kind
     return "custom"
@@ -78,6 +78,12 @@ HEADLINE_COLUMNS = {
         ("VOC pose 5-NN accuracy", ("voc_pose_knn5_accuracy",)),
         ("VOC pose chance", ("voc_pose_chance",)),
     ],
+    "pascal3d": [
+        ("PCK@0.05", ("pck", "all", "per_keypoint", "0.05")),
+        ("PCK@0.10", ("pck", "all", "per_keypoint", "0.1")),
+        ("PCK@0.15", ("pck", "all", "per_keypoint", "0.15")),
+        ("PCK@0.10 per pair", ("pck", "all", "per_pair", "0.1")),
+    ],
     "custom": [("PCK@0.10", ("pck", "all", "per_keypoint", "0.1"))],
 }
 
@@ -108,6 +114,10 @@ _PROTOCOL_LINE = {
                  "azimuths (nearest neighbour in feature space: mean azimuth difference, "
                  "chance ≈ 90°) and VOC 2007 car crops with pose tags (leave-one-out 5-NN tag "
                  "accuracy)",
+    "pascal3d": "PASCAL3D+ ImageNet photos of the category (not truncated, occluded or "
+                "difficult), object-box crops resized to S×S; seeded ordered pairs with azimuths "
+                "within 45° and ≥ 3 keypoints visible in both; PCK per keypoint at α·S; a "
+                "selection set outside the evaluation sets",
     "custom": "",
 }
 

@@ -299,7 +299,7 @@ def compare_methods(by_method: dict, *, statistic: str, alphas: Sequence[float] 
 #: set kind → (the statistic its headline PCK uses, compare per category too)
 _SET_STATISTIC = {"flowweb": ("per_keypoint", False), "pf-willow": ("mean_over_groups", True),
                   "synthetic": ("per_keypoint", False), "synth-kp": ("per_keypoint", False),
-                  "custom": ("per_keypoint", False)}
+                  "pascal3d": ("per_keypoint", False), "custom": ("per_keypoint", False)}
 
 
 def _set_spec(set_name: str, by_method: dict) -> tuple[str, bool, list] | None:
