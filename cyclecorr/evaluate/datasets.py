@@ -122,17 +122,22 @@ def pascal3d_pairs(samples, n_pairs: int = 500, seed: int = 0, max_azimuth_gap: 
     least ``min_common`` keypoints visible in both; ``n_pairs`` of them drawn without
     replacement by ``seed`` (all when fewer), in index order. Samples without a viewpoint pair
     with any azimuth."""
-    vis = np.array([np.asarray(s.visible, bool) for s in samples])
+    vis = np.array([np.asarray(s.visible, bool) for s in samples]).astype(np.float32)
     az = np.array([np.nan if s.viewpoint is None else s.viewpoint.azimuth for s in samples])
-    common = vis.astype(np.int32) @ vis.T.astype(np.int32)
-    gap = np.abs((az[:, None] - az[None, :] + 180.0) % 360.0 - 180.0)
-    ok = (common >= min_common) & ~(gap > max_azimuth_gap)  # NaN gap: no viewpoint, kept
-    np.fill_diagonal(ok, False)
-    cand = np.argwhere(ok)
-    if len(cand) > n_pairs:
-        keep = np.random.default_rng(seed).choice(len(cand), size=n_pairs, replace=False)
-        cand = cand[np.sort(keep)]
-    return [(int(i), int(j)) for i, j in cand]
+    n = len(samples)
+    cand = []  # flat indices i·n + j, a block of rows at a time (memory ∝ block·n)
+    for i0 in range(0, n, 1024):
+        rows = np.arange(i0, min(i0 + 1024, n))
+        common = vis[rows] @ vis.T
+        gap = np.abs((az[rows, None] - az[None, :] + 180.0) % 360.0 - 180.0)
+        ok = (common >= min_common) & ~(gap > max_azimuth_gap)  # NaN gap: no viewpoint, kept
+        ok[np.arange(len(rows)), rows] = False
+        r, c = np.nonzero(ok)
+        cand.append(rows[r].astype(np.int64) * n + c)
+    flat = np.concatenate(cand) if cand else np.zeros(0, np.int64)
+    if len(flat) > n_pairs:
+        flat = np.sort(np.random.default_rng(seed).choice(flat, size=n_pairs, replace=False))
+    return [(int(k // n), int(k % n)) for k in flat]
 
 @dataclass
 class SyntheticPair:
