@@ -100,7 +100,6 @@ def load_tss(root=None, limit: int | None = None) -> list:
     return [ds[i] for i in range(n)]
 
 
-
 def load_pascal3d_photos(root, category: str = "car", limit: int | None = None,
                          size: int = 128) -> list:
     """PASCAL3D+'s ImageNet photos of ``category`` with their 2D keypoints, as a real-photo
@@ -138,6 +137,7 @@ def pascal3d_pairs(samples, n_pairs: int = 500, seed: int = 0, max_azimuth_gap: 
     if len(flat) > n_pairs:
         flat = np.sort(np.random.default_rng(seed).choice(flat, size=n_pairs, replace=False))
     return [(int(k // n), int(k % n)) for k in flat]
+
 
 @dataclass
 class SyntheticPair:
