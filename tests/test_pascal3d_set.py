@@ -6,11 +6,15 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 from pascal3d_files import pascal3d_object, write_pascal3d
 from PIL import Image
 
 from cyclecorr.cli import main
 from cyclecorr.evaluate.datasets import load_pascal3d_photos, pascal3d_pairs
+from cyclecorr.model import NetConfig, build_network
+from cyclecorr.train.config import load_config
+from cyclecorr.train.monitor import RealPhotoPCK
 
 BOX = (11, 21, 138, 148)  # 1-based, 128 × 128: the crop keeps pixel sizes (x' = x − 10)
 
@@ -88,3 +92,21 @@ def test_pascal3d_set_needs_its_folder(tmp_path, capsys):
     assert main(["evaluate", "--methods", "zero", "--sets", "pascal3d-car", "--out",
                  str(tmp_path / "ev")]) == 2
     assert "pascal3d-car needs --pascal3d DIR" in capsys.readouterr().err
+
+
+def test_training_monitor_on_pascal3d_photos(tmp_path):
+    """``validation.real_dataset=pascal3d:DIR``: the training's real-photo monitor reads the
+    same pairs as the set; an untrained network (zero flow) scores the closed-form 2/3 at 0.1."""
+    root = tmp_path / "p3d"
+    _release(root)
+    cfg = load_config("smoke", [f"validation.real_dataset=pascal3d:{root}",
+                                "validation.real_pairs=4"])
+    mon = RealPhotoPCK(cfg)
+    assert mon.pairs == [(0, 1), (1, 0)]
+    out = mon(build_network(NetConfig(width=0.25, image_size=128)))
+    assert out["real_pairs"] == 2
+    np.testing.assert_allclose(out["real_pck@0.1"], 2 / 3)
+    with pytest.raises(ValueError, match="real_dataset"):
+        load_config("smoke", ["validation.real_dataset=pascal3d:"])
+    with pytest.raises(FileNotFoundError):
+        RealPhotoPCK(load_config("smoke", [f"validation.real_dataset=pascal3d:{tmp_path}/x"]))

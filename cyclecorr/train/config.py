@@ -172,7 +172,11 @@ class ValidationConfig:
     every: int = 1000
     #: PCK threshold α · image_size.
     pck_alpha: float = 0.1
-    #: keypoint PCK on a small fixed subset of a real evaluation set (never trained on).
+    #: keypoint PCK@0.1 on about ``real_pairs`` fixed pairs of real photos (never trained on):
+    #: ``real_dataset`` ``"pf-willow"`` (a few photos per class of the run's category; PF-WILLOW
+    #: is an evaluation set, so this is a monitor only) or ``"pascal3d:DIR"`` (PASCAL3D+'s
+    #: ImageNet photos of the category in the release folder DIR, outside the evaluation sets:
+    #: the ``pascal3d-<category>`` set of ``cyclecorr evaluate``).
     real_pck: bool = True
     real_dataset: str = "pf-willow"
     real_pairs: int = 50
@@ -264,6 +268,10 @@ class TrainConfig:
         if self.data.stage1_pair_source not in ("quartet", "random"):
             raise ValueError("data.stage1_pair_source must be 'quartet' or 'random', got "
                              f"{self.data.stage1_pair_source!r}")
+        rd = self.validation.real_dataset
+        if rd != "pf-willow" and not (rd.startswith("pascal3d:") and rd[len("pascal3d:"):]):
+            raise ValueError("validation.real_dataset must be 'pf-willow' or 'pascal3d:DIR', got "
+                             f"{rd!r}")
         if self.data.stage1_targets not in STAGE1_TARGETS:
             raise ValueError(f"data.stage1_targets must be one of {STAGE1_TARGETS}, got "
                              f"{self.data.stage1_targets!r}")

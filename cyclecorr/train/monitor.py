@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from cyclecorr._io import atomic_write_bytes
 from cyclecorr._paths import shared_data_dir
-from cyclecorr.evaluate.benchmarks import evaluate_pck_pf_willow
-from cyclecorr.evaluate.datasets import load_pf_willow
+from cyclecorr.evaluate.benchmarks import evaluate_keypoint_transfer, evaluate_pck_pf_willow
+from cyclecorr.evaluate.datasets import load_pascal3d_photos, load_pf_willow, pascal3d_pairs
 from cyclecorr.evaluate.methods import NetworkMethod
 from cyclecorr.losses import compose_cycle, leg_magnitudes
 from cyclecorr.matcher import Matcher
@@ -130,15 +130,26 @@ def validate(net: torch.nn.Module, val_set, cfg: TrainConfig, device,
 
 
 class RealPhotoPCK:
-    """Keypoint PCK@0.1 on a small fixed subset of PF-WILLOW (the first few photos of each class
-    of the run's category, about ``validation.real_pairs`` ordered pairs), through the
-    :class:`~cyclecorr.matcher.Matcher`. ``samples`` is None, and ``reason`` says why, when the
-    shared data is absent."""
+    """Keypoint PCK@0.1 on a small fixed set of real photo pairs (``validation.real_dataset``),
+    through the :class:`~cyclecorr.matcher.Matcher`: ``"pf-willow"``, the first few photos of
+    each PF-WILLOW class of the run's category (about ``validation.real_pairs`` ordered pairs,
+    the class-averaged per-pair PCK); ``"pascal3d:DIR"``, ``validation.real_pairs`` pairs of the
+    ``pascal3d-<category>`` set (per keypoint PCK at 0.1·S; a folder that cannot be read is an
+    error). ``samples`` is None, and ``reason`` says why, when PF-WILLOW is absent."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.samples = None
+        self.pairs = None
         self.reason = ""
+        source = cfg.validation.real_dataset
+        if source.startswith("pascal3d:"):  # asked for by name: a bad folder is an error
+            self.samples = load_pascal3d_photos(source[len("pascal3d:"):], cfg.category.lower())
+            self.pairs = pascal3d_pairs(self.samples, cfg.validation.real_pairs, seed=0)
+            if not self.pairs:
+                raise ValueError(f"validation.real_dataset {source}: no two photos share 3 "
+                                 "visible keypoints within 45° of azimuth")
+            return
         try:
             if shared_data_dir() is None:
                 raise FileNotFoundError("shared data folder not found")
@@ -159,10 +170,16 @@ class RealPhotoPCK:
         matcher = Matcher(net, device=next(net.parameters()).device, channels_last=False)
         method = NetworkMethod(matcher, name="training")
         try:
-            res = evaluate_pck_pf_willow(method, samples_by_class=self.samples, alphas=(0.1,))
+            if self.pairs is not None:
+                res = evaluate_keypoint_transfer(method, self.samples, pairs=self.pairs,
+                                                 alphas=(0.1,), resolution="network")
+                pck = res["pck"]["all"]["per_keypoint"]
+            else:
+                res = evaluate_pck_pf_willow(method, samples_by_class=self.samples,
+                                             alphas=(0.1,))
+                pck = res["pck"]["mean_over_groups"]["per_pair"]
         finally:
             net.train(was)
-        pck = res["pck"]["mean_over_groups"]["per_pair"]
         return {"real_pck@0.1": float(pck.get("0.1", pck.get(0.1, float("nan")))),
                 "real_pairs": res["n_pairs"]}
 
