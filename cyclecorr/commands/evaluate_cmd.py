@@ -203,23 +203,13 @@ def run(args) -> int:
                                                    progress=True, set_name=set_name,
                                                    seed=args.seed, generation=gen)
         elif set_name.startswith("pascal3d-"):
-            cat = set_category(set_name)
-            samples = D.load_pascal3d_photos(args.pascal3d, cat, limit=lim)
-            pairs = D.pascal3d_pairs(samples, DEFAULT_PAIRS["pascal3d"], seed=args.seed)
-            if not pairs:
-                raise ValueError(f"{set_name}: no pair of {len(samples)} photos under "
-                                 f"{args.pascal3d} shares 3 visible keypoints within 45° of "
-                                 "azimuth")
-            extra = {"source": "PASCAL3D+ ImageNet photos (not truncated, occluded or "
-                               "difficult), object-box crops resized to S×S",
-                     "pair_rule": "azimuths within 45°, ≥ 3 keypoints visible in both; "
-                                  f"{len(pairs)} drawn by the seed",
-                     "n_images": len(samples)}
+            samples, pairs = D.load_pascal3d_set(args.pascal3d, set_category(set_name),
+                                                 DEFAULT_PAIRS["pascal3d"], seed=args.seed,
+                                                 limit=lim)
             for m in methods:
-                res[m.name] = B.evaluate_keypoint_transfer(
-                    m, samples, pairs=pairs, alphas=(0.05, 0.1, 0.15), reference="image",
-                    resolution="network", set_name=set_name, batch_size=args.batch_size,
-                    progress=True, seed=args.seed, extra_protocol=extra)
+                res[m.name] = B.evaluate_pascal3d(m, samples, pairs, set_name=set_name,
+                                                  batch_size=args.batch_size, progress=True,
+                                                  seed=args.seed)
         elif set_name == "shape2image-car":
             samples = D.load_flowweb_car(args.data, limit=lim)
             bank = build_template_bank(args.data, "car", progress=True)

@@ -58,6 +58,7 @@ __all__ = [
     "transfer_keypoints_resized",
     "evaluate_keypoint_transfer",
     "evaluate_pck_pf_willow",
+    "evaluate_pascal3d",
     "coarse_part_name",
     "part_label_map",
     "matchability_ground_truth",
@@ -255,6 +256,24 @@ def evaluate_pck_pf_willow(method, root=None, alphas=(0.05, 0.1, 0.15), classes=
         method, samples, alphas=alphas, reference="keypoint-box", resolution="original",
         groups=groups, set_name="pf-willow", batch_size=batch_size, progress=progress,
         extra_protocol={"limit_per_class": limit, "classes": list(samples_by_class)})
+
+
+def evaluate_pascal3d(method, samples: Sequence, pairs, *, alphas=(0.05, 0.1, 0.15),
+                      set_name: str = "pascal3d-car", batch_size: int = 16,
+                      progress: bool = False, seed: int | None = None) -> dict:
+    """The ``pascal3d-<category>`` protocol on the photos and pairs of
+    :func:`~cyclecorr.evaluate.datasets.load_pascal3d_set`: object-box crops at S×S, PCK per
+    keypoint at α·S (keypoints annotated in both). Returns :func:`evaluate_keypoint_transfer`'s
+    dict; the headline number is ``pck["all"]["per_keypoint"]["0.1"]``."""
+    extra = {"source": "PASCAL3D+ ImageNet photos (not truncated, occluded or difficult), "
+                       "object-box crops resized to S×S",
+             "pair_rule": f"azimuths within 45°, ≥ 3 keypoints visible in both; {len(pairs)} "
+                          "drawn by the seed",
+             "n_images": len(samples)}
+    return evaluate_keypoint_transfer(
+        method, samples, pairs=pairs, alphas=alphas, reference="image", resolution="network",
+        set_name=set_name, batch_size=batch_size, progress=progress, seed=seed,
+        extra_protocol=extra)
 
 
 # ----------------------------------------------------------------------------- FlowWeb cars

@@ -53,8 +53,8 @@ from cyclecorr.render import (
 )
 
 __all__ = ["resolve_dataset_dir", "load_pf_willow", "load_flowweb_car", "load_tss",
-           "load_pascal3d_photos", "pascal3d_pairs", "SyntheticPair", "make_synthetic_pairs",
-           "SYNTHETIC_CATEGORIES", "SYNTH_KP_VIEWPOINTS"]
+           "load_pascal3d_photos", "pascal3d_pairs", "load_pascal3d_set", "SyntheticPair",
+           "make_synthetic_pairs", "SYNTHETIC_CATEGORIES", "SYNTH_KP_VIEWPOINTS"]
 
 SYNTHETIC_CATEGORIES = ("car", "chair", "aeroplane")
 
@@ -137,6 +137,19 @@ def pascal3d_pairs(samples, n_pairs: int = 500, seed: int = 0, max_azimuth_gap: 
     if len(flat) > n_pairs:
         flat = np.sort(np.random.default_rng(seed).choice(flat, size=n_pairs, replace=False))
     return [(int(k // n), int(k % n)) for k in flat]
+
+
+def load_pascal3d_set(root, category: str = "car", n_pairs: int = 500, seed: int = 0,
+                      limit: int | None = None) -> tuple[list, list[tuple[int, int]]]:
+    """The ``pascal3d-<category>`` set: :func:`load_pascal3d_photos` and their
+    :func:`pascal3d_pairs` (default rule). Raises ``ValueError`` naming ``root`` when no pair
+    qualifies."""
+    samples = load_pascal3d_photos(root, category, limit=limit)
+    pairs = pascal3d_pairs(samples, n_pairs, seed=seed)
+    if not pairs:
+        raise ValueError(f"PASCAL3D+ {category} photos under {root}: no two of the {len(samples)} "
+                         "share 3 visible keypoints within 45° of azimuth")
+    return samples, pairs
 
 
 @dataclass

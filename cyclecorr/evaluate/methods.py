@@ -37,6 +37,7 @@ from cyclecorr.checkpoint import shipped_model_path
 from cyclecorr.matcher import (
     REFINE_DEFAULT,
     Matcher,
+    format_refine,
     parse_refine,
     resize_tensor,
     to_image_pixels,
@@ -215,8 +216,8 @@ def _refined(method: NetworkMethod, refine: str) -> NetworkMethod:
     ``refine``), named ``NAME+siftflow`` (``NAME+siftflow:LEVEL:WINDOW:STOP`` off the default)."""
     m = method.matcher
     m.refine = parse_refine(refine)
-    suffix = "" if m.refine == REFINE_DEFAULT else ":{}:{}:{}".format(*m.refine)
-    method.name = f"{method.name}+siftflow{suffix}"
+    spec = "siftflow" if m.refine == REFINE_DEFAULT else format_refine(m.refine)
+    method.name = f"{method.name}+{spec}"
     return method
 
 

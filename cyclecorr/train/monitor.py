@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from cyclecorr._io import atomic_write_bytes
 from cyclecorr._paths import shared_data_dir
-from cyclecorr.evaluate.benchmarks import evaluate_keypoint_transfer, evaluate_pck_pf_willow
-from cyclecorr.evaluate.datasets import load_pascal3d_photos, load_pf_willow, pascal3d_pairs
+from cyclecorr.evaluate.benchmarks import evaluate_pascal3d, evaluate_pck_pf_willow
+from cyclecorr.evaluate.datasets import load_pascal3d_set, load_pf_willow
 from cyclecorr.evaluate.methods import NetworkMethod
 from cyclecorr.losses import compose_cycle, leg_magnitudes
 from cyclecorr.matcher import Matcher
@@ -144,11 +144,8 @@ class RealPhotoPCK:
         self.reason = ""
         source = cfg.validation.real_dataset
         if source.startswith("pascal3d:"):  # asked for by name: a bad folder is an error
-            self.samples = load_pascal3d_photos(source[len("pascal3d:"):], cfg.category.lower())
-            self.pairs = pascal3d_pairs(self.samples, cfg.validation.real_pairs, seed=0)
-            if not self.pairs:
-                raise ValueError(f"validation.real_dataset {source}: no two photos share 3 "
-                                 "visible keypoints within 45° of azimuth")
+            self.samples, self.pairs = load_pascal3d_set(
+                source[len("pascal3d:"):], cfg.category.lower(), cfg.validation.real_pairs)
             return
         try:
             if shared_data_dir() is None:
@@ -171,8 +168,7 @@ class RealPhotoPCK:
         method = NetworkMethod(matcher, name="training")
         try:
             if self.pairs is not None:
-                res = evaluate_keypoint_transfer(method, self.samples, pairs=self.pairs,
-                                                 alphas=(0.1,), resolution="network")
+                res = evaluate_pascal3d(method, self.samples, self.pairs, alphas=(0.1,))
                 pck = res["pck"]["all"]["per_keypoint"]
             else:
                 res = evaluate_pck_pf_willow(method, samples_by_class=self.samples,
