@@ -31,7 +31,7 @@ from cyclecorr.geometry import resample_flow, transfer_keypoints
 from cyclecorr.images import MIN_SIDE, ImageError, image_array
 
 __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_image_pixels",
-           "resolve_device", "ImageError", "parse_refine", "REFINE_DEFAULT",
+           "resolve_device", "ImageError", "parse_refine", "format_refine", "REFINE_DEFAULT",
            "DEFAULT_REFINE_BY_CATEGORY",
            "PRECISIONS", "precision_context"]
 
@@ -75,6 +75,11 @@ def parse_refine(spec) -> tuple[int, int, int] | None:
     if level < 0 or window < 0 or stop < 0:
         raise ValueError(f"refine {spec!r}: level, window and stop must be ≥ 0")
     return level, window, min(stop, level)
+
+
+def format_refine(refine: tuple[int, int, int] | None) -> str | None:
+    """The spec :func:`parse_refine` reads back: ``"siftflow:LEVEL:WINDOW:STOP"``, or None."""
+    return None if refine is None else "siftflow:{}:{}:{}".format(*refine)
 
 
 def to_tensor_image(image, name: str = "image", min_side: int = MIN_SIDE) -> torch.Tensor:

@@ -151,7 +151,7 @@ def test_network_refined_by_sift_flow(model_file):
 
     from cyclecorr.evaluate.methods import make_method
     from cyclecorr.evaluate.report import markdown_report
-    from cyclecorr.matcher import REFINE_DEFAULT, parse_refine
+    from cyclecorr.matcher import REFINE_DEFAULT, format_refine, parse_refine
 
     path, _ = model_file
     net = make_method(f"n={path}", device="cpu")
@@ -195,6 +195,8 @@ def test_network_refined_by_sift_flow(model_file):
     assert parse_refine(None) is None and parse_refine("none") is None
     assert parse_refine("siftflow:0:6") == (0, 6, 0) and parse_refine((1, 2)) == (1, 2, 1)
     assert parse_refine("siftflow:3:8:2") == (3, 8, 2) and parse_refine((2, 8, 0)) == (2, 8, 0)
+    assert format_refine((3, 8, 2)) == "siftflow:3:8:2" and format_refine(None) is None
+    assert parse_refine(format_refine(REFINE_DEFAULT)) == REFINE_DEFAULT
     for bad in ("sift", "siftflow:2", "siftflow:a:b", "siftflow:-1:2", "siftflow:1:2:3:4",
                 "siftflow:2:4:-1"):
         with pytest.raises(ValueError, match="refine"):

@@ -138,7 +138,7 @@ def run(args) -> int:
 
     from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.evaluate.methods import dense_match, make_method
-    from cyclecorr.matcher import DEFAULT_REFINE_BY_CATEGORY, parse_refine
+    from cyclecorr.matcher import DEFAULT_REFINE_BY_CATEGORY, format_refine, parse_refine
     from cyclecorr.viz import model_summary, page_flow_scale, write_pair_pictures
 
     out = Path(args.out)
@@ -189,7 +189,7 @@ def run(args) -> int:
     summary = model_summary(model, method=args.method)
     if args.refine is None and args.method == "model":  # the default: by the model's category
         refine = parse_refine(DEFAULT_REFINE_BY_CATEGORY.get(summary["category"]))
-    refine_spec = None if refine is None else "siftflow:{}:{}:{}".format(*refine)
+    refine_spec = format_refine(refine)
     spec = args.method if refine is None else f"model+{refine_spec}"
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
