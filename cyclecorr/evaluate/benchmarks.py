@@ -333,6 +333,17 @@ def _warp_nearest(labels_b: np.ndarray, flow) -> np.ndarray:
     return out
 
 
+def _matchability_summary(scores: list, truths: list, pair_ap: list) -> dict:
+    """Matchability over all pixels of a set: AP, accuracy at 0.5, the mean of the per-pair APs,
+    the fraction of matchable pixels and their count, from per-pair score and truth arrays."""
+    s_all, t_all = np.concatenate(scores), np.concatenate(truths)
+    return {"ap": average_precision(s_all, t_all),
+            "accuracy@0.5": accuracy(s_all, t_all, 0.5),
+            "mean_pair_ap": float(np.mean(pair_ap)) if pair_ap else None,
+            "positive_fraction": float(t_all.mean()),
+            "n_pixels": int(len(t_all))}
+
+
 def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15), pairs=None,
                          size: int | None = None, batch_size: int = 16, progress: bool = False,
                          set_name: str = "flowweb-car", seed: int | None = None,
@@ -404,15 +415,7 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
         out["pck"] = pck.summary().get(set_name, {})
         out["pck_pairs"] = pck.pairs()
     if "matchability" in tasks:
-        if has_match:
-            s_all, t_all = np.concatenate(scores), np.concatenate(truths)
-            out["matchability"] = {"ap": average_precision(s_all, t_all),
-                                   "accuracy@0.5": accuracy(s_all, t_all, 0.5),
-                                   "mean_pair_ap": float(np.mean(pair_ap)) if pair_ap else None,
-                                   "positive_fraction": float(t_all.mean()),
-                                   "n_pixels": int(len(t_all))}
-        else:
-            out["matchability"] = None
+        out["matchability"] = _matchability_summary(scores, truths, pair_ap) if has_match else None
     if "segmentation" in tasks:
         s = seg.summary({i + 1: n for i, n in enumerate(names)})
         out["segmentation"] = {"part_iou": s["per_label"], "mean_part_iou": s["mean"],
@@ -575,15 +578,7 @@ def evaluate_synthetic(method, pairs: Sequence, *, alphas=(0.05, 0.1, 0.15),
                      name: {"n": len(v), **{str(a): float(np.mean([x[i] for x in v]))
                                             for i, a in enumerate(alphas)}}
                      for name, v in sorted(by_name.items())}}
-    if has_match:
-        s_all, t_all = np.concatenate(scores), np.concatenate(truths)
-        out["matchability"] = {"ap": average_precision(s_all, t_all),
-                               "accuracy@0.5": accuracy(s_all, t_all, 0.5),
-                               "mean_pair_ap": float(np.mean(pair_ap)) if pair_ap else None,
-                               "positive_fraction": float(t_all.mean()),
-                               "n_pixels": int(len(t_all))}
-    else:
-        out["matchability"] = None
+    out["matchability"] = _matchability_summary(scores, truths, pair_ap) if has_match else None
     out["flow"] = ({"accuracy": float(np.mean([f["accuracy"] for f in flow_acc])),
                     "mean_epe": float(np.mean([f["mean_epe"] for f in flow_acc])),
                     "n_pairs": len(flow_acc)} if flow_acc else None)
