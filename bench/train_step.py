@@ -35,8 +35,8 @@ the matmul reference with all threads while the others wait.
 width 1 and at width 1/2 (names suffixed ``+width0.5``) and the cost-volume network
 (:mod:`cyclecorr.costvol`, names prefixed ``costvol+``), whose FLOPs count its correlation matrix
 products beside its convolutions (``flops_by_part``; its matchability is decoded with the whole
-decoder, as ``CycleModule`` asks for it). A variant name may also carry ``costvol`` or
-``width0.5`` itself.
+decoder, as ``CycleModule`` asks for it). A variant name may also carry ``costvol`` or a
+width itself (``width0.5``, ``costvol+width2``: the channel multiplier of either network).
 
 ``--bind`` pins the OpenMP threads to cores (``OMP_PROC_BIND=true OMP_PLACES=cores``; the script
 starts itself again with them, since OpenMP reads them when it loads). On the 2-core machine this
@@ -56,6 +56,7 @@ if "--bind" in sys.argv and "OMP_PROC_BIND" not in os.environ:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 
@@ -118,11 +119,14 @@ def make_batch(b, s, device, channels_last, seed=0):
 
 
 def make_net(name):
-    """The network a variant names: ``costvol`` → the cost-volume network, ``width0.5`` → the
-    paper network at width 1/2, else the paper network (width 1)."""
+    """The network a variant names: ``costvol`` → the cost-volume network, else the paper
+    network; ``widthX`` in the name (e.g. ``width0.5``, ``costvol+width2``) sets its channel
+    multiplier (default 1)."""
+    m = re.search(r"width([0-9]*\.?[0-9]+)", name)
+    width = float(m.group(1)) if m else 1.0
     if "costvol" in name:
-        return CostVolumeNet()
-    return CorrespondenceNet(width=0.5 if "width0.5" in name else 1.0)
+        return CostVolumeNet(width=width)
+    return CorrespondenceNet(width=width)
 
 
 def step_flops(net, b) -> float:

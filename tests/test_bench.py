@@ -70,6 +70,29 @@ def test_benches_measure_the_cost_volume_network_beside_the_paper_network():
     assert "ratio" in out and "nan" not in out.lower()
 
 
+def test_train_step_bench_reads_the_width_from_the_variant_name():
+    import importlib.util
+
+    from cyclecorr.costvol import CostVolumeNet
+    from cyclecorr.model import CorrespondenceNet
+
+    spec = importlib.util.spec_from_file_location("train_step_bench",
+                                                  ROOT / "bench" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def n_params(net):
+        return sum(p.numel() for p in net.parameters())
+
+    for name, expect in (("costvol+width2", CostVolumeNet(width=2)),
+                         ("costvol+bf16", CostVolumeNet()),
+                         ("channels_last+width0.5", CorrespondenceNet(width=0.5)),
+                         ("plain", CorrespondenceNet())):
+        net = bench.make_net(name)
+        assert type(net) is type(expect) and n_params(net) == n_params(expect), name
+    assert n_params(bench.make_net("costvol+width2")) > 3 * n_params(CostVolumeNet())
+
+
 def test_conv_backward_bench_checks_its_prototypes_against_onednn():
     out = _run("bench/conv_backward.py", "--threads", "1", "--batch", "2")
     lines = [x for x in out.splitlines() if "GFLOP/s;" in x]
