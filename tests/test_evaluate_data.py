@@ -107,6 +107,43 @@ def test_keypoint_gap_script_closed_form():
     assert r["pairs"] == 2 and r["displacement_mean"] == pytest.approx(10.0)
 
 
+def test_keypoint_errors_script_sorts_landings_closed_form():
+    """Transfers placed by hand: one on its own keypoint, one on another keypoint of the target
+    (a swapped part), one at neither; and the zero flow on a FlowWeb-style pair whose second
+    keypoint moved onto the first's place, through the script's FlowWeb path."""
+    import importlib.util
+    from pathlib import Path
+
+    from cyclecorr.data import Sample
+    from cyclecorr.evaluate.methods import make_method
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "keypoint_errors.py"
+    spec = importlib.util.spec_from_file_location("keypoint_errors", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    gt = np.array([[10.0, 10.0], [60.0, 10.0], [10.0, 60.0], [np.nan, np.nan]])
+    pred = np.array([[12.0, 10.0], [10.0, 11.0], [40.0, 40.0], [0.0, 0.0]])
+    rows = mod.landing(pred, gt, 100.0, np.array([True, True, True, False]))
+    assert rows == pytest.approx(np.array([[0.02, 0.48], [np.hypot(50, 1) / 100, 0.01],
+                                           [np.hypot(30, 20) / 100, np.hypot(30, 20) / 100]]))
+    s = mod.summarise(rows)
+    assert s["n"] == 3 and s["median_error"] == pytest.approx(np.hypot(30, 20) / 100)
+    assert s[0.05] == pytest.approx({"correct": 1 / 3, "other keypoint": 1 / 3,
+                                     "elsewhere": 1 / 3})
+    assert s[0.15]["correct"] == pytest.approx(1 / 3)  # 0.36 and 0.50 are beyond 0.15
+
+    img = np.zeros((128, 128, 3), np.uint8)
+    vis = np.array([True, True])
+    a = Sample(img, np.array([[20.0, 20.0], [100.0, 20.0]]), vis)
+    b = Sample(img, np.array([[20.0, 20.0], [22.0, 21.0]]), vis)
+    rows = mod.flowweb_rows(make_method("zero", size=128), [a, b], 128)
+    s = mod.summarise(rows)
+    # a→b: keypoint 0 stays right, keypoint 1 stays at x=100 (elsewhere); b→a: keypoint 0 right,
+    # keypoint 1 (22, 21) lands within 0.05·128 of a's keypoint 0: another keypoint
+    assert s["n"] == 4
+    assert s[0.05] == pytest.approx({"correct": 0.5, "other keypoint": 0.25, "elsewhere": 0.25})
+
+
 def test_self_match_similarity_pairs_carry_the_exact_flow():
     """scripts/self_match.py's similarity test: sampling the moved copy at p + flow(p) gives the
     photo back wherever the match lies in the frame (a textured image, away from the border)."""
