@@ -82,6 +82,7 @@ def pf_willow_rows(method, by_class: dict, size: int) -> np.ndarray:
         predict_pairs,
         transfer_keypoints_resized,
     )
+    from cyclecorr.evaluate.metrics import reference_length
     from cyclecorr.matcher import resize_image
 
     rows = []
@@ -93,8 +94,7 @@ def pf_willow_rows(method, by_class: dict, size: int) -> np.ndarray:
             ka = np.where(np.asarray(a.visible, bool)[:, None], a.keypoints, np.nan)
             kb = np.where(np.asarray(b.visible, bool)[:, None], b.keypoints, np.nan)
             pred = transfer_keypoints_resized(ka, flow, a.image.shape[:2], b.image.shape[:2])
-            shown = kb[np.isfinite(kb).all(1)]
-            ref = float(np.ptp(shown, axis=0).max())
+            ref = reference_length("keypoint-box", keypoints=kb)
             valid = np.isfinite(ka).all(1) & np.isfinite(kb).all(1)
             rows.append(landing(pred, kb, ref, valid))
     return np.concatenate(rows)

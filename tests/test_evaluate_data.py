@@ -142,6 +142,12 @@ def test_keypoint_errors_script_sorts_landings_closed_form():
     # keypoint 1 (22, 21) lands within 0.05·128 of a's keypoint 0: another keypoint
     assert s["n"] == 4
     assert s[0.05] == pytest.approx({"correct": 0.5, "other keypoint": 0.25, "elsewhere": 0.25})
+    # the PF-WILLOW path: original pixels, L = the target's keypoint box (a → c: c's, 20 px;
+    # c → a: a's, 80 px); the zero flow leaves every keypoint where it was
+    c = Sample(img, np.array([[20.0, 20.0], [40.0, 20.0]]), vis)
+    rows = mod.pf_willow_rows(make_method("zero", size=128), {"car": [a, c]}, 128)
+    assert sorted(map(tuple, rows.round(6))) == sorted([(0.0, 20 / 20), (60 / 20, 80 / 20),
+                                                       (0.0, 80 / 80), (60 / 80, 20 / 80)])
 
 
 def test_self_match_similarity_pairs_carry_the_exact_flow():
