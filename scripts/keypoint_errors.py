@@ -56,16 +56,12 @@ def summarise(rows: np.ndarray, alphas=ALPHAS) -> dict:
 
 
 def flowweb_rows(method, samples, size: int) -> np.ndarray:
-    from cyclecorr.evaluate.benchmarks import all_ordered_pairs, predict_pairs
-    from cyclecorr.geometry import rescale_points, transfer_keypoints
+    from cyclecorr.evaluate.benchmarks import all_ordered_pairs, keypoints_at_size, predict_pairs
+    from cyclecorr.geometry import transfer_keypoints
     from cyclecorr.matcher import resize_image
 
     images = [resize_image(s.image, size) for s in samples]
-    kps = []
-    for s in samples:
-        h, w = s.image.shape[:2]
-        k = np.where(np.asarray(s.visible, bool)[:, None], s.keypoints, np.nan)
-        kps.append(rescale_points(k, np.array([size / w, size / h])))
+    kps = [keypoints_at_size(s, size) for s in samples]
     pairs = all_ordered_pairs(len(samples))
     rows = []
     for n, flow, _ in predict_pairs(method, images, pairs):
@@ -79,6 +75,7 @@ def flowweb_rows(method, samples, size: int) -> np.ndarray:
 def pf_willow_rows(method, by_class: dict, size: int) -> np.ndarray:
     from cyclecorr.evaluate.benchmarks import (
         all_ordered_pairs,
+        annotated_keypoints,
         predict_pairs,
         transfer_keypoints_resized,
     )
@@ -91,8 +88,7 @@ def pf_willow_rows(method, by_class: dict, size: int) -> np.ndarray:
         pairs = all_ordered_pairs(len(samples))
         for n, flow, _ in predict_pairs(method, images, pairs):
             a, b = samples[pairs[n][0]], samples[pairs[n][1]]
-            ka = np.where(np.asarray(a.visible, bool)[:, None], a.keypoints, np.nan)
-            kb = np.where(np.asarray(b.visible, bool)[:, None], b.keypoints, np.nan)
+            ka, kb = annotated_keypoints(a), annotated_keypoints(b)
             pred = transfer_keypoints_resized(ka, flow, a.image.shape[:2], b.image.shape[:2])
             ref = reference_length("keypoint-box", keypoints=kb)
             valid = np.isfinite(ka).all(1) & np.isfinite(kb).all(1)

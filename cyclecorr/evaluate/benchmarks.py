@@ -55,6 +55,8 @@ __all__ = [
     "resize_labels",
     "all_ordered_pairs",
     "predict_pairs",
+    "annotated_keypoints",
+    "keypoints_at_size",
     "transfer_keypoints_resized",
     "evaluate_keypoint_transfer",
     "evaluate_pck_pf_willow",
@@ -112,6 +114,18 @@ def predict_pairs(method, images: Sequence[torch.Tensor], pairs: Sequence[tuple[
         flow, mat = method.predict_batch(src, tgt)
         for k in range(len(chunk)):
             yield start + k, flow[k], (None if mat is None else mat[k])
+
+
+def annotated_keypoints(sample) -> np.ndarray:
+    """A sample's ``(N, 2)`` keypoints, NaN where not annotated (``visible`` false)."""
+    return np.where(np.asarray(sample.visible, bool)[:, None], sample.keypoints, np.nan)
+
+
+def keypoints_at_size(sample, size: int) -> np.ndarray:
+    """:func:`annotated_keypoints` in the ``size × size`` resize of the whole image that the
+    methods see (pixel-area convention)."""
+    h, w = sample.image.shape[:2]
+    return rescale_points(annotated_keypoints(sample), np.array([size / w, size / h]))
 
 
 def transfer_keypoints_resized(kps_a: np.ndarray, flow_small: torch.Tensor,
@@ -189,8 +203,7 @@ def evaluate_keypoint_transfer(method, samples: Sequence, *, pairs=None,
         a, b = samples[i], samples[j]
         ha, wa = a.image.shape[:2]
         hb, wb = b.image.shape[:2]
-        kps_a = np.where(np.asarray(a.visible, bool)[:, None], a.keypoints, np.nan)
-        kps_b = np.where(np.asarray(b.visible, bool)[:, None], b.keypoints, np.nan)
+        kps_a, kps_b = annotated_keypoints(a), annotated_keypoints(b)
         if len(kps_a) != len(kps_b):
             raise ValueError(f"{set_name}: pair ({i}, {j}) has {len(kps_a)} vs {len(kps_b)} "
                              "keypoints")
@@ -378,11 +391,7 @@ def evaluate_flowweb_car(method, samples: Sequence, *, alphas=(0.05, 0.1, 0.15),
         m = s.mask if getattr(s, "mask", None) is not None else np.ones(s.image.shape[:2], bool)
         masks.append(resize_labels(np.asarray(m, bool), size))
         labels.append(resize_labels(part_label_map(s.parts or {}, s.image.shape[:2], names), size))
-    kps = []
-    for s in samples:
-        h, w = s.image.shape[:2]
-        k = np.where(np.asarray(s.visible, bool)[:, None], s.keypoints, np.nan)
-        kps.append(rescale_points(k, np.array([size / w, size / h])))
+    kps = [keypoints_at_size(s, size) for s in samples]
 
     pck = PCKAccumulator(alphas)
     scores, truths, pair_ap = [], [], []
