@@ -36,7 +36,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cyclecorr.evaluate.datasets import load_pf_willow
+from cyclecorr.evaluate.datasets import (
+    PASCAL3D_MAX_AZIMUTH_GAP,
+    PASCAL3D_MIN_COMMON,
+    load_pf_willow,
+)
 from cyclecorr.evaluate.metrics import (
     IoUAccumulator,
     PCKAccumulator,
@@ -280,7 +284,8 @@ def evaluate_pascal3d(method, samples: Sequence, pairs, *, alphas=(0.05, 0.1, 0.
     dict; the headline number is ``pck["all"]["per_keypoint"]["0.1"]``."""
     extra = {"source": "PASCAL3D+ ImageNet photos (not truncated, occluded or difficult), "
                        "object-box crops resized to S×S",
-             "pair_rule": f"azimuths within 45°, ≥ 3 keypoints visible in both; {len(pairs)} "
+             "pair_rule": f"azimuths within {PASCAL3D_MAX_AZIMUTH_GAP:g}°, "
+                          f"≥ {PASCAL3D_MIN_COMMON} keypoints visible in both; {len(pairs)} "
                           "drawn by the seed",
              "n_images": len(samples)}
     return evaluate_keypoint_transfer(

@@ -53,7 +53,8 @@ from cyclecorr.render import (
 )
 
 __all__ = ["resolve_dataset_dir", "load_pf_willow", "load_flowweb_car", "load_tss",
-           "load_pascal3d_photos", "pascal3d_pairs", "load_pascal3d_set", "SyntheticPair",
+           "load_pascal3d_photos", "pascal3d_pairs", "load_pascal3d_set",
+           "PASCAL3D_MAX_AZIMUTH_GAP", "PASCAL3D_MIN_COMMON", "SyntheticPair",
            "make_synthetic_pairs", "SYNTHETIC_CATEGORIES", "SYNTH_KP_VIEWPOINTS"]
 
 SYNTHETIC_CATEGORIES = ("car", "chair", "aeroplane")
@@ -114,8 +115,14 @@ def load_pascal3d_photos(root, category: str = "car", limit: int | None = None,
     return [crop_sample(ds[i], size=size) for i in range(n)]
 
 
-def pascal3d_pairs(samples, n_pairs: int = 500, seed: int = 0, max_azimuth_gap: float = 45.0,
-                   min_common: int = 3) -> list[tuple[int, int]]:
+#: the pascal3d-* pair rule: largest azimuth gap (degrees) and fewest keypoints visible in both
+PASCAL3D_MAX_AZIMUTH_GAP = 45.0
+PASCAL3D_MIN_COMMON = 3
+
+
+def pascal3d_pairs(samples, n_pairs: int = 500, seed: int = 0,
+                   max_azimuth_gap: float = PASCAL3D_MAX_AZIMUTH_GAP,
+                   min_common: int = PASCAL3D_MIN_COMMON) -> list[tuple[int, int]]:
     """Ordered pairs ``(i, j)``, i ≠ j, of ``samples`` for keypoint transfer: azimuths (from the
     annotation) within ``max_azimuth_gap`` degrees (as the training quartets' photo pairs) and at
     least ``min_common`` keypoints visible in both; ``n_pairs`` of them drawn without
@@ -148,7 +155,8 @@ def load_pascal3d_set(root, category: str = "car", n_pairs: int = 500, seed: int
     pairs = pascal3d_pairs(samples, n_pairs, seed=seed)
     if not pairs:
         raise ValueError(f"PASCAL3D+ {category} photos under {root}: no two of the {len(samples)} "
-                         "share 3 visible keypoints within 45° of azimuth")
+                         f"share {PASCAL3D_MIN_COMMON} visible keypoints within "
+                         f"{PASCAL3D_MAX_AZIMUTH_GAP:g}° of azimuth")
     return samples, pairs
 
 
