@@ -30,9 +30,10 @@ Pieces, each usable alone and tested in closed form:
   ``cyclecorr.siftflow.dense_sift``), :func:`sift_cells` (band means per level),
   :func:`sift_descriptors` (4×4 cells, L2-normalised, not clipped) and
   :func:`sift_local_correlation` (the descriptors' similarity from the 8 cell channels);
-- correlations: :func:`global_correlation` (one ``bmm``), :func:`local_correlation` (tiled
-  ``bmm``), :func:`kernel_soft_argmax`, :func:`warp_features` (``cyclecorr.geometry.warp``,
-  zeros outside), :func:`convex_upsample` (RAFT's idea).
+- correlations: :func:`global_correlation` (one ``bmm``), :func:`local_correlation` (a numba
+  kernel on a CPU, tiled ``bmm`` elsewhere: :mod:`cyclecorr._corr`), :func:`kernel_soft_argmax`,
+  :func:`warp_features` (``cyclecorr.geometry.warp``, zeros outside), :func:`convex_upsample`
+  (RAFT's idea).
 
 Choices beyond the description in the issue, all options of :class:`CostVolumeConfig`, made for the
 CPU budget (``bench/evaluate.py --arch costvol``; measured as CPU time per pair at one thread
@@ -67,12 +68,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cyclecorr._corr import correlation, correlation_tiled
+from cyclecorr._upsample import convex_upsample_numba
 from cyclecorr.geometry import pixel_grid, warp
 
 __all__ = ["orientation_bands", "dense_sift_liu", "sift_cells", "sift_descriptors",
            "sift_local_correlation", "global_correlation",
            "local_correlation", "kernel_soft_argmax", "local_soft_argmax", "warp_features",
-           "convex_upsample",
+           "convex_upsample", "convex_upsample_reference",
            "CostVolumeConfig", "CostVolumeNet"]
 
 _DERIV = (1.0, -8.0, 0.0, 8.0, -1.0)
@@ -256,56 +259,23 @@ def global_correlation(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     return torch.bmm(fa.flatten(2).transpose(1, 2), fb.flatten(2))
 
 
-def _tile_index(tile: int, radius: int, device) -> torch.Tensor:
-    """``(tile², (2r+1)²)`` positions in a ``(tile + 2r)²`` window of each tile pixel's
-    displacements (row-major in both)."""
-    k, side = 2 * radius + 1, tile + 2 * radius
-    ty, tx, dy, dx = torch.meshgrid(*(torch.arange(n, device=device) for n in (tile, tile, k, k)),
-                                    indexing="ij")
-    return ((ty + dy) * side + (tx + dx)).reshape(tile * tile, k * k)
-
-
 def local_correlation(fa: torch.Tensor, fb: torch.Tensor, radius: int,
                       tile: int | None = None) -> torch.Tensor:
     """Dot products of ``fa``'s feature at each pixel with ``fb``'s at every displacement
     ``(dx, dy) ∈ [−r, r]²``: ``(B, C, H, W)`` × 2 → ``(B, (2r+1)², H, W)``, channel
     ``(dy + r)·(2r+1) + (dx + r)`` holds ``fa(x, y) · fb(x + dx, y + dy)``; 0 where
-    ``(x + dx, y + dy)`` is outside ``fb``.
+    ``(x + dx, y + dy)`` is outside ``fb``. Stored channels-last (as the decoders' convolutions
+    take it).
 
-    Computed as matrix products, which run near the machine's GEMM rate where a loop over the
-    displacements is bound by memory traffic: the map is cut into ``tile × tile`` blocks, each
-    block's features (``tile²`` × C) are multiplied with those of its ``(tile + 2r)²`` window of
-    ``fb`` (one ``bmm`` for all blocks) and the ``(2r+1)²`` displacements of each pixel are
-    gathered from the product. That computes ``((tile + 2r)/(2r+1))²`` times the needed dot
-    products (4× at tile 8, r 3) and was still ~10× faster than the loop on a 2-core CPU,
-    forward and backward, float32 and bfloat16, at 64×64 and 32×32 with 150-190 channels; with
-    few channels the products are memory-bound and smaller tiles waste less (``tile=None``:
-    4 below 32 channels, else 8; at 8-24 channels tile 4 was 10-40 % faster than tile 8 and
-    than the loop, at 48 channels tile 8 was 10 % faster). Maps whose size is not a multiple of
-    ``tile`` are zero-padded (and cropped). The result is stored channels-last.
+    :func:`cyclecorr._corr.correlation`: a numba kernel on a CPU (3-4× faster forward and
+    backward than matrix products at this network's sizes), tiled matrix products elsewhere;
+    ``tile`` asks for the matrix products with that tile size
+    (:func:`cyclecorr._corr.correlation_tiled`).
     """
     _check_pair(fa, fb, same_size=True)
-    if not (isinstance(radius, int) and radius >= 0):
-        raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
-    b, c, h, w = fa.shape
     if tile is None:
-        tile = 4 if c < 32 else 8
-    t = max(1, min(tile, max(h, w)))
-    k, side = 2 * radius + 1, t + 2 * radius
-    ph, pw = -h % t, -w % t
-    if ph or pw:
-        fa, fb = F.pad(fa, (0, pw, 0, ph)), F.pad(fb, (0, pw, 0, ph))
-    nh, nw = (h + ph) // t, (w + pw) // t
-    blocks = fa.reshape(b, c, nh, t, nw, t).permute(0, 2, 4, 3, 5, 1).reshape(b * nh * nw, t * t, c)
-    fb = F.pad(fb, (radius, radius, radius, radius))
-    windows = fb.unfold(2, side, t).unfold(3, side, t)  # (B, C, nh, nw, side, side)
-    windows = windows.permute(0, 2, 3, 1, 4, 5).reshape(b * nh * nw, c, side * side)
-    prod = torch.bmm(blocks, windows)  # (B·nh·nw, t², side²)
-    idx = _tile_index(t, radius, fa.device)
-    out = prod.gather(2, idx.expand(prod.shape[0], -1, -1))
-    out = out.view(b, nh, nw, t, t, k * k).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * t, nw * t, -1)
-    out = out.permute(0, 3, 1, 2)  # channels-last memory, as the decoders' convolutions take it
-    return out[:, :, :h, :w] if (ph or pw) else out
+        return correlation(fa, fb, radius)
+    return correlation_tiled(fa, fb, radius, tile)
 
 
 def kernel_soft_argmax(corr: torch.Tensor, height: int, width: int,
@@ -383,11 +353,23 @@ def convex_upsample(x: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.T
     ``softmax`` over the 9 of ``mask`` ``(B, 9·factor², H, W)`` (channel ``n·factor² + i·factor
     + j`` for neighbour ``n`` (row-major 3×3) of sub-pixel row ``i``, column ``j``). A zero mask
     averages the 9 neighbours. Values are combined, not rescaled (flows in input pixels).
-    Output ``(B, C, factor·H, factor·W)``."""
+    Output ``(B, C, factor·H, factor·W)``.
+
+    On CPU tensors a numba kernel (:mod:`cyclecorr._upsample`, sums in float32 or float64),
+    elsewhere :func:`convex_upsample_reference`."""
     b, c, h, w = x.shape
     f = factor
     if mask.shape != (b, 9 * f * f, h, w):
         raise ValueError(f"mask must be ({b}, {9 * f * f}, {h}, {w}), got {tuple(mask.shape)}")
+    if x.device.type == "cpu" and mask.device.type == "cpu" and x.is_floating_point():
+        return convex_upsample_numba(x, mask, f)
+    return convex_upsample_reference(x, mask, f)
+
+
+def convex_upsample_reference(x: torch.Tensor, mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """:func:`convex_upsample` in PyTorch operations (any device, any autograd order)."""
+    b, c, h, w = x.shape
+    f = factor
     # a sum over the 9 neighbours (1.5-3× faster on a CPU than one broadcast product or a
     # per-pixel bmm: no (C, 9, f², H, W) temporary)
     wts = torch.softmax(mask.reshape(b, 9, f * f, h, w).to(x.dtype), dim=1)
@@ -811,7 +793,7 @@ class CostVolumeNet(nn.Module):
             if cfg.local_argmax:
                 flow = flow + self.argmax_gate[level] * disp * s
             logit = logit + out[:, 2:].float()
-        up = convex_upsample(torch.cat((flow, logit), 1), mask.float(), 2)
+        up = convex_upsample(torch.cat((flow, logit), 1), mask, 2)
         flow, logit = up[:, :2].contiguous(), up[:, 2:].contiguous()
         return {"flow": flow, "matchability": torch.sigmoid(logit), "matchability_logits": logit}
 

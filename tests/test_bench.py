@@ -135,3 +135,17 @@ def test_refine_bench_times_every_setting_against_sift_flow():
         assert row in out, out
     sift = [ln for ln in out.splitlines() if ln.startswith("SIFT flow")][0]
     assert float(sift.split()[-1]) == pytest.approx(1.0)
+
+
+def test_kernels_bench_times_every_form_and_checks_it_against_the_reference():
+    out = _run("bench/kernels.py", "--pairs", "1", "--reps", "1")
+    for line in ("correlation 1/8 learned     float32   fwd+bwd", "1/4 SIFT cells  bfloat16  fwd",
+                 "convex up-sampling ×2, 64→128, bf16 mask fwd+bwd"):
+        assert line in out
+    errs = {line: float(line.split("max err ")[1].split()[0]) for line in out.splitlines()
+            if "max err " in line}
+    # per dtype 3 levels × (forward, forward + backward) + 2 SIFT forwards; 2 up-sampling rows
+    assert len(errs) == 2 * (3 * 2 + 2) + 2
+    for line, err in errs.items():  # float32 sums; bfloat16 results rounded once
+        assert err < (0.5 if "bfloat16" in line else 1e-3), line
+    assert "nan" not in out.lower()

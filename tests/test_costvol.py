@@ -245,6 +245,68 @@ def test_convex_upsample_closed_forms():
         convex_upsample(x, torch.zeros(2, 9, 5, 6), 2)
 
 
+@pytest.mark.parametrize("factor", [2, 3])
+def test_convex_upsample_cpu_kernel_equals_the_pytorch_operations(factor):
+    """The numba kernel (CPU) against :func:`convex_upsample_reference`: values and both
+    gradients in float64, a float32 flow with a bfloat16 mask as the decoder passes them, and
+    autograd's in-place check."""
+    from cyclecorr.costvol import convex_upsample, convex_upsample_reference
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    m = (4 * torch.randn(2, 9 * factor ** 2, 5, 7, generator=g, dtype=torch.float64)
+         ).requires_grad_(True)
+    up, ref = convex_upsample(x, m, factor), convex_upsample_reference(x, m, factor)
+    assert up.shape == (2, 3, 5 * factor, 7 * factor)
+    torch.testing.assert_close(up, ref, atol=1e-12, rtol=0)
+    w = torch.randn(up.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(up, (x, m), w), torch.autograd.grad(ref, (x, m), w)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    # the decoder's dtypes: float32 values, a bfloat16 mask (channels-last); gradients in each
+    xf = x.detach().float().requires_grad_(True)
+    mb = m.detach().bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    up = convex_upsample(xf, mb, factor)
+    assert up.dtype == torch.float32
+    torch.testing.assert_close(up, convex_upsample_reference(xf, mb, factor), atol=1e-5, rtol=0)
+    gx, gm = torch.autograd.grad(up.square().sum(), (xf, mb))
+    assert gx.dtype == torch.float32 and gm.dtype == torch.bfloat16
+    y = x.detach().clone().requires_grad_(True)
+    z = y * 1.0
+    out = convex_upsample(z, m.detach(), factor)
+    z.add_(1.0)  # changed after the forward pass read it
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_local_correlation_cpu_kernel_takes_any_layout_and_bfloat16():
+    """The numba path (the default on a CPU) on channel slices of a channels-last map (not
+    contiguous), and on bfloat16 maps (float32 sums, the result and gradients in bfloat16),
+    against the direct sum; the tiled matrix products agree with it."""
+    from cyclecorr._corr import correlation_tiled
+
+    g = torch.Generator().manual_seed(5)
+    full = torch.randn(2, 12, 9, 11, generator=g, dtype=torch.float64)
+    other = torch.randn(2, 12, 9, 11, generator=g, dtype=torch.float64)
+    a = full.contiguous(memory_format=torch.channels_last)[:, :7]
+    b = other.contiguous(memory_format=torch.channels_last)[:, 2:9]
+    assert not a.is_contiguous() and not a.is_contiguous(memory_format=torch.channels_last)
+    ref = _local_correlation_reference(a, b, 3)
+    torch.testing.assert_close(local_correlation(a, b, 3), ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(correlation_tiled(a, b, 3), ref, atol=1e-12, rtol=0)
+    ab, bb = (t.bfloat16().requires_grad_(True) for t in (a, b))
+    out = local_correlation(ab, bb, 3)
+    assert out.dtype == torch.bfloat16
+    exact = _local_correlation_reference(ab.double(), bb.double(), 3)
+    # float32 sums of bfloat16 products, rounded once to bfloat16
+    torch.testing.assert_close(out.double(), exact, atol=0.05, rtol=0.01)
+    ga, gb = torch.autograd.grad(out.float().sum(), (ab, bb))
+    assert ga.dtype == gb.dtype == torch.bfloat16
+    ad, bd = (t.detach().double().requires_grad_(True) for t in (ab, bb))
+    ra, rb = torch.autograd.grad(_local_correlation_reference(ad, bd, 3).sum(), (ad, bd))
+    torch.testing.assert_close(ga.double(), ra, atol=0.05, rtol=0.01)
+    torch.testing.assert_close(gb.double(), rb, atol=0.05, rtol=0.01)
+
+
 def test_correlation_and_warp_gradcheck_float64(one_thread):
     from cyclecorr.costvol import (
         convex_upsample,
