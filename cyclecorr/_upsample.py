@@ -23,6 +23,17 @@ __all__ = ["convex_upsample_numba"]
 
 
 @njit(fastmath=True, cache=True)
+def _neighbour_rows(x, b, c, h, xs):
+    # xs[n, w] = x[b, c] at row h's pixel w + the offset of 3×3 neighbour n (edges replicated)
+    h_, w_ = x.shape[2], x.shape[3]
+    for n in range(9):
+        yy = min(max(h + n // 3 - 1, 0), h_ - 1)
+        dx = n % 3 - 1
+        for w in range(w_):
+            xs[n, w] = x[b, c, yy, min(max(w + dx, 0), w_ - 1)]
+
+
+@njit(fastmath=True, cache=True)
 def _fwd(x, wts, f, out):
     # x (B, C, H, W); wts (B, 9, f², H, W) the softmax weights; out (B, C, f·H, f·W)
     nb, nc, h_, w_ = x.shape
@@ -32,11 +43,7 @@ def _fwd(x, wts, f, out):
     for b in range(nb):
         for h in range(h_):
             for c in range(nc):
-                for n in range(9):
-                    yy = min(max(h + n // 3 - 1, 0), h_ - 1)
-                    dx = n % 3 - 1
-                    for w in range(w_):
-                        xs[n, w] = x[b, c, yy, min(max(w + dx, 0), w_ - 1)]
+                _neighbour_rows(x, b, c, h, xs)
                 for s in range(f2):
                     i, j = s // f, s % f
                     acc[:] = 0.0
@@ -60,11 +67,7 @@ def _bwd(x, wts, g, f, gx, gm):
         for h in range(h_):
             gw[:] = 0.0
             for c in range(nc):
-                for n in range(9):
-                    yy = min(max(h + n // 3 - 1, 0), h_ - 1)
-                    dx = n % 3 - 1
-                    for w in range(w_):
-                        xs[n, w] = x[b, c, yy, min(max(w + dx, 0), w_ - 1)]
+                _neighbour_rows(x, b, c, h, xs)
                 gxs[:] = 0.0
                 for s in range(f2):
                     i, j = s // f, s % f

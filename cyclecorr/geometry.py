@@ -15,6 +15,8 @@ sampling position; batch, dtype and device follow the inputs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,8 @@ __all__ = [
     "resample_flow",
     "rescale_points",
     "affine_flow",
+    "invert_flow",
+    "bidirectional_flow",
 ]
 
 _PADDINGS = ("zeros", "border")
@@ -237,3 +241,65 @@ def affine_flow(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
     pts = grid.flatten(2)  # (1, 2, HW)
     q = matrix[:, :, :2] @ pts + matrix[:, :, 2:]
     return (q - pts).view(matrix.shape[0], 2, height, width)
+
+
+def invert_flow(flow_ba: torch.Tensor, sigma: float,
+                size_a: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of a flow by Gaussian splatting: ``(flow_ab, weight)`` on a's grid.
+
+    Every b-pixel ``x`` lands at ``l(x) = x + flow_ba(x)`` in a; an a-pixel ``p`` takes the
+    weighted mean of the b-pixels that land near it, ``q(p) = Σ w·x / Σ w`` with
+    ``w = exp(−‖l(x) − p‖² / 2σ²)`` for ``‖l(x) − p‖ < 3σ`` (0 beyond), and
+    ``flow_ab(p) = q(p) − p``. ``weight`` ``(B, 1, H_a, W_a)`` is ``Σ w``: 0 where nothing
+    landed (there ``flow_ab`` is 0, not a match; test ``weight``).
+
+    Args:
+        flow_ba: ``(B, 2, H_b, W_b)``.
+        sigma: the splat's width in a's pixels (> 0).
+        size_a: ``(H_a, W_a)``; default b's size.
+    """
+    _check_field("flow_ba", flow_ba, 2)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    b, _, hb, wb = flow_ba.shape
+    ha, wa = size_a if size_a is not None else (hb, wb)
+    x = pixel_grid(hb, wb, dtype=flow_ba.dtype, device=flow_ba.device).flatten(2)  # (1, 2, N)
+    land = (x + flow_ba.flatten(2))  # (B, 2, N)
+    base = land.floor()
+    r = int(math.ceil(3 * sigma))
+    batch = torch.arange(b, device=flow_ba.device).view(b, 1) * (ha * wa)
+    den = flow_ba.new_zeros(b * ha * wa)
+    num = flow_ba.new_zeros(2, b * ha * wa)
+    xs = x.expand(b, -1, -1)
+    for dy in range(-r + 1, r + 1):  # the integer a-pixels within 3σ of each landing point
+        for dx in range(-r + 1, r + 1):
+            px, py = base[:, 0] + dx, base[:, 1] + dy  # (B, N)
+            d2 = (px - land[:, 0]).square() + (py - land[:, 1]).square()
+            keep = (d2 < 9 * sigma * sigma) & (px >= 0) & (px <= wa - 1) & (py >= 0) & (
+                py <= ha - 1)
+            w = torch.exp(d2 * (-0.5 / (sigma * sigma))) * keep
+            idx = (batch + py.clamp(0, ha - 1).long() * wa + px.clamp(0, wa - 1).long()).flatten()
+            den.index_add_(0, idx, w.flatten())
+            num.index_add_(1, idx, (w.unsqueeze(1) * xs).transpose(0, 1).flatten(1))
+    den = den.view(b, 1, ha, wa)
+    q = num.view(2, b, ha, wa).transpose(0, 1) / den.clamp_min(1e-12)
+    grid_a = pixel_grid(ha, wa, dtype=flow_ba.dtype, device=flow_ba.device)
+    flow_ab = torch.where(den > 0, q - grid_a, torch.zeros_like(q))
+    return flow_ab, den
+
+
+def bidirectional_flow(flow_ab: torch.Tensor, flow_ba: torch.Tensor, tau: float,
+                       sigma: float, min_weight: float = 1e-3) -> torch.Tensor:
+    """``flow_ab`` made consistent with the reverse flow: where the inverse of ``flow_ba``
+    (:func:`invert_flow`, splat width ``sigma``, splat weight above ``min_weight``) lies within
+    ``tau`` pixels of ``flow_ab``, the mean of the two; elsewhere ``flow_ab`` unchanged.
+
+    Two estimates of each match, from the two directions, that agree roughly are averaged (their
+    errors partly cancel); where they disagree by more than ``tau`` one of them is wrong and the
+    forward flow is kept. ``flow_ab`` ``(B, 2, H_a, W_a)``, ``flow_ba`` ``(B, 2, H_b, W_b)``."""
+    _check_field("flow_ab", flow_ab, 2)
+    if not tau >= 0:
+        raise ValueError(f"tau must be ≥ 0, got {tau}")
+    inv, weight = invert_flow(flow_ba.to(flow_ab.dtype), sigma, tuple(flow_ab.shape[-2:]))
+    agree = (weight > min_weight) & ((inv - flow_ab).norm(dim=1, keepdim=True) <= tau)
+    return torch.where(agree, 0.5 * (flow_ab + inv), flow_ab)

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 from cyclecorr._runtime import PRECISIONS, precision_context, resolve_device
 from cyclecorr.checkpoint import load_model, shipped_model_path
-from cyclecorr.geometry import resample_flow, transfer_keypoints
+from cyclecorr.geometry import bidirectional_flow, resample_flow, transfer_keypoints
 from cyclecorr.images import MIN_SIDE, ImageError, image_array
 
 __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_image_pixels",
            "resolve_device", "ImageError", "parse_refine", "format_refine", "REFINE_DEFAULT",
-           "DEFAULT_REFINE_BY_CATEGORY",
+           "DEFAULT_REFINE_BY_CATEGORY", "BIDIRECTIONAL", "DEFAULT_BIDIRECTIONAL_CATEGORIES",
            "PRECISIONS", "precision_context"]
 
 #: (start level, half-width there, stop level) of ``refine="siftflow"``: ±8 labels at quarter
@@ -41,10 +41,20 @@ __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_im
 #: set (docs/RESULTS.md)
 REFINE_DEFAULT = (2, 8, 1)
 
+#: ``(tau, sigma)`` of ``bidirectional=True`` as fractions of the network's input side: the two
+#: directions' estimates of a match are averaged where they lie within S/8 of each other (16 px at
+#: 128), the reverse flow inverted with a splat of width S/64 (2 px); τ chosen on the
+#: synth-kp-car renders, not on an evaluation set (docs/RESULTS.md)
+BIDIRECTIONAL = (1 / 8, 1 / 64)
+
 #: the refinement ``cyclecorr match`` applies by default, by the model's training category: it
 #: raises car models' precision on photos (FlowWeb, PF-WILLOW, TSS) and costs the chair and
 #: aeroplane models PCK@0.10–0.15 on their renders (docs/RESULTS.md), so those stay unrefined
 DEFAULT_REFINE_BY_CATEGORY = {"car": "siftflow"}
+
+#: the categories whose models ``cyclecorr match`` runs both ways by default
+#: (``bidirectional=True``): measured for the car model, on renders and photos (docs/RESULTS.md)
+DEFAULT_BIDIRECTIONAL_CATEGORIES = ("car",)
 
 
 def parse_refine(spec) -> tuple[int, int, int] | None:
@@ -138,12 +148,18 @@ class Matcher:
             (:func:`cyclecorr.siftflow.sift_flow` with ``init_flow``, on the CPU, pair by pair,
             at the network's input size); the matchability stays the network's. The network
             says where a part of the object is, SIFT flow's descriptors place each pixel there.
+        bidirectional: also match ``tgt`` to ``src`` (the same network and refinement) and
+            average the two estimates of each match where they agree
+            (:func:`cyclecorr.geometry.bidirectional_flow`, :data:`BIDIRECTIONAL`); twice the
+            time. The matchability stays the forward pass's.
     """
 
     def __init__(self, net: torch.nn.Module, meta: dict | None = None,
                  device: str | torch.device = "auto", input_size: int | None = None,
-                 precision: str = "float32", channels_last: bool = True, refine=None):
+                 precision: str = "float32", channels_last: bool = True, refine=None,
+                 bidirectional: bool = False):
         self.refine = parse_refine(refine)
+        self.bidirectional = bool(bidirectional)
         self.device = resolve_device(device)
         precision_context(self.device, precision)  # validates
         self.precision = precision
@@ -160,25 +176,40 @@ class Matcher:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         category: str = "car", input_size: int | None = None,
-                        precision: str = "float32", refine=None) -> Matcher:
+                        precision: str = "float32", refine=None,
+                        bidirectional: bool = False) -> Matcher:
         """Load a model file; ``path=None`` loads the model shipped with the package for
         ``category``.
 
         ``input_size``: the side both images are resized to (default: the size the model was
         trained at, 128 for the shipped model). Larger sizes suit whole photos in which the object
-        is small. ``precision``: ``"float32"`` or ``"bf16"``; ``refine``: see the class. The
-        file's path is recorded in ``meta["path"]``."""
+        is small. ``precision``: ``"float32"`` or ``"bf16"``; ``refine``, ``bidirectional``: see
+        the class. The file's path is recorded in ``meta["path"]``."""
         p = Path(path) if path is not None else shipped_model_path(category)
         net, meta = load_model(p)
         meta["path"] = str(p)
-        return cls(net, meta, device, input_size, precision, refine=refine)
+        return cls(net, meta, device, input_size, precision, refine=refine,
+                   bidirectional=bidirectional)
 
     @torch.inference_mode()
     def predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's output (float32, on :attr:`device`) for ``(B, 3, S, S)`` batches in
         [0, 1] at the network's size: ``flow`` ``(B, 2, S, S)``, ``matchability`` ``(B, 1, S, S)``,
         ``matchability_logits``. With :attr:`refine`, ``flow`` is the refined flow and
-        ``network_flow`` the network's."""
+        ``network_flow`` the network's; with :attr:`bidirectional`, ``flow`` is the two
+        directions' flow (:func:`~cyclecorr.geometry.bidirectional_flow`), ``forward_flow`` the
+        forward pass's and ``reverse_flow`` the flow from ``tgt`` to ``src``."""
+        if not self.bidirectional:
+            return self._predict(src, tgt)
+        b = src.shape[0]
+        both = self._predict(torch.cat((src, tgt)), torch.cat((tgt, src)))
+        out = {k: v[:b] for k, v in both.items()}
+        out["forward_flow"], out["reverse_flow"] = out["flow"], both["flow"][b:]
+        tau, sigma = (f * self.size for f in BIDIRECTIONAL)
+        out["flow"] = bidirectional_flow(out["forward_flow"], out["reverse_flow"], tau, sigma)
+        return out
+
+    def _predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
         with precision_context(self.device, self.precision):
             out = self.net(src.to(self.device, memory_format=mf),

@@ -197,3 +197,57 @@ def test_dtype_and_batch_follow_inputs():
     f = torch.zeros(3, 2, 5, 6, dtype=torch.float32)
     out = compose_flow(f, f)
     assert out.dtype == torch.float32 and out.shape == (3, 2, 5, 6)
+
+
+def _inverse_affine(a: torch.Tensor) -> torch.Tensor:
+    lin = torch.linalg.inv(a[:, :2])
+    return torch.cat((lin, -lin @ a[:, 2:]), 1)
+
+
+def test_invert_flow_of_an_affine_map_is_the_inverse_map():
+    """Away from where the preimage leaves b (the splat is one-sided there) the splatted inverse
+    of an affine flow is the inverse affine flow; where nothing lands the weight is 0."""
+    from cyclecorr.geometry import invert_flow
+
+    a = torch.tensor([[1.1, 0.1, 3.0], [-0.05, 0.95, -2.0]], dtype=torch.float64)
+    flow_ba = affine_flow(a, 40, 50)  # b-pixel x lands at A x + t in a
+    exact = affine_flow(_inverse_affine(a), 40, 50)
+    inv, weight = invert_flow(flow_ba, 2.0)
+    pre = pixel_grid(40, 50, dtype=torch.float64) + exact  # each a-pixel's preimage in b
+    interior = ((pre[0, 0] > 7) & (pre[0, 0] < 42) & (pre[0, 1] > 7) & (pre[0, 1] < 32))
+    assert interior.sum() > 800
+    assert (inv - exact)[0, :, interior].abs().max() < 0.02
+    # a shift by +10 px in x: a's first 4 columns are more than 3σ from any landing point
+    inv, weight = invert_flow(torch.full((1, 2, 20, 30), 0.0).index_fill_(1, torch.tensor([0]),
+                                                                          10.0), 2.0)
+    assert (weight[0, 0, :, :4] == 0).all() and (inv[0, :, :, :4] == 0).all()
+    torch.testing.assert_close(inv[0, 0, 6:-6, 16:-6], torch.full((8, 8), -10.0))
+    # a of another size than b
+    inv, weight = invert_flow(torch.zeros(2, 2, 10, 12), 1.0, size_a=(14, 9))
+    assert inv.shape == (2, 2, 14, 9) and (weight[:, 0, 12:] == 0).all()  # ≥ 3σ below b
+    assert (weight[:, 0, :11] > 0).all()
+    with pytest.raises(ValueError, match="sigma"):
+        invert_flow(torch.zeros(1, 2, 4, 4), 0.0)
+
+
+def test_bidirectional_flow_averages_only_where_the_directions_agree():
+    from cyclecorr.geometry import bidirectional_flow
+
+    def shift(dx, dy, h=24, w=24):
+        return torch.tensor([dx, dy], dtype=torch.float64).view(1, 2, 1, 1).expand(1, 2, h, w)
+
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    # forward says +3.5 px, reverse says the match is at +2.5: within tau, the mean +3.0
+    out = bidirectional_flow(shift(3.5, 0.0), shift(-2.5, 0.0), tau=2.0, sigma=1.5)
+    torch.testing.assert_close(out[inner], shift(3.0, 0.0)[inner])
+    # the same two estimates beyond tau: the forward flow is kept
+    out = bidirectional_flow(shift(3.5, 0.0), shift(-2.5, 0.0), tau=0.5, sigma=1.5)
+    torch.testing.assert_close(out, shift(3.5, 0.0).clone())
+    # two exact inverses: unchanged (away from the borders, where the splat is one-sided); where
+    # the reverse flow sends nothing (columns more than 3σ right of x = 23 − 8), the forward flow
+    fwd = shift(8.0, -2.0)
+    out = bidirectional_flow(fwd, shift(-8.0, 2.0), tau=1.0, sigma=1.0)
+    torch.testing.assert_close(out[..., 6:-6, 3:12], fwd[..., 6:-6, 3:12])
+    torch.testing.assert_close(out[..., 19:], fwd[..., 19:])
+    with pytest.raises(ValueError, match="tau"):
+        bidirectional_flow(shift(0, 0), shift(0, 0), tau=-1.0, sigma=1.0)

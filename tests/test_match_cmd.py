@@ -108,6 +108,9 @@ def test_match_bad_inputs_exit_nonzero(tmp_path, capsys, model_file):
     rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--method", "zero",
                "--refine", "siftflow"])
     assert rc == 2 and "--method zero" in capsys.readouterr().err
+    rc = main(["match", str(a), str(a), "--out", str(tmp_path / "o"), "--method", "siftflow",
+               "--bidirectional"])
+    assert rc == 2 and "--bidirectional" in capsys.readouterr().err
 
 
 def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
@@ -142,12 +145,22 @@ def test_match_refined_by_sift_flow_finds_a_shift(tmp_path, model_file):
     assert np.mean((raw[0] == -5) & (raw[1] == -3)) < 0.5
     rec = json.loads((tmp_path / "raw" / "a-b" / "pair.json").read_text())
     assert "refine" not in rec["method"] and rec["settings"]["refine"] is None
+    # --bidirectional: matched both ways; the refined shift is found from both sides
+    assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "bi"), "--model", str(model_file), "--refine", "siftflow:2:4:0",
+                 "--bidirectional"]) == 0
+    bi = read_flo(tmp_path / "bi" / "a-b" / "flow.flo")[:, 16:-16, 16:-16]
+    assert np.mean((np.abs(bi[0] + 5) <= 0.5) & (np.abs(bi[1] + 3) <= 0.5)) > 0.95
+    rec = json.loads((tmp_path / "bi" / "a-b" / "pair.json").read_text())
+    assert rec["settings"]["bidirectional"] is True and rec["method"]["bidirectional"]["tau_px"]
+    assert "matched to the source too" in (tmp_path / "bi" / "index.html").read_text()
 
 
 @pytest.mark.parametrize("category,refined", [("car", True), ("chair", False), (None, False)])
 def test_match_default_refinement_follows_the_model_category(tmp_path, category, refined):
-    """Without --refine, car models are refined by SIFT flow and the others (and model files
-    that name no category) are not (DEFAULT_REFINE_BY_CATEGORY)."""
+    """Without --refine, car models are refined by SIFT flow and matched both ways, and the
+    others (and model files that name no category) are not (DEFAULT_REFINE_BY_CATEGORY,
+    DEFAULT_BIDIRECTIONAL_CATEGORIES)."""
     torch.manual_seed(0)
     meta = {"stage": 2} if category is None else {"stage": 2,
                                                   "train_config": {"category": category}}
@@ -159,6 +172,13 @@ def test_match_default_refinement_follows_the_model_category(tmp_path, category,
     rec = json.loads((out / "a-a" / "pair.json").read_text())
     assert ("refine" in rec["method"]) is refined
     assert rec["settings"]["refine"] == ("siftflow:2:8:1" if refined else None)
+    assert rec["settings"]["bidirectional"] is refined
+    assert ("bidirectional" in rec["method"]) is refined
+    if refined:  # --no-bidirectional: one way
+        assert main(["match", str(a), str(a), "--out", str(tmp_path / "one"), "--model", str(p),
+                     "--no-bidirectional"]) == 0
+        rec = json.loads((tmp_path / "one" / "a-a" / "pair.json").read_text())
+        assert rec["settings"]["bidirectional"] is False and "bidirectional" not in rec["method"]
 
 
 def test_evaluate_command_writes_json_and_markdown(tmp_path, data_dir, model_file):

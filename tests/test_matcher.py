@@ -205,3 +205,37 @@ def test_network_refined_by_sift_flow(model_file):
         make_method("zero+siftflow")
     with pytest.raises(ValueError, match="LEVEL:WINDOW"):
         make_method(f"n={path}+siftflow:2")
+
+
+def test_network_matched_both_ways(model_file):
+    """``NAME=PATH+bidir`` / ``Matcher(bidirectional=True)``: the forward and reverse passes are
+    the plain network's, the flow is their :func:`bidirectional_flow` at S/8 and S/64, the
+    matchability the forward pass's; the description, report and compare identity say so."""
+    from cyclecorr.commands.compare_cmd import _identity
+    from cyclecorr.evaluate.methods import make_method
+    from cyclecorr.evaluate.report import markdown_report
+    from cyclecorr.geometry import bidirectional_flow
+
+    path, _ = model_file
+    plain = make_method(f"n={path}", device="cpu")
+    both = make_method(f"n={path}+bidir", device="cpu")
+    assert both.name == "n+bidir" and both.matcher.bidirectional
+    assert not plain.matcher.bidirectional and "bidirectional" not in plain.describe()
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
+    out = both.matcher.predict(src, tgt)
+    fwd, rev = plain.matcher.predict(src, tgt), plain.matcher.predict(tgt, src)
+    torch.testing.assert_close(out["forward_flow"], fwd["flow"])
+    torch.testing.assert_close(out["reverse_flow"], rev["flow"])
+    torch.testing.assert_close(out["matchability"], fwd["matchability"])
+    torch.testing.assert_close(out["flow"], bidirectional_flow(fwd["flow"], rev["flow"], 8, 1))
+    assert not torch.equal(out["flow"], fwd["flow"])  # some pixels were averaged
+    d = both.describe()
+    assert d["bidirectional"]["tau_px"] == 8 and d["bidirectional"]["sigma_px"] == 1
+    assert "matched both ways and averaged where the two estimates agree within 8 px" in \
+        markdown_report({"sets": {}, "methods": {both.name: d}})
+    assert _identity(d) != _identity({**d, "bidirectional": None})
+    refined = make_method(f"n={path}+siftflow+bidir", device="cpu")
+    assert refined.name == "n+siftflow+bidir" and refined.matcher.refine is not None
+    with pytest.raises(ValueError, match="not a network"):
+        make_method("zero+bidir")

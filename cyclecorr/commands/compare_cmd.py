@@ -51,10 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _identity(desc: dict) -> tuple:
-    """What makes two rows of the same name the same method (a refinement's settings too)."""
-    refine = desc.get("refine")
+    """What makes two rows of the same name the same method (a refinement's and the two
+    directions' settings too)."""
+    post = {k: desc[k] for k in ("refine", "bidirectional") if desc.get(k) is not None}
     return (desc.get("kind"), desc.get("size"), desc.get("sha256"), desc.get("name"),
-            None if refine is None else json.dumps(refine, sort_keys=True))
+            json.dumps(post, sort_keys=True) if post else None)
 
 
 def merge_results(files: list[str | Path]) -> dict:

@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "stops. Default: siftflow for car models, none for the others "
                              "(measured: it helps cars on photos, costs chairs and aeroplanes "
                              "on renders)")
+    parser.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --method model: match the target to the source too and "
+                             "average the two estimates of each match where they agree "
+                             "(twice the time). Default: on for car models, off for the "
+                             "others")
     parser.add_argument("--keypoints", default=None,
                         help="text file of source keypoints, one 'x y' per line (0-based pixels); "
                              "single-pair mode only; default: --points picked by the page")
@@ -138,7 +143,12 @@ def run(args) -> int:
 
     from cyclecorr.checkpoint import shipped_model_path
     from cyclecorr.evaluate.methods import dense_match, make_method
-    from cyclecorr.matcher import DEFAULT_REFINE_BY_CATEGORY, format_refine, parse_refine
+    from cyclecorr.matcher import (
+        DEFAULT_BIDIRECTIONAL_CATEGORIES,
+        DEFAULT_REFINE_BY_CATEGORY,
+        format_refine,
+        parse_refine,
+    )
     from cyclecorr.viz import model_summary, page_flow_scale, write_pair_pictures
 
     out = Path(args.out)
@@ -168,6 +178,9 @@ def run(args) -> int:
     if refine is not None and args.method != "model":
         raise ValueError(f"--refine {args.refine} refines a model's flow; not with --method "
                          f"{args.method}")
+    if args.bidirectional is not None and args.method != "model":
+        raise ValueError(f"--bidirectional runs a model both ways; not with --method "
+                         f"{args.method}")
     kps = _read_keypoints(Path(args.keypoints)) if args.keypoints else None
     check_out_dir(out)
     if args.method == "model":
@@ -191,6 +204,11 @@ def run(args) -> int:
         refine = parse_refine(DEFAULT_REFINE_BY_CATEGORY.get(summary["category"]))
     refine_spec = format_refine(refine)
     spec = args.method if refine is None else f"model+{refine_spec}"
+    bidirectional = bool(args.bidirectional)
+    if args.bidirectional is None and args.method == "model":  # the default: by category
+        bidirectional = summary["category"] in DEFAULT_BIDIRECTIONAL_CATEGORIES
+    if bidirectional:
+        spec += "+bidir"
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
     if refine is not None:
@@ -200,8 +218,12 @@ def run(args) -> int:
             "pixel); the matchability is the model's.").format(*refine)]))
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
+    if bidirectional:
+        summary["note"] = " ".join(filter(None, [summary.get("note"), (
+            "The target is matched to the source too, and the two estimates of each match are "
+            "averaged where they agree.")]))
     settings = {"input_size": args.input_size, "precision": args.precision,
-                "refine": refine_spec}
+                "refine": refine_spec, "bidirectional": bidirectional}
     done = []
     for a, b, name in tqdm(pairs, desc="match", unit="pair", disable=len(pairs) < 2):
         res = dense_match(method, images[a], images[b])

@@ -35,6 +35,7 @@ import torch
 
 from cyclecorr.checkpoint import shipped_model_path
 from cyclecorr.matcher import (
+    BIDIRECTIONAL,
     REFINE_DEFAULT,
     Matcher,
     format_refine,
@@ -182,12 +183,25 @@ class NetworkMethod:
                              "stop_level": stop,
                              "params": SiftFlowParams().to_dict(),
                              "matchability": "the network's"}
+        if self.matcher.bidirectional:
+            tau, sigma = (f * self.size for f in BIDIRECTIONAL)
+            out["bidirectional"] = {
+                "rule": "tgt->src matched too (same network and refinement), inverted by a "
+                        "Gaussian splat; averaged with the forward flow where the two lie within "
+                        "tau px, the forward flow elsewhere", "tau_px": tau, "sigma_px": sigma,
+                "matchability": "the forward pass's"}
         return out
 
     def predict_batch(self, src, tgt):
         _check_pair(src, tgt, self.size)
         out = self.matcher.predict(src, tgt)
         return out["flow"].cpu(), out["matchability"].cpu()
+
+
+def _split_bidirectional(spec: str) -> tuple[str, bool]:
+    """Split a ``"+bidir"`` suffix (:class:`~cyclecorr.matcher.Matcher` ``bidirectional``) off a
+    method spec."""
+    return (spec[:-len("+bidir")], True) if spec.endswith("+bidir") else (spec, False)
 
 
 def _split_refine(spec: str) -> tuple[str, str | None]:
@@ -239,10 +253,21 @@ def make_method(spec: str, model: str | None = None, size: int = 128, device="au
     ``"NAME=PATH"`` for extra model files (e.g. ``"stage1=runs/stage1.safetensors"``); any PATH
     may be ``shipped:CATEGORY`` (e.g. ``"chair=shipped:chair"``, :func:`model_path`). A network
     spec ending in ``+siftflow`` (or ``+siftflow:LEVEL:WINDOW[:STOP]``) is that network with its
-    flow refined by SIFT flow around it (``Matcher(refine=…)``, e.g. ``"model+siftflow"``).
+    flow refined by SIFT flow around it (``Matcher(refine=…)``, e.g. ``"model+siftflow"``); a
+    network spec ending in ``+bidir`` matches both ways and averages where the two directions
+    agree (``Matcher(bidirectional=True)``, e.g. ``"model+siftflow+bidir"``).
     ``size``: the baselines' input side; ``net_size``: the networks' (default: the size each was
     trained at); ``precision``: the networks' (``"float32"`` or ``"bf16"``)."""
-    spec, refine = _split_refine(spec.strip())
+    spec, bidirectional = _split_bidirectional(spec.strip())
+    if bidirectional:
+        base = make_method(spec, model, size, device, net_size, precision)
+        if not isinstance(base, NetworkMethod):
+            raise ValueError(f"method {spec}+bidir: +bidir runs a network both ways; {spec!r} "
+                             f"is not a network")
+        base.matcher.bidirectional = True
+        base.name = f"{base.name}+bidir"
+        return base
+    spec, refine = _split_refine(spec)
     if refine is not None:
         base = make_method(spec, model, size, device, net_size, precision)
         if not isinstance(base, NetworkMethod):

@@ -282,6 +282,11 @@ def markdown_report(results: dict) -> str:
                 size += (f", refined by SIFT flow from pyramid level {ref['level']} within "
                          f"±{ref['window']} there down to level {ref.get('stop_level', 0)}; "
                          f"matchability {ref['matchability']}")
+            bi = d.get("bidirectional")
+            if bi:  # both ways, averaged where the two directions agree
+                size += (f", matched both ways and averaged where the two estimates agree within "
+                         f"{bi['tau_px']:g} px (reverse flow inverted by a {bi['sigma_px']:g} px "
+                         f"splat)")
             lines.append(f"- **{m}**: {d.get('kind', '')}{size}" + (f" ({extra})" if extra else ""))
         lines.append("")
     if "seed" in results:
