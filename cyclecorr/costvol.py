@@ -267,7 +267,7 @@ def local_correlation(fa: torch.Tensor, fb: torch.Tensor, radius: int,
     ``(x + dx, y + dy)`` is outside ``fb``. Stored channels-last (as the decoders' convolutions
     take it).
 
-    :func:`cyclecorr._corr.correlation`: a numba kernel on a CPU (3-4× faster forward and
+    :func:`cyclecorr._corr.correlation`: a numba kernel on a CPU (3-6× faster forward and
     backward than matrix products at this network's sizes), tiled matrix products elsewhere;
     ``tile`` asks for the matrix products with that tile size
     (:func:`cyclecorr._corr.correlation_tiled`).

@@ -261,6 +261,10 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float,
     _check_field("flow_ba", flow_ba, 2)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
+    bad = int((~torch.isfinite(flow_ba)).sum())
+    if bad:
+        raise ValueError(f"flow_ba has {bad} NaN or infinite value(s): a splat needs every "
+                         f"landing point")
     b, _, hb, wb = flow_ba.shape
     ha, wa = size_a if size_a is not None else (hb, wb)
     x = pixel_grid(hb, wb, dtype=flow_ba.dtype, device=flow_ba.device).flatten(2)  # (1, 2, N)
@@ -277,7 +281,7 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float,
             d2 = (px - land[:, 0]).square() + (py - land[:, 1]).square()
             keep = (d2 < 9 * sigma * sigma) & (px >= 0) & (px <= wa - 1) & (py >= 0) & (
                 py <= ha - 1)
-            w = torch.exp(d2 * (-0.5 / (sigma * sigma))) * keep
+            w = torch.where(keep, torch.exp(d2 * (-0.5 / (sigma * sigma))), 0.0)
             idx = (batch + py.clamp(0, ha - 1).long() * wa + px.clamp(0, wa - 1).long()).flatten()
             den.index_add_(0, idx, w.flatten())
             num.index_add_(1, idx, (w.unsqueeze(1) * xs).transpose(0, 1).flatten(1))

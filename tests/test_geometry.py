@@ -228,6 +228,10 @@ def test_invert_flow_of_an_affine_map_is_the_inverse_map():
     assert (weight[:, 0, :11] > 0).all()
     with pytest.raises(ValueError, match="sigma"):
         invert_flow(torch.zeros(1, 2, 4, 4), 0.0)
+    nan = torch.zeros(1, 2, 4, 4)
+    nan[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        invert_flow(nan, 1.0)
 
 
 def test_bidirectional_flow_averages_only_where_the_directions_agree():

@@ -6,7 +6,9 @@
 
 Methods: ``zero`` (zero flow), ``siftflow`` (SIFT flow, published parameters), ``model`` (the
 ``--model`` file), ``NAME=PATH`` (another model file under a row name, e.g.
-``stage1=runs/stage1/model.safetensors``).
+``stage1=runs/stage1/model.safetensors``); a network's spec may end in ``+siftflow[:L:W[:S]]``
+(its flow refined by SIFT flow) and then ``+bidir`` (matched both ways), e.g.
+``model+siftflow+bidir``.
 Sets: ``flowweb-car``, ``pf-willow``, ``tss``, ``synthetic-car``, ``synthetic-chair``,
 ``synthetic-aeroplane`` (same-model and cross-model PASCAL3D+ render pairs), ``synth-kp-car``,
 ``synth-kp-chair``, ``synth-kp-aeroplane`` (the cross-instance keypoint benchmark: renders of two
@@ -44,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model) or shipped:CATEGORY (`cyclecorr models` lists them)")
     parser.add_argument("--methods", default="zero,siftflow,model",
                         help="comma list: zero, siftflow, model, NAME=PATH (PATH may be "
-                             "shipped:CATEGORY) (default: %(default)s)")
+                             "shipped:CATEGORY); a network's spec may end in +siftflow (refined "
+                             "by SIFT flow) and then +bidir (matched both ways) "
+                             "(default: %(default)s)")
     parser.add_argument("--sets", default="flowweb-car,pf-willow,tss",
                         help=f"comma list of {', '.join(SETS)}, or all (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder (created)")
