@@ -1,7 +1,9 @@
 """Benchmark of the guided SIFT flow (a network's flow refined by SIFT flow searched around it):
 seconds per pair at 128×128 for the network alone, the refinement at several (level, window)
-settings and the full SIFT flow, measured in the same interleaved rounds on the same pairs, and
-each one's ratio to the full SIFT flow (prints numbers; no assertions).
+settings, ``cyclecorr match``'s car default (the default refinement, both ways: ``Matcher(
+refine="siftflow", bidirectional=True)``) and the splat-and-gate step of the two directions alone
+(``geometry.bidirectional_flow``), and the full SIFT flow, measured in the same interleaved rounds
+on the same pairs, and each one's ratio to the full SIFT flow (prints numbers; no assertions).
 
     .venv/bin/python bench/refine.py [--model PATH] [--pairs 16] [--rounds 3]
 
@@ -50,13 +52,18 @@ def main() -> None:
                     help="LEVEL:WINDOW[:STOP] settings of the refinement to time (STOP: the "
                          "finest level searched, default 0)")
     args = ap.parse_args()
-    from cyclecorr.matcher import Matcher
+    from cyclecorr.geometry import bidirectional_flow
+    from cyclecorr.matcher import BIDIRECTIONAL, Matcher
     from cyclecorr.siftflow import sift_flow_tensors
 
     m = Matcher.from_checkpoint(args.model, device="cpu")
+    both = Matcher.from_checkpoint(args.model, device="cpu", refine="siftflow",
+                                   bidirectional=True)
     src, tgt, what = _pairs(args.pairs, m.size)
     settings = [(*(int(v) for v in s.split(":")), 0)[:3] for s in args.settings.split(",")]
     net_flow = m.predict(src, tgt)["flow"]
+    rev_flow = m.predict(tgt, src)["flow"]
+    tau, sigma = (f * m.size for f in BIDIRECTIONAL)
 
     def run_refine(level, window, stop):
         return lambda: sift_flow_tensors(src, tgt, init_flow=net_flow, init_level=level,
@@ -65,6 +72,8 @@ def main() -> None:
     fns = {"network": lambda: m.predict(src, tgt),
            **{f"refine {lv}:{w}:{st} (search only)": run_refine(lv, w, st)
               for lv, w, st in settings},
+           "both ways, refined (match)": lambda: both.predict(src, tgt),
+           "both ways: splat + gate": lambda: bidirectional_flow(net_flow, rev_flow, tau, sigma),
            "SIFT flow": lambda: sift_flow_tensors(src, tgt)}
     sift_flow_tensors(src[:1], tgt[:1])  # compile the belief propagation (numba) first
     times: dict[str, list[float]] = {k: [] for k in fns}
