@@ -114,7 +114,7 @@ class _NumbaCorrelation(torch.autograd.Function):
         out = np.empty(an.shape[:3] + ((2 * radius + 1) ** 2,), dtype=an.dtype)
         _fwd(an, bn, radius, out)
         ctx.save_for_backward(a, b)  # autograd's check that neither changes in place
-        ctx.arrays, ctx.radius, ctx.dtype = (an, bn), radius, a.dtype
+        ctx.arrays, ctx.radius, ctx.dtype, ctx.work = (an, bn), radius, a.dtype, work
         return torch.from_numpy(out).permute(0, 3, 1, 2).to(a.dtype)
 
     @staticmethod
@@ -123,7 +123,7 @@ class _NumbaCorrelation(torch.autograd.Function):
         ctx.saved_tensors  # noqa: B018  raises if an input was modified in place
         an, bn = ctx.arrays
         ga, gb = np.zeros_like(an), np.zeros_like(bn)
-        _bwd(an, bn, _nhwc(g, torch.from_numpy(an[:0]).dtype), ctx.radius, ga, gb)
+        _bwd(an, bn, _nhwc(g, ctx.work), ctx.radius, ga, gb)
         back = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).to(ctx.dtype)  # noqa: E731
         return back(ga), back(gb), None
 

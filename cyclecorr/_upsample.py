@@ -104,7 +104,8 @@ class _ConvexUpsample(torch.autograd.Function):
         out = np.empty((b, c, factor * h, factor * w), dtype=xn.dtype)
         _fwd(xn, wts, factor, out)
         ctx.save_for_backward(x)  # autograd's check that it does not change in place
-        ctx.arrays, ctx.factor, ctx.dtypes = (xn, wts), factor, (x.dtype, mask.dtype)
+        ctx.arrays, ctx.factor, ctx.work = (xn, wts), factor, work
+        ctx.dtypes = (x.dtype, mask.dtype)
         return torch.from_numpy(out).to(x.dtype)
 
     @staticmethod
@@ -115,7 +116,7 @@ class _ConvexUpsample(torch.autograd.Function):
         f = ctx.factor
         gx = np.zeros_like(xn)
         gm = np.empty((xn.shape[0], 9 * f * f) + xn.shape[2:], dtype=xn.dtype)
-        _bwd(xn, wts, as_array(g, torch.from_numpy(xn[:0]).dtype), f, gx, gm)
+        _bwd(xn, wts, as_array(g, ctx.work), f, gx, gm)
         return (torch.from_numpy(gx).to(ctx.dtypes[0]), torch.from_numpy(gm).to(ctx.dtypes[1]),
                 None)
 
