@@ -53,7 +53,7 @@ def main() -> None:
                          "finest level searched, default 0)")
     args = ap.parse_args()
     from cyclecorr.geometry import bidirectional_flow
-    from cyclecorr.matcher import BIDIRECTIONAL, Matcher
+    from cyclecorr.matcher import Matcher
     from cyclecorr.siftflow import sift_flow_tensors
 
     m = Matcher.from_checkpoint(args.model, device="cpu")
@@ -63,7 +63,7 @@ def main() -> None:
     settings = [(*(int(v) for v in s.split(":")), 0)[:3] for s in args.settings.split(",")]
     net_flow = m.predict(src, tgt)["flow"]
     rev_flow = m.predict(tgt, src)["flow"]
-    tau, sigma = (f * m.size for f in BIDIRECTIONAL)
+    tau, sigma = both.bidirectional_px
 
     def run_refine(level, window, stop):
         return lambda: sift_flow_tensors(src, tgt, init_flow=net_flow, init_level=level,

@@ -191,6 +191,13 @@ class Matcher:
         return cls(net, meta, device, input_size, precision, refine=refine,
                    bidirectional=bidirectional)
 
+    @property
+    def bidirectional_px(self) -> tuple[float, float]:
+        """``(tau, sigma)`` of :attr:`bidirectional` in pixels at the network's input size
+        (:data:`BIDIRECTIONAL` × :attr:`size`)."""
+        tau, sigma = BIDIRECTIONAL
+        return tau * self.size, sigma * self.size
+
     @torch.inference_mode()
     def predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's output (float32, on :attr:`device`) for ``(B, 3, S, S)`` batches in
@@ -205,7 +212,7 @@ class Matcher:
         both = self._predict(torch.cat((src, tgt)), torch.cat((tgt, src)))
         out = {k: v[:b] for k, v in both.items()}
         out["forward_flow"], out["reverse_flow"] = out["flow"], both["flow"][b:]
-        tau, sigma = (f * self.size for f in BIDIRECTIONAL)
+        tau, sigma = self.bidirectional_px
         out["flow"] = bidirectional_flow(out["forward_flow"], out["reverse_flow"], tau, sigma)
         return out
 

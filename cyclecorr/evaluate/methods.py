@@ -35,7 +35,6 @@ import torch
 
 from cyclecorr.checkpoint import shipped_model_path
 from cyclecorr.matcher import (
-    BIDIRECTIONAL,
     REFINE_DEFAULT,
     Matcher,
     format_refine,
@@ -184,7 +183,7 @@ class NetworkMethod:
                              "params": SiftFlowParams().to_dict(),
                              "matchability": "the network's"}
         if self.matcher.bidirectional:
-            tau, sigma = (f * self.size for f in BIDIRECTIONAL)
+            tau, sigma = self.matcher.bidirectional_px
             out["bidirectional"] = {
                 "rule": "tgt->src matched too (same network and refinement), inverted by a "
                         "Gaussian splat; averaged with the forward flow where the two lie within "
