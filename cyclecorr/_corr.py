@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit
 
-__all__ = ["correlation", "correlation_reference", "correlation_tiled", "check_pair",
-           "as_array"]
+__all__ = ["correlation", "correlation_reference", "correlation_tiled", "as_array"]
 
 
 def correlation_reference(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
@@ -146,7 +145,7 @@ def correlation_tiled(a: torch.Tensor, b: torch.Tensor, radius: int,
     products (4× at tile 8, r 3); with few channels the products are memory-bound and smaller
     tiles waste less (``tile=None``: 4 below 32 channels, else 8). Maps whose size is not a
     multiple of ``tile`` are zero-padded (and cropped)."""
-    check_pair(a, b, radius)
+    _check_pair(a, b, radius)
     radius = int(radius)
     bsz, c, h, w = a.shape
     if tile is None:
@@ -171,7 +170,7 @@ def correlation_tiled(a: torch.Tensor, b: torch.Tensor, radius: int,
     return out[:, :, :h, :w] if (ph or pw) else out
 
 
-def check_pair(a: torch.Tensor, b: torch.Tensor, radius) -> None:
+def _check_pair(a: torch.Tensor, b: torch.Tensor, radius) -> None:
     """Raise ``ValueError`` unless ``a`` and ``b`` are ``(B, C, H, W)`` maps of one shape and
     dtype and ``radius`` is a non-negative integer."""
     if a.shape != b.shape or a.dim() != 4:
@@ -187,7 +186,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
     """The local correlation of ``a`` with ``b`` (module doc): the numba kernel for CPU tensors
     (float32/64 directly, other floating types through float32), :func:`correlation_tiled`
     elsewhere."""
-    check_pair(a, b, radius)
+    _check_pair(a, b, radius)
     radius = int(radius)
     if a.device.type == "cpu" and b.device.type == "cpu" and a.is_floating_point():
         return _NumbaCorrelation.apply(a, b, radius)

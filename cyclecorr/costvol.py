@@ -270,9 +270,9 @@ def local_correlation(fa: torch.Tensor, fb: torch.Tensor, radius: int,
     :func:`cyclecorr._corr.correlation`: a numba kernel on a CPU (3-6× faster forward and
     backward than matrix products at this network's sizes), tiled matrix products elsewhere;
     ``tile`` asks for the matrix products with that tile size
-    (:func:`cyclecorr._corr.correlation_tiled`).
+    (:func:`cyclecorr._corr.correlation_tiled`); both check the two maps (one shape, one dtype)
+    and the radius.
     """
-    _check_pair(fa, fb, same_size=True)
     if tile is None:
         return correlation(fa, fb, radius)
     return correlation_tiled(fa, fb, radius, tile)
