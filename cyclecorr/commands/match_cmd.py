@@ -211,17 +211,18 @@ def run(args) -> int:
         spec += "+bidir"
     method = make_method(spec, model=model, device=args.device, net_size=args.input_size,
                          precision=args.precision)
+    notes = []  # what the page says about how the model was run
     if refine is not None:
-        summary["note"] = " ".join(filter(None, [summary.get("note"), (
-            "Its flow is refined by SIFT flow searched around it (from pyramid level {}, ±{} "
-            "there, down to level {}: the model finds the part, SIFT's descriptors place the "
-            "pixel); the matchability is the model's.").format(*refine)]))
+        notes.append("Its flow is refined by SIFT flow searched around it (from pyramid level {}, "
+                     "±{} there, down to level {}: the model finds the part, SIFT's descriptors "
+                     "place the pixel); the matchability is the model's.".format(*refine))
+    if bidirectional:
+        notes.append("The target is matched to the source too, and the two estimates of each "
+                      "match are averaged where they agree.")
+    if notes:
+        summary["note"] = " ".join(filter(None, [summary.get("note"), *notes]))
     print(f"cyclecorr match: {len(pairs)} pair(s) with {method.name}; writing to {out}")
     scale = args.flow_scale or page_flow_scale([images[a].shape[:2] for a, _, _ in pairs])
-    if bidirectional:
-        summary["note"] = " ".join(filter(None, [summary.get("note"), (
-            "The target is matched to the source too, and the two estimates of each match are "
-            "averaged where they agree.")]))
     settings = {"input_size": args.input_size, "precision": args.precision,
                 "refine": refine_spec, "bidirectional": bidirectional}
     done = []
