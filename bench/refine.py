@@ -63,7 +63,7 @@ def main() -> None:
     settings = [(*(int(v) for v in s.split(":")), 0)[:3] for s in args.settings.split(",")]
     net_flow = m.predict(src, tgt)["flow"]
     rev_flow = m.predict(tgt, src)["flow"]
-    tau, sigma = both.bidirectional_px
+    tau, sigma, spread = both.bidirectional_px
 
     def run_refine(level, window, stop):
         return lambda: sift_flow_tensors(src, tgt, init_flow=net_flow, init_level=level,
@@ -73,7 +73,8 @@ def main() -> None:
            **{f"refine {lv}:{w}:{st} (search only)": run_refine(lv, w, st)
               for lv, w, st in settings},
            "both ways, refined (match)": lambda: both.predict(src, tgt),
-           "both ways: splat + gate": lambda: bidirectional_flow(net_flow, rev_flow, tau, sigma),
+           "both ways: splat + gate": lambda: bidirectional_flow(net_flow, rev_flow, tau, sigma,
+                                                                  max_spread=spread),
            "SIFT flow": lambda: sift_flow_tensors(src, tgt)}
     sift_flow_tensors(src[:1], tgt[:1])  # compile the belief propagation (numba) first
     times: dict[str, list[float]] = {k: [] for k in fns}

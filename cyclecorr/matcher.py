@@ -41,11 +41,13 @@ __all__ = ["Matcher", "to_tensor_image", "resize_image", "resize_tensor", "to_im
 #: set (docs/RESULTS.md)
 REFINE_DEFAULT = (2, 8, 1)
 
-#: ``(tau, sigma)`` of ``bidirectional=True`` as fractions of the network's input side: the two
-#: directions' estimates of a match are averaged where they lie within S/8 of each other (16 px at
-#: 128), the reverse flow inverted with a splat of width S/64 (2 px); τ chosen on the
-#: synth-kp-car renders, not on an evaluation set (docs/RESULTS.md)
-BIDIRECTIONAL = (1 / 8, 1 / 64)
+#: ``(tau, sigma, spread)`` of ``bidirectional=True``, the first two as fractions of the network's
+#: input side: the two directions' estimates of a match are averaged where they lie within S/8 of
+#: each other (16 px at 128), the reverse flow inverted with a splat of width S/64 (2 px), but not
+#: where the b-pixels splatted onto a pixel spread by more than ``spread``·σ (3σ, 6 px: distant
+#: parts of b land there, their mean is no match); τ chosen on the synth-kp-car renders, the
+#: spread on re-framed copies of VOC training photos, not on an evaluation set (docs/RESULTS.md)
+BIDIRECTIONAL = (1 / 8, 1 / 64, 3.0)
 
 #: the refinement ``cyclecorr match`` applies by default, by the model's training category: it
 #: raises car models' precision on photos (FlowWeb, PF-WILLOW, TSS) and costs the chair and
@@ -192,11 +194,11 @@ class Matcher:
                    bidirectional=bidirectional)
 
     @property
-    def bidirectional_px(self) -> tuple[float, float]:
-        """``(tau, sigma)`` of :attr:`bidirectional` in pixels at the network's input size
-        (:data:`BIDIRECTIONAL` × :attr:`size`)."""
-        tau, sigma = BIDIRECTIONAL
-        return tau * self.size, sigma * self.size
+    def bidirectional_px(self) -> tuple[float, float, float]:
+        """``(tau, sigma, max_spread)`` of :attr:`bidirectional` in pixels at the network's input
+        size (from :data:`BIDIRECTIONAL` and :attr:`size`)."""
+        tau, sigma, spread = BIDIRECTIONAL
+        return tau * self.size, sigma * self.size, spread * sigma * self.size
 
     @torch.inference_mode()
     def predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,8 +214,9 @@ class Matcher:
         both = self._predict(torch.cat((src, tgt)), torch.cat((tgt, src)))
         out = {k: v[:b] for k, v in both.items()}
         out["forward_flow"], out["reverse_flow"] = out["flow"], both["flow"][b:]
-        tau, sigma = self.bidirectional_px
-        out["flow"] = bidirectional_flow(out["forward_flow"], out["reverse_flow"], tau, sigma)
+        tau, sigma, spread = self.bidirectional_px
+        out["flow"] = bidirectional_flow(out["forward_flow"], out["reverse_flow"], tau, sigma,
+                                         max_spread=spread)
         return out
 
     def _predict(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,11 +1,13 @@
 """How well a model matches a photo to a re-framed copy of itself, where the flow is exact.
 
     .venv/bin/python scripts/self_match.py MODEL.safetensors [MODEL ...] [--siftflow] [--zero]
+    .venv/bin/python scripts/self_match.py MODEL ... --photos DIR [--limit N]
 
 The easiest correspondence problem there is: the same photo, moved. For each image of the chosen
 set (the FlowWeb car crops and the PF-WILLOW car photos by default, resized to 128×128 as the
-evaluation sees them; used here for a diagnosis only, nothing is trained or selected on them),
-two tests:
+evaluation sees them; used here for a diagnosis only, nothing is trained or selected on them), or
+the photos of any folder (``--photos``: e.g. the VOC car crops, training photos without labels,
+where a test-time rule may be selected), three tests:
 
 - ``shift``: the photo against itself moved right by ``--shift`` pixels (edge pixels repeated);
   reported: the mean predicted x flow over the central region (the truth is ``--shift``) and the
@@ -44,6 +46,19 @@ def load_images(which: str, size: int) -> torch.Tensor:
     if not samples:
         raise SystemExit(f"no images for set {which!r}")
     return torch.stack([resize_image(s.image, size) for s in samples])
+
+
+def load_folder(folder: str, size: int, limit: int) -> torch.Tensor:
+    """``limit`` photos of ``folder`` spread evenly over its sorted files (all when ``limit`` is
+    0), each resized to ``size``×``size``."""
+    from cyclecorr.data.datasets import list_images
+    from cyclecorr.data.io import read_image
+    from cyclecorr.evaluate.benchmarks import resize_image
+
+    files = list_images(folder)
+    if 0 < limit < len(files):
+        files = [files[i * len(files) // limit] for i in range(limit)]
+    return torch.stack([resize_image(read_image(f), size) for f in files])
 
 
 def make_tests(images: torch.Tensor, shift: int, seed: int = 0) -> dict:
@@ -110,6 +125,10 @@ def main(argv=None) -> int:
                     help="model files (safetensors), each PATH or NAME=PATH (NAME: its row; "
                          "PATH may be shipped:CATEGORY)")
     ap.add_argument("--set", default="all", choices=("all", "flowweb-car", "pf-willow-car"))
+    ap.add_argument("--photos", metavar="DIR",
+                    help="the photos of this folder instead of --set (e.g. training photos)")
+    ap.add_argument("--limit", type=int, default=100,
+                    help="with --photos: this many, spread over the folder (0: all; default 100)")
     ap.add_argument("--shift", type=int, default=6, help="pixels of the shift test (default 6)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--zero", action="store_true", help="add the zero flow as a row")
@@ -117,7 +136,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from cyclecorr.evaluate.methods import NetworkMethod, SiftFlowMethod, ZeroFlow, make_method
 
-    images = load_images(args.set, args.size)
+    if args.photos:
+        images = load_folder(args.photos, args.size, args.limit)
+        args.set = args.photos
+    else:
+        images = load_images(args.set, args.size)
     tests = make_tests(images, args.shift)
     methods = [("zero flow", ZeroFlow(args.size))] if args.zero else []
     if args.siftflow:

@@ -181,3 +181,29 @@ def test_self_match_similarity_pairs_carry_the_exact_flow():
     div = (f[:, 0, :, 2:] - f[:, 0, :, :-2])[:, 1:-1] / 2 + \
         (f[:, 1, 2:, :] - f[:, 1, :-2, :])[..., 1:-1] / 2
     assert float((div - div.mean((1, 2), keepdim=True)).abs().max()) < 1e-4
+
+
+def test_self_match_reads_a_folder_of_photos(tmp_path):
+    """scripts/self_match.py --photos: ``limit`` photos spread over the sorted folder, each
+    resized to the test size; an empty folder is refused by name."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from cyclecorr.data.datasets import DataError
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "self_match.py"
+    spec = importlib.util.spec_from_file_location("self_match", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for i in range(6):  # photo i is uniformly 40·i grey
+        Image.fromarray(np.full((30 + i, 50, 3), 40 * i, np.uint8)).save(tmp_path / f"p{i}.jpg")
+    images = mod.load_folder(str(tmp_path), 32, limit=3)
+    assert images.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(images.mean((1, 2, 3)).numpy() * 255, [0, 80, 160], atol=2)
+    assert mod.load_folder(str(tmp_path), 16, limit=0).shape[0] == 6
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        mod.load_folder(str(tmp_path / "empty"), 16, limit=3)

@@ -255,3 +255,37 @@ def test_bidirectional_flow_averages_only_where_the_directions_agree():
     torch.testing.assert_close(out[..., 19:], fwd[..., 19:])
     with pytest.raises(ValueError, match="tau"):
         bidirectional_flow(shift(0, 0), shift(0, 0), tau=-1.0, sigma=1.0)
+
+
+def test_invert_flow_spread_and_weights_separate_two_parts_landing_on_one_place():
+    """Two halves of b landing on the same columns of a (a fold): the plain splat's mean is no
+    match and its spread is the halves' distance; weighting one half out, or gating the two
+    directions' mean by the spread, keeps the true match. One smooth piece spreads by ≈ σ√2."""
+    from cyclecorr.geometry import bidirectional_flow, invert_flow
+
+    h, w, sigma = 16, 40, 1.5
+    flow_ba = torch.zeros(1, 2, h, w, dtype=torch.float64)
+    flow_ba[0, 0, :, :20], flow_ba[0, 0, :, 20:] = 10.0, -10.0  # both halves land on 10 … 29
+    inner = (slice(None), slice(None), slice(5, -5), slice(16, 24))
+    inv, weight, spread = invert_flow(flow_ba, sigma, spread=True)
+    torch.testing.assert_close(inv[inner], torch.zeros_like(inv[inner]))  # the mean: p itself
+    assert (spread[inner] > 9.5).all() and (spread[inner] < 10.5).all()
+    left = torch.zeros(1, 1, h, w, dtype=torch.float64)
+    left[..., :20] = 1.0  # only the left half: its pixels x land at x + 10
+    inv, weight, spread = invert_flow(flow_ba, sigma, weight_b=left, spread=True)
+    torch.testing.assert_close(inv[inner], torch.full_like(inv[inner], -10.0).index_fill_(
+        1, torch.tensor([1]), 0.0))
+    assert (spread[inner] - sigma * 2 ** 0.5).abs().max() < 0.1 * sigma
+    assert (weight[..., :6] == 0).all()  # over 3σ left of x = 10: nothing landed
+    # the two directions: the forward flow (−10) and the fold's inverse (0) lie within τ = 12 —
+    # averaged to −5 unless the spread gate sees the fold
+    fwd = torch.zeros(1, 2, h, w, dtype=torch.float64)
+    fwd[:, 0] = -10.0
+    mixed = bidirectional_flow(fwd, flow_ba, tau=12.0, sigma=sigma)
+    torch.testing.assert_close(mixed[inner][:, 0], torch.full_like(mixed[inner][:, 0], -5.0))
+    gated = bidirectional_flow(fwd, flow_ba, tau=12.0, sigma=sigma, max_spread=3 * sigma)
+    torch.testing.assert_close(gated[inner], fwd[inner])
+    with pytest.raises(ValueError, match="non-negative"):
+        invert_flow(flow_ba, sigma, weight_b=-left)
+    with pytest.raises(ValueError, match="weight_b has shape"):
+        invert_flow(flow_ba, sigma, weight_b=left[..., :5])

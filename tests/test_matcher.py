@@ -209,7 +209,8 @@ def test_network_refined_by_sift_flow(model_file):
 
 def test_network_matched_both_ways(model_file):
     """``NAME=PATH+bidir`` / ``Matcher(bidirectional=True)``: the forward and reverse passes are
-    the plain network's, the flow is their :func:`bidirectional_flow` at S/8 and S/64, the
+    the plain network's, the flow is their :func:`bidirectional_flow` at S/8 and S/64 (spread
+    gate 3σ), the
     matchability the forward pass's; the description, report and compare identity say so."""
     from cyclecorr.commands.compare_cmd import _identity
     from cyclecorr.evaluate.methods import make_method
@@ -228,11 +229,14 @@ def test_network_matched_both_ways(model_file):
     torch.testing.assert_close(out["forward_flow"], fwd["flow"])
     torch.testing.assert_close(out["reverse_flow"], rev["flow"])
     torch.testing.assert_close(out["matchability"], fwd["matchability"])
-    torch.testing.assert_close(out["flow"], bidirectional_flow(fwd["flow"], rev["flow"], 8, 1))
+    torch.testing.assert_close(out["flow"], bidirectional_flow(fwd["flow"], rev["flow"], 8, 1,
+                                                               max_spread=3))
     assert not torch.equal(out["flow"], fwd["flow"])  # some pixels were averaged
     d = both.describe()
     assert d["bidirectional"]["tau_px"] == 8 and d["bidirectional"]["sigma_px"] == 1
-    assert "matched both ways and averaged where the two estimates agree within 8 px" in \
+    assert d["bidirectional"]["max_spread_px"] == 3
+    assert "matched both ways and averaged where the two estimates agree within 8 px (reverse " \
+        "flow inverted by a 1 px splat, not where it spreads by more than 3 px)" in \
         markdown_report({"sets": {}, "methods": {both.name: d}})
     assert _identity(d) != _identity({**d, "bidirectional": None})
     refined = make_method(f"n={path}+siftflow+bidir", device="cpu")

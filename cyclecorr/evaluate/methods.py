@@ -183,12 +183,13 @@ class NetworkMethod:
                              "params": SiftFlowParams().to_dict(),
                              "matchability": "the network's"}
         if self.matcher.bidirectional:
-            tau, sigma = self.matcher.bidirectional_px
+            tau, sigma, spread = self.matcher.bidirectional_px
             out["bidirectional"] = {
                 "rule": "tgt->src matched too (same network and refinement), inverted by a "
                         "Gaussian splat; averaged with the forward flow where the two lie within "
-                        "tau px, the forward flow elsewhere", "tau_px": tau, "sigma_px": sigma,
-                "matchability": "the forward pass's"}
+                        "tau px and the splatted pixels spread by at most max_spread_px, the "
+                        "forward flow elsewhere", "tau_px": tau, "sigma_px": sigma,
+                "max_spread_px": spread, "matchability": "the forward pass's"}
         return out
 
     def predict_batch(self, src, tgt):

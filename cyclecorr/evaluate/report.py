@@ -286,7 +286,9 @@ def markdown_report(results: dict) -> str:
             if bi:  # both ways, averaged where the two directions agree
                 size += (f", matched both ways and averaged where the two estimates agree within "
                          f"{bi['tau_px']:g} px (reverse flow inverted by a {bi['sigma_px']:g} px "
-                         f"splat)")
+                         f"splat" + (f", not where it spreads by more than "
+                                     f"{bi['max_spread_px']:g} px" if "max_spread_px" in bi
+                                     else "") + ")")
             lines.append(f"- **{m}**: {d.get('kind', '')}{size}" + (f" ({extra})" if extra else ""))
         lines.append("")
     if "seed" in results:
