@@ -244,14 +244,14 @@ def affine_flow(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | None = None,
-                weight_b: torch.Tensor | None = None, spread: bool = False):
+                spread: bool = False):
     """The inverse of a flow by Gaussian splatting: ``(flow_ab, weight)`` on a's grid (and
     ``spread`` with ``spread=True``).
 
     Every b-pixel ``x`` lands at ``l(x) = x + flow_ba(x)`` in a; an a-pixel ``p`` takes the
     weighted mean of the b-pixels that land near it, ``q(p) = Σ w·x / Σ w`` with
-    ``w = c(x)·exp(−‖l(x) − p‖² / 2σ²)`` for ``‖l(x) − p‖ < 3σ`` (0 beyond), ``c`` = ``weight_b``
-    (1 by default), and ``flow_ab(p) = q(p) − p``. ``weight`` ``(B, 1, H_a, W_a)`` is ``Σ w``: 0
+    ``w = exp(−‖l(x) − p‖² / 2σ²)`` for ``‖l(x) − p‖ < 3σ`` (0 beyond), and
+    ``flow_ab(p) = q(p) − p``. ``weight`` ``(B, 1, H_a, W_a)`` is ``Σ w``: 0
     where nothing landed (there ``flow_ab`` is 0, not a match; test ``weight``). ``spread``
     ``(B, 1, H_a, W_a)`` is the weighted standard deviation of those b-pixels around ``q(p)``,
     ``√(Σ w·‖x − q‖² / Σ w)``: about σ over the map's local scale where one smooth piece of b
@@ -262,8 +262,6 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
         flow_ba: ``(B, 2, H_b, W_b)``.
         sigma: the splat's width in a's pixels (> 0).
         size_a: ``(H_a, W_a)``; default b's size.
-        weight_b: ``(B, 1, H_b, W_b)`` non-negative weights of the b-pixels (e.g. the reverse
-            pass's matchability), or ``None``.
         spread: also return ``spread``.
     """
     _check_field("flow_ba", flow_ba, 2)
@@ -274,13 +272,6 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
         raise ValueError(f"flow_ba has {bad} NaN or infinite value(s): a splat needs every "
                          f"landing point")
     b, _, hb, wb = flow_ba.shape
-    if weight_b is not None:
-        _check_field("weight_b", weight_b, 1)
-        if weight_b.shape[0] != b or weight_b.shape[-2:] != flow_ba.shape[-2:]:
-            raise ValueError(f"weight_b has shape {tuple(weight_b.shape)}, flow_ba "
-                             f"{tuple(flow_ba.shape)}: need (B, 1, H_b, W_b)")
-        if not bool(torch.isfinite(weight_b).all() and (weight_b >= 0).all()):
-            raise ValueError("weight_b must be finite and non-negative")
     ha, wa = size_a if size_a is not None else (hb, wb)
     x = pixel_grid(hb, wb, dtype=flow_ba.dtype, device=flow_ba.device).flatten(2)  # (1, 2, N)
     land = (x + flow_ba.flatten(2))  # (B, 2, N)
@@ -290,7 +281,6 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
     xs = x.expand(b, -1, -1)
     # the splatted quantities per b-pixel: x, y (and x² + y² for the spread)
     vals = torch.cat((xs, xs.square().sum(1, keepdim=True)), 1) if spread else xs
-    c = None if weight_b is None else weight_b.to(flow_ba.dtype).flatten(1)  # (B, N)
     den = flow_ba.new_zeros(b * ha * wa)
     num = flow_ba.new_zeros(vals.shape[1], b * ha * wa)
     for dy in range(-r + 1, r + 1):  # the integer a-pixels within 3σ of each landing point
@@ -300,8 +290,6 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
             keep = (d2 < 9 * sigma * sigma) & (px >= 0) & (px <= wa - 1) & (py >= 0) & (
                 py <= ha - 1)
             w = torch.where(keep, torch.exp(d2 * (-0.5 / (sigma * sigma))), 0.0)
-            if c is not None:
-                w = w * c
             idx = (batch + py.clamp(0, ha - 1).long() * wa + px.clamp(0, wa - 1).long()).flatten()
             den.index_add_(0, idx, w.flatten())
             num.index_add_(1, idx, (w.unsqueeze(1) * vals).transpose(0, 1).flatten(1))
@@ -317,22 +305,22 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
 
 
 def bidirectional_flow(flow_ab: torch.Tensor, flow_ba: torch.Tensor, tau: float,
-                       sigma: float, min_weight: float = 1e-3, max_spread: float | None = None,
-                       weight_b: torch.Tensor | None = None) -> torch.Tensor:
+                       sigma: float, min_weight: float = 1e-3,
+                       max_spread: float | None = None) -> torch.Tensor:
     """``flow_ab`` made consistent with the reverse flow: where the inverse of ``flow_ba``
     (:func:`invert_flow`, splat width ``sigma``, splat weight above ``min_weight``) lies within
     ``tau`` pixels of ``flow_ab``, the mean of the two; elsewhere ``flow_ab`` unchanged.
 
     Two estimates of each match, from the two directions, that agree roughly are averaged (their
     errors partly cancel); where they disagree by more than ``tau`` one of them is wrong and the
-    forward flow is kept. ``max_spread``: also keep it where the inverse's spread
-    (:func:`invert_flow`) exceeds this many pixels; ``weight_b``: the b-pixels' splat weights.
+    forward flow is kept; with ``max_spread``, also where the inverse's spread
+    (:func:`invert_flow`) exceeds this many pixels (distant parts of b land there).
     ``flow_ab`` ``(B, 2, H_a, W_a)``, ``flow_ba`` ``(B, 2, H_b, W_b)``."""
     _check_field("flow_ab", flow_ab, 2)
     if not tau >= 0:
         raise ValueError(f"tau must be ≥ 0, got {tau}")
     inv, weight, *rest = invert_flow(flow_ba.to(flow_ab.dtype), sigma, tuple(flow_ab.shape[-2:]),
-                                     weight_b=weight_b, spread=max_spread is not None)
+                                     spread=max_spread is not None)
     agree = (weight > min_weight) & ((inv - flow_ab).norm(dim=1, keepdim=True) <= tau)
     if max_spread is not None:
         agree = agree & (rest[0] <= max_spread)

@@ -257,10 +257,10 @@ def test_bidirectional_flow_averages_only_where_the_directions_agree():
         bidirectional_flow(shift(0, 0), shift(0, 0), tau=-1.0, sigma=1.0)
 
 
-def test_invert_flow_spread_and_weights_separate_two_parts_landing_on_one_place():
-    """Two halves of b landing on the same columns of a (a fold): the plain splat's mean is no
-    match and its spread is the halves' distance; weighting one half out, or gating the two
-    directions' mean by the spread, keeps the true match. One smooth piece spreads by ≈ σ√2."""
+def test_invert_flow_spread_separates_two_parts_landing_on_one_place():
+    """Two halves of b landing on the same columns of a (a fold): the splat's mean is no match
+    and its spread is the halves' distance; one smooth piece spreads by ≈ σ√2; gating the two
+    directions' mean by the spread keeps the forward flow at the fold."""
     from cyclecorr.geometry import bidirectional_flow, invert_flow
 
     h, w, sigma = 16, 40, 1.5
@@ -270,13 +270,13 @@ def test_invert_flow_spread_and_weights_separate_two_parts_landing_on_one_place(
     inv, weight, spread = invert_flow(flow_ba, sigma, spread=True)
     torch.testing.assert_close(inv[inner], torch.zeros_like(inv[inner]))  # the mean: p itself
     assert (spread[inner] > 9.5).all() and (spread[inner] < 10.5).all()
-    left = torch.zeros(1, 1, h, w, dtype=torch.float64)
-    left[..., :20] = 1.0  # only the left half: its pixels x land at x + 10
-    inv, weight, spread = invert_flow(flow_ba, sigma, weight_b=left, spread=True)
+    one = flow_ba.clone()
+    one[0, 0, :, 20:] = 60.0  # the right half lands beyond a's frame: one piece at x + 10
+    inv, weight, spread = invert_flow(one, sigma, spread=True)
     torch.testing.assert_close(inv[inner], torch.full_like(inv[inner], -10.0).index_fill_(
         1, torch.tensor([1]), 0.0))
     assert (spread[inner] - sigma * 2 ** 0.5).abs().max() < 0.1 * sigma
-    assert (weight[..., :6] == 0).all()  # over 3σ left of x = 10: nothing landed
+    assert (weight[..., :6] == 0).all() and (spread[..., :6] == 0).all()  # nothing landed
     # the two directions: the forward flow (−10) and the fold's inverse (0) lie within τ = 12 —
     # averaged to −5 unless the spread gate sees the fold
     fwd = torch.zeros(1, 2, h, w, dtype=torch.float64)
@@ -285,7 +285,6 @@ def test_invert_flow_spread_and_weights_separate_two_parts_landing_on_one_place(
     torch.testing.assert_close(mixed[inner][:, 0], torch.full_like(mixed[inner][:, 0], -5.0))
     gated = bidirectional_flow(fwd, flow_ba, tau=12.0, sigma=sigma, max_spread=3 * sigma)
     torch.testing.assert_close(gated[inner], fwd[inner])
-    with pytest.raises(ValueError, match="non-negative"):
-        invert_flow(flow_ba, sigma, weight_b=-left)
-    with pytest.raises(ValueError, match="weight_b has shape"):
-        invert_flow(flow_ba, sigma, weight_b=left[..., :5])
+    # where one piece lands the gate lets the mean through: −9 and −10 give −9.5
+    out = bidirectional_flow(fwd + 1, one, 12.0, sigma, max_spread=3 * sigma)
+    torch.testing.assert_close(out[inner][:, 0], torch.full_like(out[inner][:, 0], -9.5))
