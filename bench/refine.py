@@ -2,7 +2,8 @@
 seconds per pair at 128×128 for the network alone, the refinement at several (level, window)
 settings, ``cyclecorr match``'s car default (the default refinement, both ways: ``Matcher(
 refine="siftflow", bidirectional=True)``) and the splat-and-gate step of the two directions alone
-(``geometry.bidirectional_flow``), and the full SIFT flow, measured in the same interleaved rounds
+(``geometry.bidirectional_flow``) with its splat in both forms (the numba kernel a CPU runs, the
+PyTorch form other devices run), and the full SIFT flow, measured in the same interleaved rounds
 on the same pairs, and each one's ratio to the full SIFT flow (prints numbers; no assertions).
 
     .venv/bin/python bench/refine.py [--model PATH] [--pairs 16] [--rounds 3]
@@ -52,7 +53,8 @@ def main() -> None:
                     help="LEVEL:WINDOW[:STOP] settings of the refinement to time (STOP: the "
                          "finest level searched, default 0)")
     args = ap.parse_args()
-    from cyclecorr.geometry import bidirectional_flow
+    from cyclecorr._splat import splat_numba
+    from cyclecorr.geometry import _splat_reference, bidirectional_flow
     from cyclecorr.matcher import Matcher
     from cyclecorr.siftflow import sift_flow_tensors
 
@@ -64,6 +66,7 @@ def main() -> None:
     net_flow = m.predict(src, tgt)["flow"]
     rev_flow = m.predict(tgt, src)["flow"]
     tau, sigma, spread = both.bidirectional_px
+    size = tuple(src.shape[-2:])
 
     def run_refine(level, window, stop):
         return lambda: sift_flow_tensors(src, tgt, init_flow=net_flow, init_level=level,
@@ -75,6 +78,8 @@ def main() -> None:
            "both ways, refined (match)": lambda: both.predict(src, tgt),
            "both ways: splat + gate": lambda: bidirectional_flow(net_flow, rev_flow, tau, sigma,
                                                                   max_spread=spread),
+           "splat (numba kernel)": lambda: splat_numba(rev_flow, sigma, size, True),
+           "splat (PyTorch form)": lambda: _splat_reference(rev_flow, sigma, size, True),
            "SIFT flow": lambda: sift_flow_tensors(src, tgt)}
     sift_flow_tensors(src[:1], tgt[:1])  # compile the belief propagation (numba) first
     times: dict[str, list[float]] = {k: [] for k in fns}

@@ -243,6 +243,40 @@ def affine_flow(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (q - pts).view(matrix.shape[0], 2, height, width)
 
 
+def _splat_reference(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int],
+                     spread: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`invert_flow`'s splat in PyTorch (any device, differentiable): ``(den, mean)`` as
+    :func:`cyclecorr._splat.splat_numba` returns them."""
+    b, _, hb, wb = flow_ba.shape
+    ha, wa = size_a
+    x = pixel_grid(hb, wb, dtype=flow_ba.dtype, device=flow_ba.device).flatten(2)  # (1, 2, N)
+    land = (x + flow_ba.flatten(2))  # (B, 2, N)
+    base = land.floor()
+    r = int(math.ceil(3 * sigma))
+    batch = torch.arange(b, device=flow_ba.device).view(b, 1) * (ha * wa)
+    xs = x.expand(b, -1, -1)
+    # the splatted quantities per b-pixel: x, y (and x² + y² for the spread)
+    vals = torch.cat((xs, xs.square().sum(1, keepdim=True)), 1) if spread else xs
+    den = flow_ba.new_zeros(b * ha * wa)
+    num = flow_ba.new_zeros(vals.shape[1], b * ha * wa)
+    for dy in range(-r + 1, r + 1):  # the integer a-pixels within 3σ of each landing point
+        for dx in range(-r + 1, r + 1):
+            px, py = base[:, 0] + dx, base[:, 1] + dy  # (B, N)
+            d2 = (px - land[:, 0]).square() + (py - land[:, 1]).square()
+            keep = (d2 < 9 * sigma * sigma) & (px >= 0) & (px <= wa - 1) & (py >= 0) & (
+                py <= ha - 1)
+            w = torch.where(keep, torch.exp(d2 * (-0.5 / (sigma * sigma))), 0.0)
+            idx = (batch + py.clamp(0, ha - 1).long() * wa + px.clamp(0, wa - 1).long()).flatten()
+            den.index_add_(0, idx, w.flatten())
+            num.index_add_(1, idx, (w.unsqueeze(1) * vals).transpose(0, 1).flatten(1))
+    den = den.view(b, 1, ha, wa)
+    mean = num.view(-1, b, ha, wa).transpose(0, 1) / den.clamp_min(1e-12)
+    if spread:  # the variance E‖x‖² − ‖E x‖²
+        mean = torch.cat((mean[:, :2], (mean[:, 2:] - mean[:, :2].square().sum(
+            1, keepdim=True)).clamp_min(0)), 1)
+    return den, mean
+
+
 def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | None = None,
                 spread: bool = False):
     """The inverse of a flow by Gaussian splatting: ``(flow_ab, weight)`` on a's grid (and
@@ -271,37 +305,20 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
     if bad:
         raise ValueError(f"flow_ba has {bad} NaN or infinite value(s): a splat needs every "
                          f"landing point")
-    b, _, hb, wb = flow_ba.shape
+    hb, wb = flow_ba.shape[-2:]
     ha, wa = size_a if size_a is not None else (hb, wb)
-    x = pixel_grid(hb, wb, dtype=flow_ba.dtype, device=flow_ba.device).flatten(2)  # (1, 2, N)
-    land = (x + flow_ba.flatten(2))  # (B, 2, N)
-    base = land.floor()
-    r = int(math.ceil(3 * sigma))
-    batch = torch.arange(b, device=flow_ba.device).view(b, 1) * (ha * wa)
-    xs = x.expand(b, -1, -1)
-    # the splatted quantities per b-pixel: x, y (and x² + y² for the spread)
-    vals = torch.cat((xs, xs.square().sum(1, keepdim=True)), 1) if spread else xs
-    den = flow_ba.new_zeros(b * ha * wa)
-    num = flow_ba.new_zeros(vals.shape[1], b * ha * wa)
-    for dy in range(-r + 1, r + 1):  # the integer a-pixels within 3σ of each landing point
-        for dx in range(-r + 1, r + 1):
-            px, py = base[:, 0] + dx, base[:, 1] + dy  # (B, N)
-            d2 = (px - land[:, 0]).square() + (py - land[:, 1]).square()
-            keep = (d2 < 9 * sigma * sigma) & (px >= 0) & (px <= wa - 1) & (py >= 0) & (
-                py <= ha - 1)
-            w = torch.where(keep, torch.exp(d2 * (-0.5 / (sigma * sigma))), 0.0)
-            idx = (batch + py.clamp(0, ha - 1).long() * wa + px.clamp(0, wa - 1).long()).flatten()
-            den.index_add_(0, idx, w.flatten())
-            num.index_add_(1, idx, (w.unsqueeze(1) * vals).transpose(0, 1).flatten(1))
-    den = den.view(b, 1, ha, wa)
-    mean = num.view(-1, b, ha, wa).transpose(0, 1) / den.clamp_min(1e-12)
+    if flow_ba.device.type == "cpu" and not (flow_ba.requires_grad and torch.is_grad_enabled()):
+        from cyclecorr._splat import splat_numba  # numba: imported when needed
+
+        den, mean = splat_numba(flow_ba, sigma, (ha, wa), spread)
+    else:
+        den, mean = _splat_reference(flow_ba, sigma, (ha, wa), spread)
     q = mean[:, :2]
     grid_a = pixel_grid(ha, wa, dtype=flow_ba.dtype, device=flow_ba.device)
     flow_ab = torch.where(den > 0, q - grid_a, torch.zeros_like(q))
     if not spread:
         return flow_ab, den
-    var = (mean[:, 2:] - q.square().sum(1, keepdim=True)).clamp_min(0)
-    return flow_ab, den, torch.where(den > 0, var.sqrt(), torch.zeros_like(var))
+    return flow_ab, den, torch.where(den > 0, mean[:, 2:].sqrt(), torch.zeros_like(den))
 
 
 def bidirectional_flow(flow_ab: torch.Tensor, flow_ba: torch.Tensor, tau: float,

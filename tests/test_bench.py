@@ -132,7 +132,7 @@ def test_refine_bench_times_every_setting_against_sift_flow():
     out = _run("bench/refine.py", "--pairs", "2", "--rounds", "1", "--settings", "2:4,1:2:1")
     for row in ("network", "refine 2:4:0 (search only)", "refine 1:2:1 (search only)",
                 "SIFT flow", "network + refine 2:4:0:", "both ways, refined (match)",
-                "both ways: splat + gate"):
+                "both ways: splat + gate", "splat (numba kernel)", "splat (PyTorch form)"):
         assert row in out, out
     sift = [ln for ln in out.splitlines() if ln.startswith("SIFT flow")][0]
     assert float(sift.split()[-1]) == pytest.approx(1.0)

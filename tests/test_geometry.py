@@ -288,3 +288,36 @@ def test_invert_flow_spread_separates_two_parts_landing_on_one_place():
     # where one piece lands the gate lets the mean through: −9 and −10 give −9.5
     out = bidirectional_flow(fwd + 1, one, 12.0, sigma, max_spread=3 * sigma)
     torch.testing.assert_close(out[inner][:, 0], torch.full_like(out[inner][:, 0], -9.5))
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_splat_kernel_equals_the_pytorch_form(spread):
+    """The numba splat (CPU, no gradient) and the PyTorch form give the same inverse, weight and
+    spread in float64, for rough flows landing partly outside a frame of another size; a flow
+    that needs a gradient takes the PyTorch form, and its gradient flows."""
+    from cyclecorr._splat import splat_numba
+    from cyclecorr.geometry import _splat_reference, invert_flow
+
+    g = torch.Generator().manual_seed(3)
+    flow = (torch.randn(3, 2, 20, 26, generator=g, dtype=torch.float64) * 2 +
+            torch.tensor([15.0, -3.0], dtype=torch.float64).view(1, 2, 1, 1))
+    for sigma, size in ((1.0, (20, 26)), (2.3, (17, 31))):
+        den_n, mean_n = splat_numba(flow, sigma, size, spread)
+        den_r, mean_r = _splat_reference(flow, sigma, size, spread)
+        assert den_n.dtype == torch.float64 and mean_n.shape == (3, 3 if spread else 2, *size)
+        assert (den_n > 0).float().mean() > 0.4 and (den_n[..., 0] == 0).all()  # a's left edge
+        torch.testing.assert_close(den_n, den_r, rtol=1e-12, atol=1e-12)
+        hit = (den_r > 0).expand_as(mean_r)
+        torch.testing.assert_close(mean_n[hit], mean_r[hit], rtol=1e-10, atol=1e-9)
+        assert (mean_n[~hit] == 0).all()
+    plain = invert_flow(flow, 1.5, spread=spread)
+    leaf = flow.clone().requires_grad_(True)
+    graded = invert_flow(leaf, 1.5, spread=spread)
+    for a, b in zip(plain, graded):  # the spread: a square root of a difference near 0
+        torch.testing.assert_close(a, b.detach(), rtol=1e-9, atol=1e-6)
+    graded[0].sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+    # float32 in, float32 out
+    f32 = invert_flow(flow.float(), 1.5, spread=spread)
+    assert all(t.dtype == torch.float32 for t in f32)
+    torch.testing.assert_close(f32[0], plain[0].float(), rtol=1e-4, atol=1e-4)
