@@ -240,6 +240,16 @@ def test_tensor_batch_and_matchability():
     inner = flow[:, :, MARGIN:-MARGIN, MARGIN:-MARGIN]
     assert torch.all(inner[0, 0] == 2) and torch.all(inner[0, 1] == 1)  # b(p + (2, 1)) = a(p)
     assert torch.all(inner[1, 0] == -2) and torch.all(inner[1, 1] == -1)
+    # pairs in threads: bit-equal to one at a time, guided or not; threads < 1 refused
+    init = torch.randn(2, 2, 40, 48, generator=torch.Generator().manual_seed(0))
+    for kw in ({}, {"init_flow": init, "init_level": 1, "init_window": 3}):
+        one = sift_flow_tensors(ta, tb, threads=1, **kw)
+        two = sift_flow_tensors(ta, tb, threads=2, **kw)
+        assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    torch.testing.assert_close(one[0], sift_flow_tensors(ta, tb, threads=5, **kw)[0], rtol=0,
+                               atol=0)
+    with pytest.raises(ValueError, match="threads"):
+        sift_flow_tensors(ta, tb, threads=0)
     m = matchability_from_cost(np.array([[0.0, 10.0], [20.0, 40.0]]))
     np.testing.assert_allclose(m, np.exp(-np.array([[0.0, 10.0], [20.0, 40.0]]) / 15.0), rtol=1e-6)
     assert m.dtype == np.float32 and m.max() <= 1 and m.min() > 0

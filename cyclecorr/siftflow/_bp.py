@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def downsample(img):
     """Gaussian σ = 0.67 (5 taps, edges replicated), then 2×2 averaging; (H, W, C) float32.
 
@@ -65,7 +65,7 @@ def downsample(img):
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def data_term(s1, s2, off_x, off_y, w):
     """``D[y, x, lv, lu] = Σ_c |s1[y, x, c] − s2[y + oy + lv − w, x + ox + lu − w, c]|``.
 
@@ -91,7 +91,7 @@ def data_term(s1, s2, off_x, off_y, w):
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _send_spatial(M, dual, rng, off, k, y, x, direction, w, alpha, d, buf):
     h = M.shape[1]
     wd = M.shape[2]
@@ -153,7 +153,7 @@ def _send_spatial(M, dual, rng, off, k, y, x, direction, w, alpha, d, buf):
         M[k, y1, x1, side, l1] -= mmin
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _send_dual(M, dual, rng, D, k, y, x, w, buf):
     n = 2 * w + 1
     for l in range(n):
@@ -188,7 +188,7 @@ def _send_dual(M, dual, rng, D, k, y, x, w, buf):
             dual[0, y, x, lu] -= mmin
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _decode(M, dual, rng, labels):
     n = M.shape[4]
     for k in range(2):
@@ -206,7 +206,7 @@ def _decode(M, dual, rng, labels):
                 labels[k, y, x] = arg
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def energy(D, rng, off, labels, w, alpha, d):
     """SIFT flow energy (module docstring) of the labelling ``labels[k, y, x]``."""
     h, wd = D.shape[0], D.shape[1]
@@ -227,7 +227,7 @@ def energy(D, rng, off, labels, w, alpha, d):
     return e
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def belief_propagation(D, rng, off, w, alpha, d, n_iter, energies, M, dual):
     """Run ``n_iter`` BP-S iterations; return the lowest-energy labelling ``(2, H, W)`` int32 seen.
 

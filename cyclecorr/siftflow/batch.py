@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +225,8 @@ def _write_index(path: Path, entries, size, params) -> None:
 
 
 def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None, init_flow=None,
-                      init_level: int = 2, init_window: int = 4, stop_level: int = 0):
+                      init_level: int = 2, init_window: int = 4, stop_level: int = 0,
+                      threads: int | None = None):
     """SIFT flow for a batch of network-format images: ``(B, 3, H, W)`` float in [0, 1] → flows.
 
     Returns ``(flow_ab, cost)``: torch tensors ``(B, 2, H, W)`` and ``(B, H, W)`` float32 on the
@@ -232,7 +234,9 @@ def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None, 
     :func:`compute_sift_flow_batch` for cached, parallel computation of many pairs.
     ``init_flow`` ``(B, 2, H, W)`` (e.g. a network's flow) makes it a guided SIFT flow searched
     around that flow (``init_level``, ``init_window``, ``stop_level``:
-    :func:`~cyclecorr.siftflow.sift_flow`).
+    :func:`~cyclecorr.siftflow.sift_flow`). ``threads``: pairs computed at once in threads of
+    this process (default: PyTorch's thread count; the belief propagation's kernels release the
+    GIL); the result does not depend on it.
     """
     is_torch = hasattr(images_a, "detach")
     a = images_a.detach().cpu().numpy() if is_torch else np.asarray(images_a)
@@ -246,15 +250,23 @@ def sift_flow_tensors(images_a, images_b, params: SiftFlowParams | None = None, 
         if init_flow.shape != (a.shape[0], 2, *a.shape[2:]):
             raise ValueError(f"init_flow must have shape {(a.shape[0], 2, *a.shape[2:])}, got "
                              f"{init_flow.shape}")
-    flows, costs = [], []
-    for i in range(a.shape[0]):
-        res = sift_flow(np.moveaxis(a[i], 0, 2), np.moveaxis(b[i], 0, 2), params,
-                        init_flow=None if init_flow is None else init_flow[i],
-                        init_level=init_level, init_window=init_window,
-                        stop_level=stop_level)
-        flows.append(res.flow)
-        costs.append(res.cost)
-    flow, cost = np.stack(flows), np.stack(costs)
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be ≥ 1, got {threads}")
+
+    def one(i):
+        return sift_flow(np.moveaxis(a[i], 0, 2), np.moveaxis(b[i], 0, 2), params,
+                         init_flow=None if init_flow is None else init_flow[i],
+                         init_level=init_level, init_window=init_window, stop_level=stop_level)
+
+    n = a.shape[0]
+    if threads == 1 or n < 2:
+        results = [one(i) for i in range(n)]
+    else:
+        with ThreadPoolExecutor(min(threads, n)) as pool:
+            results = list(pool.map(one, range(n)))
+    flow = np.stack([r.flow for r in results])
+    cost = np.stack([r.cost for r in results])
     if is_torch:
         dev = images_a.device
         return torch.from_numpy(flow).to(dev), torch.from_numpy(cost).to(dev)
