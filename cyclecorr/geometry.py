@@ -285,12 +285,12 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
     Every b-pixel ``x`` lands at ``l(x) = x + flow_ba(x)`` in a; an a-pixel ``p`` takes the
     weighted mean of the b-pixels that land near it, ``q(p) = Σ w·x / Σ w`` with
     ``w = exp(−‖l(x) − p‖² / 2σ²)`` for ``‖l(x) − p‖ < 3σ`` (0 beyond), and
-    ``flow_ab(p) = q(p) − p``. ``weight`` ``(B, 1, H_a, W_a)`` is ``Σ w``: 0
-    where nothing landed (there ``flow_ab`` is 0, not a match; test ``weight``). ``spread``
-    ``(B, 1, H_a, W_a)`` is the weighted standard deviation of those b-pixels around ``q(p)``,
-    ``√(Σ w·‖x − q‖² / Σ w)``: about σ over the map's local scale where one smooth piece of b
-    lands at ``p``, large where distant parts of b land on the same ``p`` (their mean is no
-    match).
+    ``flow_ab(p) = q(p) − p``. ``weight`` ``(B, 1, H_a, W_a)`` is ``Σ w``: 0 where nothing
+    landed (there ``flow_ab`` is 0, not a match; test ``weight``). ``spread`` ``(B, 1, H_a, W_a)``
+    is the weighted standard deviation of those b-pixels around ``q(p)``,
+    ``√(Σ w·‖x − q‖² / Σ w)``: ≈ σ√2 where one smooth piece of a map near the identity lands at
+    ``p`` (σ√2 over the map's local scale), about their distance where two distant parts of b
+    land on the same ``p`` (their mean is no match); 0 where nothing landed (no useful gradient).
 
     Args:
         flow_ba: ``(B, 2, H_b, W_b)``.
