@@ -27,41 +27,53 @@ from numba import njit
 
 
 @njit(cache=True, fastmath=True, nogil=True)
+def _smooth_row(img, y, g, row):
+    # row[x, ch] = the 5-tap Gaussian along x of img's row y (edges replicated)
+    w, c = img.shape[1], img.shape[2]
+    for x in range(w):
+        for ch in range(c):
+            row[x, ch] = 0.0
+        for t in range(5):
+            xx = min(max(x + t - 2, 0), w - 1)
+            for ch in range(c):
+                row[x, ch] += g[t] * img[y, xx, ch]
+
+
+@njit(cache=True, fastmath=True, nogil=True)
 def downsample(img):
     """Gaussian σ = 0.67 (5 taps, edges replicated), then 2×2 averaging; (H, W, C) float32.
 
     Output ``(ceil(H/2), ceil(W/2), C)``; coarse pixel i has its centre at fine coordinate 2i + 0.5.
+    The separable passes run row by row through small buffers (the horizontal pass's last five
+    rows, two vertically smoothed rows) instead of two full-size temporaries, whose first touch
+    cost more than the arithmetic; the sums are the same, in the same order.
     """
     h, w, c = img.shape
     g = np.exp(-0.5 * (np.arange(-2, 3) / 0.67) ** 2)
     g = (g / g.sum()).astype(np.float32)
-    tmp = np.empty((h, w, c), np.float32)
-    for y in range(h):
-        for x in range(w):
-            for ch in range(c):
-                tmp[y, x, ch] = 0.0
-            for t in range(5):
-                xx = min(max(x + t - 2, 0), w - 1)
-                for ch in range(c):
-                    tmp[y, x, ch] += g[t] * img[y, xx, ch]
-    sm = np.empty((h, w, c), np.float32)
-    for y in range(h):
-        for x in range(w):
-            for ch in range(c):
-                sm[y, x, ch] = 0.0
-            for t in range(5):
-                yy = min(max(y + t - 2, 0), h - 1)
-                for ch in range(c):
-                    sm[y, x, ch] += g[t] * tmp[yy, x, ch]
+    ring = np.empty((5, w, c), np.float32)  # horizontally smoothed row r at slot r % 5
+    done = -1  # the last row in the ring
+    sm = np.empty((2, w, c), np.float32)  # vertically smoothed rows 2y and 2y + 1
     hc, wc = (h + 1) // 2, (w + 1) // 2
     out = np.empty((hc, wc, c), np.float32)
     for y in range(hc):
-        y0, y1 = 2 * y, min(2 * y + 1, h - 1)
+        for k in range(2):
+            yy0 = min(2 * y + k, h - 1)
+            while done < min(yy0 + 2, h - 1):
+                done += 1
+                _smooth_row(img, done, g, ring[done % 5])
+            for x in range(w):
+                for ch in range(c):
+                    sm[k, x, ch] = 0.0
+                for t in range(5):
+                    yy = min(max(yy0 + t - 2, 0), h - 1)
+                    for ch in range(c):
+                        sm[k, x, ch] += g[t] * ring[yy % 5, x, ch]
         for x in range(wc):
             x0, x1 = 2 * x, min(2 * x + 1, w - 1)
             for ch in range(c):
-                out[y, x, ch] = 0.25 * (sm[y0, x0, ch] + sm[y0, x1, ch] + sm[y1, x0, ch]
-                                        + sm[y1, x1, ch])
+                out[y, x, ch] = 0.25 * (sm[0, x0, ch] + sm[0, x1, ch] + sm[1, x0, ch]
+                                        + sm[1, x1, ch])
     return out
 
 
