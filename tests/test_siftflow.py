@@ -453,3 +453,26 @@ def test_guided_bad_guide_raises():
         sift_flow(a, a, init_flow=bad)
     with pytest.raises(ValueError, match="≥ 0"):
         sift_flow(a, a, init_flow=np.zeros((2, 32, 32)), init_window=-1)
+
+
+@pytest.mark.parametrize("shape", [(20, 17, 5), (9, 8, 1), (2, 3, 4), (1, 1, 2), (33, 40, 128)])
+def test_pyramid_downsample_is_a_gaussian_then_2x2_mean(shape):
+    """The pyramid's reduction (row-by-row kernel) against the formula in numpy, float64: a 5-tap
+    Gaussian (σ = 0.67, edges replicated) along x and y, then the mean of each 2×2 block (the last
+    row/column repeated for odd sizes)."""
+    from cyclecorr.siftflow import _bp
+
+    rs = np.random.RandomState(sum(shape))
+    img = (rs.rand(*shape) * 255).astype(np.float32)
+    g = np.exp(-0.5 * (np.arange(-2, 3) / 0.67) ** 2)
+    g /= g.sum()
+    h, w, _ = shape
+    x = img.astype(np.float64)
+    sx = sum(g[t] * x[:, np.clip(np.arange(w) + t - 2, 0, w - 1)] for t in range(5))
+    sm = sum(g[t] * sx[np.clip(np.arange(h) + t - 2, 0, h - 1)] for t in range(5))
+    ys, xs = np.arange(0, h, 2), np.arange(0, w, 2)
+    y1, x1 = np.minimum(ys + 1, h - 1), np.minimum(xs + 1, w - 1)
+    want = 0.25 * (sm[ys][:, xs] + sm[ys][:, x1] + sm[y1][:, xs] + sm[y1][:, x1])
+    got = _bp.downsample(img)
+    assert got.shape == ((h + 1) // 2, (w + 1) // 2, shape[2]) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
