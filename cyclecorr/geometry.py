@@ -318,7 +318,7 @@ def invert_flow(flow_ba: torch.Tensor, sigma: float, size_a: tuple[int, int] | N
     flow_ab = torch.where(den > 0, q - grid_a, torch.zeros_like(q))
     if not spread:
         return flow_ab, den
-    return flow_ab, den, torch.where(den > 0, mean[:, 2:].sqrt(), torch.zeros_like(den))
+    return flow_ab, den, mean[:, 2:].sqrt()  # both forms give a variance of 0 where den is 0
 
 
 def bidirectional_flow(flow_ab: torch.Tensor, flow_ba: torch.Tensor, tau: float,
